@@ -1,0 +1,1 @@
+"""Timezone-aware daily engagement rollups for a multi-tenant SaaS, on Dagster."""

@@ -1,0 +1,225 @@
+"""Assets: accounts snapshot, raw reporting events (landing) and daily rollups."""
+
+
+from collections import Counter
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from analytics_pipeline import warehouse as wh
+from analytics_pipeline.checks import (
+    NON_NEGATIVE,
+    RECONCILES,
+    VALID_TIMEZONES,
+    accounts_check_specs,
+    rollup_check_specs,
+)
+from analytics_pipeline.partitions import (
+    TIMEZONES_PARTITIONS_NAME,
+    LocalDay,
+    daily_timezone_partitions,
+    resolve_account_timezones,
+)
+from analytics_pipeline.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.steps import extract_partition, rollup_partition
+
+OWNERS = ["team:data-platform"]
+GROUP = "support_desk"
+
+
+class AccountScope(Config):
+    """Restrict a run to some accounts of the selected partitions (operator re-runs)."""
+
+    account_ids: list[int] | None = Field(
+        default=None,
+        description="Only these accounts (others of the partition keep their rows); "
+        "leave empty for the whole partition.",
+    )
+
+
+def _md_table(rows: list[dict], limit: int = 20) -> MetadataValue:
+    if not rows:
+        return MetadataValue.md("_no rows_")
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows[:limit]]
+    return MetadataValue.md("\n".join(lines))
+
+
+@asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"sql", "python"},
+    check_specs=accounts_check_specs,
+    description="Snapshot of the application's accounts with their effective reporting "
+    "timezone; registers every timezone in use as a key of the `timezones` partitions.",
+)
+def accounts(
+    context: AssetExecutionContext,
+    source_db: SourceDatabase,
+    warehouse: Warehouse,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    default_tz = settings.validated_default_timezone()
+    rows = source_db.reporting_events(settings.first_date).read_accounts()
+    resolved = resolve_account_timezones(rows, default_tz)
+    wh.replace_accounts(warehouse.engine(), [a.__dict__ for a in resolved])
+    invalid = [a for a in resolved if not a.timezone_valid]
+    for a in invalid:
+        context.log.warning(
+            f"account {a.id} has invalid reporting timezone {a.reporting_timezone!r}: "
+            "left out of the rollups until it is fixed"
+        )
+    in_use = sorted({a.timezone for a in resolved if a.timezone} | {default_tz})
+    existing = set(context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME))
+    new = [tz for tz in in_use if tz not in existing]
+    if new:
+        context.instance.add_dynamic_partitions(TIMEZONES_PARTITIONS_NAME, new)
+        context.log.info(f"registered new timezone partitions: {', '.join(new)}")
+    per_tz = Counter(a.timezone for a in resolved if a.timezone)
+    return MaterializeResult(
+        metadata={
+            "accounts": len(resolved),
+            "timezones_in_use": len(in_use),
+            "timezones_registered": MetadataValue.json(new),
+            "accounts_per_timezone": MetadataValue.json(dict(sorted(per_tz.items()))),
+            "invalid_timezones": len(invalid),
+            "source": source_db.display_url,
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=VALID_TIMEZONES,
+                passed=not invalid,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={
+                    "invalid_accounts": MetadataValue.json(
+                        [{"id": a.id, "reporting_timezone": a.reporting_timezone}
+                         for a in invalid[:100]]
+                    ),
+                    "invalid_count": len(invalid),
+                },
+            )
+        ],
+    )
+
+
+@asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"parquet", "sql"},
+    deps=[accounts],
+    partitions_def=daily_timezone_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    description="Support reporting events of the partition's accounts over the exact UTC "
+    "window of their local day, landed as Parquet (one directory per partition, swapped "
+    "in atomically).",
+)
+def raw_reporting_events(
+    context: AssetExecutionContext,
+    config: AccountScope,
+    source_db: SourceDatabase,
+    warehouse: Warehouse,
+    landing: Landing,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    source = source_db.reporting_events(settings.first_date)
+    store, engine = landing.store(), warehouse.engine()
+    default_tz = settings.validated_default_timezone()
+    results = []
+    for key in context.partition_keys:
+        r = extract_partition(source, store, engine, LocalDay.from_key(key), default_tz,
+                              config.account_ids)
+        context.log.info(f"{r.key}: landed {r.rows} events of {r.accounts} accounts ({r.window})")
+        results.append(r)
+    return MaterializeResult(
+        metadata={
+            "partitions": len(results),
+            "rows": sum(r.rows for r in results),
+            "accounts_processed": sum(r.accounts for r in results),
+            "per_partition": _md_table(
+                [{"partition": r.key, "rows": r.rows, "accounts": r.accounts,
+                  "utc_window": r.window} for r in results], limit=100,
+            ),
+            "landing": store.base,
+            "source": source_db.display_url,
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"sql", "pyarrow"},
+    deps=[raw_reporting_events],
+    partitions_def=daily_timezone_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    check_specs=rollup_check_specs,
+    description="daily_rollups rows of the support reporting metrics (dimensions account, "
+    "agent, inbox) for the partition's accounts; each partition replaces its slice in one "
+    "transaction.",
+)
+def reporting_rollups(
+    context: AssetExecutionContext,
+    config: AccountScope,
+    warehouse: Warehouse,
+    landing: Landing,
+) -> MaterializeResult:
+    store, engine = landing.store(), warehouse.engine()
+    results = []
+    for key in context.partition_keys:
+        r = rollup_partition(store, engine, LocalDay.from_key(key),
+                             only_accounts=config.account_ids)
+        if r.quarantined_by_reason:
+            context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
+        context.log.info(
+            f"{r.key}: {r.rolled_up} events → {r.rows_written} rollup rows "
+            f"(replaced {r.rows_replaced})"
+        )
+        results.append(r)
+    ignored: Counter = Counter()
+    quarantined: Counter = Counter()
+    for r in results:
+        ignored.update(r.ignored_by_name)
+        quarantined.update(r.quarantined_by_reason)
+    mismatches = {r.key: r.mismatches for r in results if r.mismatches}
+    negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
+    preview = next((r.preview for r in results if r.preview), [])
+    return MaterializeResult(
+        metadata={
+            "partitions": len(results),
+            "events_read": sum(r.events for r in results),
+            "events_rolled_up": sum(r.rolled_up for r in results),
+            "events_ignored": sum(ignored.values()),
+            "ignored_by_name": MetadataValue.json(dict(ignored)),
+            "events_quarantined": sum(quarantined.values()),
+            "quarantined_by_reason": MetadataValue.json(dict(quarantined)),
+            "events_of_accounts_in_other_timezone": sum(r.other_timezone for r in results),
+            "rows_written": sum(r.rows_written for r in results),
+            "rows_replaced": sum(r.rows_replaced for r in results),
+            "accounts_processed": sum(r.accounts for r in results),
+            "preview": _md_table(preview),
+            "warehouse": warehouse.display_url,
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=RECONCILES,
+                passed=not mismatches,
+                metadata={"mismatches": MetadataValue.json(mismatches),
+                          "partitions_checked": len(results)},
+            ),
+            AssetCheckResult(
+                check_name=NON_NEGATIVE,
+                passed=not negatives,
+                metadata={"negative_rows": MetadataValue.json(negatives)},
+            ),
+        ],
+    )

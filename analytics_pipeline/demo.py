@@ -1,0 +1,155 @@
+"""A realistic demo application database (SQLite) and the end-to-end demo run."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from analytics_pipeline.sources import source_metadata, src_accounts, src_reporting_events
+from analytics_pipeline.warehouse import make_engine
+
+# Two weeks around the US spring-forward (2026-03-08: New York and Los Angeles have a
+# 23-hour day), fixed so that the demo's numbers are reproducible.
+DEMO_START = date(2026, 2, 28)
+DEMO_DAYS = 14
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    id: int
+    name: str
+    timezone: str | None
+    conversations_per_day: int
+    agents: int
+    inboxes: int
+
+
+DEMO_ACCOUNTS = (
+    DemoAccount(1, "Acme Support", "America/New_York", 40, 6, 3),
+    DemoAccount(2, "Bangalore Care", "Asia/Kolkata", 60, 8, 2),
+    DemoAccount(3, "Nordic Help (no timezone set)", None, 25, 3, 2),
+    DemoAccount(4, "Pacific Desk", "America/Los_Angeles", 30, 4, 2),
+    DemoAccount(5, "Himalaya Treks", "Asia/Kathmandu", 15, 2, 1),
+    DemoAccount(6, "Typo Timezone Ltd", "America/New_Yrok", 10, 2, 1),
+)
+
+
+def _fmt(ts: datetime) -> str:
+    # As Rails writes timestamps to SQLite: naive UTC with microseconds.
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def generate_events(
+    accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
+    start: date = DEMO_START,
+    days: int = DEMO_DAYS,
+    seed: int = 7,
+) -> list[dict]:
+    """Conversations with first responses, replies, resolutions and bot activity.
+
+    Event times follow a business-day curve in each account's own timezone, so local
+    midnights matter; a handful of deliberately bad rows exercise the quarantine.
+    """
+    from zoneinfo import ZoneInfo
+
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    next_id = 1
+    conv_id = 1000
+    for acc in accounts:
+        try:
+            tz = ZoneInfo(acc.timezone or "UTC")
+        except Exception:  # noqa: BLE001 - the typo account: its office is in New York
+            tz = ZoneInfo("America/New_York")
+        for d in range(days):
+            day = start + timedelta(days=d)
+            for _ in range(acc.conversations_per_day):
+                conv_id += 1
+                hour = min(23.99, max(0.0, rng.gauss(13, 4.5)))
+                local = datetime(day.year, day.month, day.day, tzinfo=tz) + timedelta(hours=hour)
+                t0 = local.astimezone(timezone.utc).replace(tzinfo=None)
+                agent = 100 * acc.id + rng.randrange(acc.agents)
+                inbox = 10 * acc.id + rng.randrange(acc.inboxes)
+                base = {"account_id": acc.id, "inbox_id": inbox, "conversation_id": conv_id}
+
+                def add(name, at, value, user=agent, bh=None, **extra):
+                    nonlocal next_id
+                    rows.append({
+                        "id": next_id, "name": name, "value": value,
+                        "value_in_business_hours": bh if bh is not None else
+                        (None if value is None else round(value * rng.uniform(0.4, 1.0), 1)),
+                        "user_id": user, "created_at": _fmt(at), "updated_at": _fmt(at),
+                        "event_start_time": _fmt(t0), "event_end_time": _fmt(at),
+                        **base, **extra,
+                    })
+                    next_id += 1
+
+                if rng.random() < 0.25:  # a bot answers first
+                    if rng.random() < 0.5:
+                        add("conversation_bot_resolved", t0 + timedelta(minutes=3), None,
+                            user=None)
+                        continue
+                    add("conversation_bot_handoff", t0 + timedelta(minutes=2), None, user=None)
+                    if rng.random() < 0.1:  # handed off twice: counts once
+                        add("conversation_bot_handoff", t0 + timedelta(minutes=4), None,
+                            user=None)
+                frt = rng.lognormvariate(6.5, 0.8)
+                add("first_response", t0 + timedelta(seconds=frt), round(frt, 1))
+                t = t0 + timedelta(seconds=frt)
+                for _ in range(rng.randrange(0, 3)):
+                    rt = rng.lognormvariate(6.0, 0.7)
+                    t += timedelta(seconds=rt)
+                    add("reply_time", t, round(rt, 1))
+                if rng.random() < 0.8:
+                    t += timedelta(minutes=rng.uniform(5, 240))
+                    add("conversation_resolved", t, round((t - t0).total_seconds(), 1))
+                if rng.random() < 0.3:
+                    add("conversation_opened", t0, None)  # not a rollup metric: ignored
+    # Bad rows: each is quarantined with a reason, none fails a partition.
+    mid = datetime(start.year, start.month, start.day) + timedelta(days=days // 2, hours=15)
+    bad = [
+        {"name": "first_response", "value": -30.0, "account_id": 1},
+        {"name": "reply_time", "value": float("inf"), "account_id": 2},
+        {"name": "first_response", "value": 10.0, "account_id": 999},  # unknown account
+        {"name": "first_response", "value": 12.0, "account_id": 1, "created_at": "yesterday"},
+    ]
+    for b in bad:
+        rows.append({
+            "id": next_id, "value_in_business_hours": None, "user_id": None, "inbox_id": None,
+            "conversation_id": None, "created_at": _fmt(mid), "updated_at": _fmt(mid),
+            "event_start_time": None, "event_end_time": None, **b,
+        })
+        next_id += 1
+    return rows
+
+
+def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
+                       start: date = DEMO_START, days: int = DEMO_DAYS) -> int:
+    """(Re)create the demo application database at ``url``; returns the event count."""
+    u = sa.make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database:
+        Path(u.database).unlink(missing_ok=True)
+    engine = make_engine(url)
+    try:
+        source_metadata.drop_all(engine)
+        source_metadata.create_all(engine)
+        events = generate_events(accounts, start, days)
+        with engine.begin() as conn:
+            conn.execute(src_accounts.insert(), [
+                {"id": a.id, "name": a.name, "reporting_timezone": a.timezone} for a in accounts
+            ])
+            # Timestamps go in as the app writes them (text in SQLite), bad ones included.
+            cols = [c.name for c in src_reporting_events.columns]
+            placeholders = ", ".join(f":{c}" for c in cols)
+            conn.execute(
+                sa.text(f"INSERT INTO reporting_events ({', '.join(cols)}) "
+                        f"VALUES ({placeholders})"),
+                [{c: e.get(c) for c in cols} for e in events],
+            )
+        return len(events)
+    finally:
+        engine.dispose()

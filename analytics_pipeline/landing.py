@@ -1,0 +1,129 @@
+"""Landing: Parquet written with pyarrow, one directory per source × partition.
+
+A partition directory is replaced atomically: the new files are written to a sibling
+staging directory, then swapped in by rename. Readers see the old or the new data,
+never a mix. Any pyarrow filesystem URI works (local path, s3://, gs://); object stores
+have no atomic directory rename, so there the swap writes a ``_SUCCESS`` manifest last
+and readers only trust directories that have one.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from analytics_pipeline.partitions import LocalDay
+
+MANIFEST = "_SUCCESS"
+
+
+def _segment(value: str) -> str:
+    # Timezone names contain "/", which must not become a directory level.
+    return quote(value, safe="")
+
+
+@dataclass
+class LandingStore:
+    """Parquet landing under ``root`` (a local path or a pyarrow filesystem URI)."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        fs, path = pafs.FileSystem.from_uri(self.root) if "://" in self.root else (
+            pafs.LocalFileSystem(), self._local_root(self.root)
+        )
+        self.fs: pafs.FileSystem = fs
+        self.base: str = path.rstrip("/")
+        self._local = isinstance(fs, pafs.LocalFileSystem)
+
+    @staticmethod
+    def _local_root(root: str) -> str:
+        from pathlib import Path
+
+        return str(Path(root).resolve())
+
+    def partition_dir(self, source: str, day: LocalDay) -> str:
+        return posixpath.join(
+            self.base, _segment(source), f"date={day.day.isoformat()}",
+            f"timezone={_segment(day.tz)}",
+        )
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def has_partition(self, source: str, day: LocalDay) -> bool:
+        return self._exists(posixpath.join(self.partition_dir(source, day), MANIFEST))
+
+    def write_partition(
+        self, source: str, day: LocalDay, table: pa.Table, meta: dict | None = None
+    ) -> str:
+        """Replace the partition's data with ``table`` atomically; returns the directory."""
+        final = self.partition_dir(source, day)
+        parent = posixpath.dirname(final)
+        token = uuid.uuid4().hex[:12]
+        staging = posixpath.join(parent, f".staging-{posixpath.basename(final)}-{token}")
+        self.fs.create_dir(staging, recursive=True)
+        pq.write_table(
+            table, posixpath.join(staging, "part-0.parquet"), filesystem=self.fs,
+            compression="zstd", row_group_size=1_000_000,
+        )
+        manifest = {"rows": table.num_rows, **(meta or {})}
+        with self.fs.open_output_stream(posixpath.join(staging, MANIFEST)) as f:
+            f.write(json.dumps(manifest, sort_keys=True, default=str).encode())
+        if self._local:
+            # rename(2) cannot replace a non-empty directory: move the old one aside first,
+            # so the window without a directory is a single rename long, then drop it.
+            old = posixpath.join(parent, f".old-{posixpath.basename(final)}-{token}")
+            if self._exists(final):
+                self.fs.move(final, old)
+            self.fs.move(staging, final)
+            if self._exists(old):
+                self.fs.delete_dir(old)
+        else:
+            if self._exists(final):
+                self.fs.delete_dir(final)
+            for info in self.fs.get_file_info(pafs.FileSelector(staging)):
+                name = posixpath.basename(info.path)
+                if name != MANIFEST:
+                    self.fs.copy_file(info.path, posixpath.join(final, name))
+            self.fs.copy_file(posixpath.join(staging, MANIFEST), posixpath.join(final, MANIFEST))
+            self.fs.delete_dir(staging)
+        return final
+
+    def read_partition(
+        self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """The landed table of a partition; a partition never landed raises FileNotFoundError."""
+        final = self.partition_dir(source, day)
+        if not self.has_partition(source, day):
+            raise FileNotFoundError(
+                f"no landed data for {source} {day.key}: materialize its raw asset first"
+            )
+        files = [
+            i.path for i in self.fs.get_file_info(pafs.FileSelector(final))
+            if i.path.endswith(".parquet")
+        ]
+        if not files:
+            return schema.empty_table()
+        tables = [pq.read_table(f, filesystem=self.fs, columns=columns) for f in files]
+        return pa.concat_tables(tables)
+
+    def replace_accounts(
+        self, source: str, day: LocalDay, table: pa.Table, account_ids: Sequence[int],
+        schema: pa.Schema, meta: dict | None = None,
+    ) -> str:
+        """Replace only ``account_ids``' events of a partition, keeping the others."""
+        if self.has_partition(source, day):
+            old = self.read_partition(source, day, schema)
+            keep = pc.invert(pc.is_in(old["account_id"], pa.array(account_ids, pa.int64())))
+            table = pa.concat_tables([old.filter(pc.fill_null(keep, True)), table.cast(schema)])
+        return self.write_partition(source, day, table, meta)

@@ -1,0 +1,80 @@
+"""The metric registry: raw event names → rollup metrics, for write, read and checks.
+
+Adding a metric is one ``Metric`` entry. The write path (``rollups``) groups events by
+the entry's raw event and dimension, the read path (``report``) turns the stored
+columns into report values with ``Metric.read``, and the reconciliation check
+recomputes the expected totals per entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Aggregation(str, Enum):
+    COUNT_AND_SUMS = "count_and_sums"  # count, sum(value), sum(value_in_business_hours)
+    COUNT_ONLY = "count_only"  # count, sums stored as 0
+    DISTINCT_CONVERSATIONS = "distinct_conversations"  # count(distinct conversation_id), sums 0
+
+
+class ReadAs(str, Enum):
+    COUNT = "count"  # report value = sum(count)
+    AVERAGE = "average"  # report value = sum(sum_value) / sum(count); None when count is 0
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str  # dimension_type stored in daily_rollups
+    column: str  # event column holding the dimension id; null skips the dimension
+
+
+ACCOUNT = Dimension("account", "account_id")
+AGENT = Dimension("agent", "user_id")
+INBOX = Dimension("inbox", "inbox_id")
+REPORTING_DIMENSIONS: tuple[Dimension, ...] = (ACCOUNT, AGENT, INBOX)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    raw_event: str
+    aggregation: Aggregation
+    read: ReadAs
+    dimensions: tuple[Dimension, ...] = REPORTING_DIMENSIONS
+    source: str = "reporting_events"
+    description: str = ""
+
+
+REPORTING_METRICS: tuple[Metric, ...] = (
+    Metric("first_response", "first_response", Aggregation.COUNT_AND_SUMS, ReadAs.AVERAGE,
+           description="Time to first response, seconds"),
+    Metric("reply_time", "reply_time", Aggregation.COUNT_AND_SUMS, ReadAs.AVERAGE,
+           description="Time to reply, seconds"),
+    Metric("resolutions_count", "conversation_resolved", Aggregation.COUNT_ONLY, ReadAs.COUNT,
+           description="Conversations resolved"),
+    Metric("resolution_time", "conversation_resolved", Aggregation.COUNT_AND_SUMS, ReadAs.AVERAGE,
+           description="Time to resolution, seconds"),
+    Metric("bot_resolutions_count", "conversation_bot_resolved", Aggregation.COUNT_ONLY,
+           ReadAs.COUNT, description="Conversations resolved by a bot"),
+    Metric("bot_handoffs_count", "conversation_bot_handoff", Aggregation.DISTINCT_CONVERSATIONS,
+           ReadAs.COUNT, description="Distinct conversations handed off from a bot"),
+)
+
+METRICS: dict[str, Metric] = {m.name: m for m in REPORTING_METRICS}
+
+
+def metrics_for_source(source: str) -> tuple[Metric, ...]:
+    return tuple(m for m in METRICS.values() if m.source == source)
+
+
+def raw_events_for_source(source: str) -> frozenset[str]:
+    return frozenset(m.raw_event for m in metrics_for_source(source))
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        known = ", ".join(sorted(METRICS))
+        raise ValueError(f"unknown metric {name!r}; known metrics: {known}") from None

@@ -1,0 +1,95 @@
+"""Dagster resources: every setting from the environment (``EnvVar``), with defaults."""
+
+
+import os
+from datetime import date, timedelta
+
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from analytics_pipeline.landing import LandingStore
+from analytics_pipeline.partitions import zone
+from analytics_pipeline.settings import DEFAULTS
+from analytics_pipeline.sources import ReportingEventsSource
+from analytics_pipeline.warehouse import ensure_schema, make_engine, redact
+
+
+class SourceDatabase(ConfigurableResource):
+    """The application database the support-desk app writes (any SQLAlchemy URL)."""
+
+    url: str = Field(description="SQLAlchemy URL of the application database")
+
+    def reporting_events(self, fallback_date: date) -> ReportingEventsSource:
+        return ReportingEventsSource(self.url, fallback_date=fallback_date)
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+
+class Warehouse(ConfigurableResource):
+    """The warehouse holding accounts, daily_rollups and quarantine."""
+
+    url: str = Field(description="SQLAlchemy URL of the warehouse")
+
+    def engine(self) -> Engine:
+        engine = make_engine(self.url)
+        ensure_schema(engine)
+        return engine
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+
+class Landing(ConfigurableResource):
+    """Root of the Parquet landing area: a local path or a pyarrow filesystem URI."""
+
+    uri: str = Field(description="local path, s3://bucket/prefix, gs://bucket/prefix, ...")
+
+    def store(self) -> LandingStore:
+        return LandingStore(self.uri)
+
+
+class PipelineSettings(ConfigurableResource):
+    default_timezone: str = Field(default="UTC", description="timezone of accounts without one")
+    start_date: str = Field(default="2024-01-01", description="first partition date")
+    close_grace_minutes: int = Field(
+        default=30, description="minutes after local midnight before a day is rolled up"
+    )
+
+    def validated_default_timezone(self) -> str:
+        zone(self.default_timezone)  # raises a clear ValueError if misconfigured
+        return self.default_timezone
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(minutes=self.close_grace_minutes)
+
+    @property
+    def first_date(self) -> date:
+        return date.fromisoformat(self.start_date)
+
+
+def _env(name: str):
+    """``EnvVar(name)`` when the variable is set (the UI shows the name, never the value),
+    else the embedded default."""
+    return EnvVar(name) if os.environ.get(name) else DEFAULTS[name]
+
+
+def _env_int(name: str):
+    return EnvVar.int(name) if os.environ.get(name) else int(DEFAULTS[name])
+
+
+def default_resources() -> dict[str, ConfigurableResource]:
+    return {
+        "source_db": SourceDatabase(url=_env("ANALYTICS_SOURCE_URL")),
+        "warehouse": Warehouse(url=_env("ANALYTICS_WAREHOUSE_URL")),
+        "landing": Landing(uri=_env("ANALYTICS_LANDING_URI")),
+        "settings": PipelineSettings(
+            default_timezone=_env("ANALYTICS_DEFAULT_TIMEZONE"),
+            start_date=_env("ANALYTICS_START_DATE"),
+            close_grace_minutes=_env_int("ANALYTICS_CLOSE_GRACE_MINUTES"),
+        ),
+    }

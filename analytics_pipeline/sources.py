@@ -1,0 +1,198 @@
+"""Sources: normalized events for a local day and a set of accounts, as Arrow.
+
+The application database is read with SQLAlchemy Core for the query and an Arrow-native
+ADBC driver for the rows (PostgreSQL and SQLite), so no Python object is built per row;
+other SQLAlchemy dialects fall back to a streamed, column-wise fetch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from analytics_pipeline.partitions import LocalDay
+from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA, conform
+from analytics_pipeline.warehouse import make_engine, normalize_url
+
+# The source contract (DESIGN.md): tables as the support-desk app keeps them.
+source_metadata = sa.MetaData()
+src_accounts = sa.Table(
+    "accounts",
+    source_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text),
+    sa.Column("reporting_timezone", sa.Text),
+)
+src_reporting_events = sa.Table(
+    "reporting_events",
+    source_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("value", sa.Float(precision=53)),
+    sa.Column("value_in_business_hours", sa.Float(precision=53)),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.BigInteger),
+    sa.Column("inbox_id", sa.BigInteger),
+    sa.Column("conversation_id", sa.BigInteger),
+    sa.Column("event_start_time", sa.DateTime),
+    sa.Column("event_end_time", sa.DateTime),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.Index("index_reporting_events_on_account_id_and_created_at", "account_id", "created_at"),
+)
+
+
+class EventSource(Protocol):
+    """What every source offers the raw extraction assets."""
+
+    name: str
+
+    def extract(
+        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+    ) -> pa.Table: ...
+
+
+def _ts_literal(instant: datetime) -> str:
+    """A naive-UTC timestamp literal that sorts like the normalized SQLite text."""
+    return instant.strftime("%Y-%m-%d %H:%M:%S.000")
+
+
+@dataclass
+class ReportingEventsSource:
+    """``reporting_events`` of the application database (DESIGN.md source contract).
+
+    ``fallback_date`` dates events whose ``created_at`` and ``updated_at`` are both
+    unusable, so every such event lands in exactly one partition (where it is
+    quarantined) instead of in none or in all of them.
+    """
+
+    url: str
+    fallback_date: date
+    name: str = "reporting_events"
+
+    def _query(
+        self, dialect: str, day: LocalDay, account_ids: Sequence[int], include_orphans: bool
+    ) -> sa.Select:
+        e = src_reporting_events.c
+        start, end = _ts_literal(day.start_utc), _ts_literal(day.end_utc)
+        fallback = f"{self.fallback_date.isoformat()} 00:00:00.000"
+        if dialect == "sqlite":
+            # SQLite keeps timestamps as text in several spellings; strftime normalizes
+            # them (and yields NULL for text that is not a timestamp).
+            def norm(col):
+                return sa.func.strftime("%Y-%m-%d %H:%M:%f", col)
+
+            created, updated = norm(e.created_at), norm(e.updated_at)
+            raw_created = sa.case(
+                (created.is_(None), sa.cast(e.created_at, sa.Text)), else_=sa.null()
+            )
+            numeric = {
+                c: sa.cast(getattr(e, c), sa.Float) if c.startswith("value")
+                else sa.cast(getattr(e, c), sa.BigInteger)
+                for c in ("value", "value_in_business_hours", "account_id", "user_id",
+                          "inbox_id", "conversation_id")
+            }
+            created_out = created
+        else:
+            created, updated = e.created_at, e.updated_at
+            raw_created = sa.null()
+            numeric = {c: getattr(e, c) for c in ("value", "value_in_business_hours",
+                                                   "account_id", "user_id", "inbox_id",
+                                                   "conversation_id")}
+            created_out = e.created_at
+        lo, hi, fb = (sa.literal_column(f"'{v}'") for v in (start, end, fallback))
+        undated_at = sa.func.coalesce(updated, fb)
+        in_window = sa.or_(
+            sa.and_(created >= lo, created < hi),
+            sa.and_(created.is_(None), undated_at >= lo, undated_at < hi),
+        )
+        ids = [int(a) for a in account_ids]
+        who = e.account_id.in_(ids) if ids else sa.false()
+        if include_orphans:
+            known = sa.exists().where(src_accounts.c.id == e.account_id)
+            who = sa.or_(who, ~known)
+        return sa.select(
+            e.id,
+            e.name,
+            numeric["value"].label("value"),
+            numeric["value_in_business_hours"].label("value_in_business_hours"),
+            numeric["account_id"].label("account_id"),
+            numeric["user_id"].label("user_id"),
+            numeric["inbox_id"].label("inbox_id"),
+            numeric["conversation_id"].label("conversation_id"),
+            created_out.label("created_at"),
+            raw_created.label("created_at_raw"),
+        ).where(who, in_window)
+
+    def extract(
+        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+    ) -> pa.Table:
+        """Events of ``account_ids`` over the UTC window of ``day`` (RAW_REPORTING_SCHEMA).
+
+        ``include_orphans`` also returns events whose account is missing from the
+        source's ``accounts`` (the default-timezone partition sweeps them to quarantine).
+        """
+        url = normalize_url(self.url)
+        dialect = url.get_backend_name()
+        query = self._query(dialect, day, account_ids, include_orphans)
+        return conform(read_arrow(url, query))
+
+    def read_accounts(self) -> list[dict]:
+        engine = make_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(src_accounts).order_by(src_accounts.c.id))
+                return [dict(r._mapping) for r in rows]
+        finally:
+            engine.dispose()
+
+
+def _compile(url: sa.URL, query: sa.Select) -> str:
+    # Only integers and timestamps we format ourselves are inlined, never user text.
+    dialect = url.get_dialect()()
+    return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def read_arrow(url: str | sa.URL, query: sa.Select) -> pa.Table:
+    """Run ``query`` and return its rows as an Arrow table, natively where possible."""
+    url = normalize_url(url)
+    backend = url.get_backend_name()
+    sql = _compile(url, query)
+    if backend == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc_pg
+
+        libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with adbc_pg.connect(libpq) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+    if backend == "sqlite" and url.database and url.database != ":memory:":
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        with adbc_sqlite.connect(url.database) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+    return _read_arrow_sqlalchemy(url, query)
+
+
+def _read_arrow_sqlalchemy(url: sa.URL, query: sa.Select, batch: int = 100_000) -> pa.Table:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(query)
+            names = list(result.keys())
+            batches = []
+            while rows := result.fetchmany(batch):
+                columns = list(zip(*rows, strict=True))
+                batches.append(
+                    pa.table({n: pa.array(c) for n, c in zip(names, columns, strict=True)})
+                )
+        if not batches:
+            return RAW_REPORTING_SCHEMA.empty_table()
+        return pa.concat_tables(batches, promote_options="permissive")
+    finally:
+        engine.dispose()
