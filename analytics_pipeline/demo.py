@@ -127,32 +127,42 @@ def generate_events(
     return rows
 
 
+def write_source(url: str, accounts: list[dict], events: list[dict], fresh: bool = True) -> None:
+    """Write ``accounts`` and ``reporting_events`` rows as the app would (timestamps as
+    given: text in SQLite, bad ones included); ``fresh`` recreates the tables first."""
+    engine = make_engine(url)
+    try:
+        if fresh:
+            source_metadata.drop_all(engine)
+        source_metadata.create_all(engine)
+        with engine.begin() as conn:
+            if accounts:
+                conn.execute(src_accounts.insert(), accounts)
+            if events:
+                cols = [c.name for c in src_reporting_events.columns]
+                placeholders = ", ".join(f":{c}" for c in cols)
+                conn.execute(
+                    sa.text(f"INSERT INTO reporting_events ({', '.join(cols)}) "
+                            f"VALUES ({placeholders})"),
+                    [{c: e.get(c) for c in cols} for e in events],
+                )
+    finally:
+        engine.dispose()
+
+
 def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
                        start: date = DEMO_START, days: int = DEMO_DAYS) -> int:
     """(Re)create the demo application database at ``url``; returns the event count."""
     u = sa.make_url(url)
     if u.get_backend_name() == "sqlite" and u.database:
         Path(u.database).unlink(missing_ok=True)
-    engine = make_engine(url)
-    try:
-        source_metadata.drop_all(engine)
-        source_metadata.create_all(engine)
-        events = generate_events(accounts, start, days)
-        with engine.begin() as conn:
-            conn.execute(src_accounts.insert(), [
-                {"id": a.id, "name": a.name, "reporting_timezone": a.timezone} for a in accounts
-            ])
-            # Timestamps go in as the app writes them (text in SQLite), bad ones included.
-            cols = [c.name for c in src_reporting_events.columns]
-            placeholders = ", ".join(f":{c}" for c in cols)
-            conn.execute(
-                sa.text(f"INSERT INTO reporting_events ({', '.join(cols)}) "
-                        f"VALUES ({placeholders})"),
-                [{c: e.get(c) for c in cols} for e in events],
-            )
-        return len(events)
-    finally:
-        engine.dispose()
+    events = generate_events(accounts, start, days)
+    write_source(
+        url,
+        [{"id": a.id, "name": a.name, "reporting_timezone": a.timezone} for a in accounts],
+        events,
+    )
+    return len(events)
 
 
 def run_demo(regenerate: bool = True, out=print) -> int:

@@ -1,0 +1,133 @@
+"""Partition-atomic writes on SQLite and PostgreSQL."""
+
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from analytics_pipeline import warehouse as wh
+from analytics_pipeline.rollups import QUARANTINE_SCHEMA, ROLLUP_SCHEMA
+
+D = date(2026, 2, 11)
+
+
+def rollups(*rows) -> pa.Table:
+    return pa.Table.from_pylist(
+        [dict(zip(["account_id", "dimension_type", "dimension_id", "metric", "count",
+                   "sum_value", "sum_value_business_hours"], r, strict=True)) | {"date": D}
+         for r in rows],
+        schema=ROLLUP_SCHEMA,
+    )
+
+
+def quarantined(*ids) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"source": "reporting_events", "event_id": str(i), "reason": "invalid_value",
+          "payload": "{}"} for i in ids], schema=QUARANTINE_SCHEMA)
+
+
+@pytest.fixture
+def engine(warehouse_url):
+    e = wh.make_engine(warehouse_url)
+    wh.ensure_schema(e)
+    wh.ensure_schema(e)  # idempotent
+    wh.replace_accounts(e, [
+        {"id": 1, "name": "a", "reporting_timezone": "America/New_York",
+         "timezone": "America/New_York", "timezone_valid": True},
+        {"id": 2, "name": "b", "reporting_timezone": "Asia/Kolkata", "timezone": "Asia/Kolkata",
+         "timezone_valid": True},
+    ])
+    yield e
+    e.dispose()
+
+
+def snapshot(engine):
+    return [{k: v for k, v in r.items()} for r in wh.rollup_rows(engine)]
+
+
+def test_replace_is_idempotent(engine):
+    rows = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0),
+                   (1, "agent", 7, "first_response", 2, 10.0, 5.0))
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", rows, quarantined(9))
+    first = snapshot(engine)
+    deleted = wh.replace_partition(engine, D, "America/New_York", "reporting_events", rows,
+                                   quarantined(9))
+    assert deleted == 2
+    assert snapshot(engine) == first
+    assert len(first) == 2
+    with engine.connect() as c:
+        assert c.execute(wh.quarantine.select()).rowcount != 0
+        assert len(c.execute(wh.quarantine.select()).all()) == 1
+
+
+def test_failure_during_write_leaves_previous_rows(engine, monkeypatch):
+    old = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0))
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", old,
+                         quarantined())
+    before = snapshot(engine)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(wh, "_insert_rollups", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        wh.replace_partition(engine, D, "America/New_York", "reporting_events",
+                             rollups((1, "account", 1, "first_response", 5, 1.0, 1.0)),
+                             quarantined())
+    assert snapshot(engine) == before
+
+
+def test_unique_key_violation_rolls_back(engine):
+    old = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0))
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", old, quarantined())
+    dup = rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0),
+                  (1, "account", 1, "reply_time", 1, 1.0, 1.0))
+    with pytest.raises(Exception):  # noqa: B017 - driver-specific IntegrityError
+        wh.replace_partition(engine, D, "America/New_York", "reporting_events", dup,
+                             quarantined())
+    assert [r["metric"] for r in snapshot(engine)] == ["first_response"]
+
+
+def test_replace_touches_only_its_partition(engine):
+    wh.replace_partition(engine, D, "Asia/Kolkata", "reporting_events",
+                         rollups((2, "account", 2, "reply_time", 1, 3.0, 3.0)), quarantined())
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events",
+                         rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0)), quarantined())
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", rollups(),
+                         quarantined())
+    assert [r["account_id"] for r in snapshot(engine)] == [2]
+
+
+def test_account_moving_timezone_is_replaced_whatever_timezone_wrote_it(engine):
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events",
+                         rollups((1, "account", 1, "reply_time", 4, 4.0, 4.0)), quarantined())
+    # Account 1 moves to Kolkata; the Kolkata partition now owns its day.
+    wh.replace_accounts(engine, [
+        {"id": 1, "name": "a", "reporting_timezone": "Asia/Kolkata", "timezone": "Asia/Kolkata",
+         "timezone_valid": True},
+        {"id": 2, "name": "b", "reporting_timezone": "Asia/Kolkata", "timezone": "Asia/Kolkata",
+         "timezone_valid": True},
+    ])
+    wh.replace_partition(engine, D, "Asia/Kolkata", "reporting_events",
+                         rollups((1, "account", 1, "reply_time", 3, 3.0, 3.0)), quarantined())
+    rows = snapshot(engine)
+    assert [(r["account_id"], r["timezone"], r["count"]) for r in rows] == [
+        (1, "Asia/Kolkata", 3)]
+
+
+def test_account_subset_replace_keeps_other_accounts(engine):
+    wh.replace_accounts(engine, [
+        {"id": i, "name": str(i), "reporting_timezone": "UTC", "timezone": "UTC",
+         "timezone_valid": True} for i in (1, 2)])
+    wh.replace_partition(engine, D, "UTC", "reporting_events",
+                         rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0),
+                                 (2, "account", 2, "reply_time", 1, 1.0, 1.0)), quarantined())
+    wh.replace_partition(engine, D, "UTC", "reporting_events",
+                         rollups((2, "account", 2, "reply_time", 9, 9.0, 9.0)), quarantined(),
+                         account_ids=[2])
+    assert [(r["account_id"], r["count"]) for r in snapshot(engine)] == [(1, 1), (2, 9)]
+
+
+def test_redact_hides_password():
+    assert "s3cret" not in wh.redact("postgresql://u:s3cret@h/db")
+    assert wh.normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg2"
