@@ -76,7 +76,7 @@ def generate_events(
                 inbox = 10 * acc.id + rng.randrange(acc.inboxes)
                 base = {"account_id": acc.id, "inbox_id": inbox, "conversation_id": conv_id}
 
-                def add(name, at, value, user=agent, bh=None, **extra):
+                def add(name, at, value, user=agent, bh=None, t0=t0, base=base, **extra):
                     nonlocal next_id
                     rows.append({
                         "id": next_id, "name": name, "value": value,

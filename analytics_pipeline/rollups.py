@@ -131,7 +131,10 @@ def validate(
     mark(pc.invert(pc.fill_null(pc.is_in(events["account_id"], accounts), False)), REASON_ACCOUNT)
     mark(pc.is_null(events["name"]), REASON_NAME)
     mark(
-        pc.or_(_invalid_number(events["value"]), _invalid_number(events["value_in_business_hours"])),
+        pc.or_(
+            _invalid_number(events["value"]),
+            _invalid_number(events["value_in_business_hours"]),
+        ),
         REASON_VALUE,
     )
     bad = pc.is_valid(reason)

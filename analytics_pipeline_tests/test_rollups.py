@@ -7,10 +7,10 @@ import pytest
 
 from analytics_pipeline.registry import REPORTING_METRICS, get_metric, raw_events_for_source
 from analytics_pipeline.rollups import (
+    RAW_REPORTING_SCHEMA,
     REASON_ACCOUNT,
     REASON_TIMESTAMP,
     REASON_VALUE,
-    RAW_REPORTING_SCHEMA,
     compute_rollups,
     expected_account_totals,
     validate,

@@ -49,7 +49,8 @@ def test_sqlite_unparseable_timestamps_land_once_with_raw_text(tmp_path):
     write_source(url, ACCOUNTS, [
         event("first_response", "2026-02-11T12:00:00", id=1),
         {**event("first_response", "2026-02-11T12:00:00", id=2), "created_at": "not a date"},
-        {**event("first_response", "2026-02-11T12:00:00", id=3), "created_at": "2026-02-11T13:00:00Z"},
+        {**event("first_response", "2026-02-11T12:00:00", id=3),
+         "created_at": "2026-02-11T13:00:00Z"},
         {**event("first_response", "2026-02-11T12:00:00", id=4), "created_at": "",
          "updated_at": None},
     ])
