@@ -43,7 +43,8 @@ def totals_mismatches(
         e = expected.get(metric, (0, 0.0, 0.0))
         a = actual.get(metric, (0, 0.0, 0.0))
         same = e[0] == a[0] and all(
-            math.isclose(x, y, rel_tol=rel_tol, abs_tol=abs_tol) for x, y in zip(e[1:], a[1:], strict=True)
+            math.isclose(x, y, rel_tol=rel_tol, abs_tol=abs_tol)
+            for x, y in zip(e[1:], a[1:], strict=True)
         )
         if not same:
             out[metric] = {"expected": list(e), "actual": list(a)}
