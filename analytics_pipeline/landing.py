@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -64,19 +64,29 @@ class LandingStore:
         return self._exists(posixpath.join(self.partition_dir(source, day), MANIFEST))
 
     def write_partition(
-        self, source: str, day: LocalDay, table: pa.Table, meta: dict | None = None
+        self,
+        source: str,
+        day: LocalDay,
+        data: pa.Table | Iterable[pa.RecordBatch],
+        meta: dict | None = None,
+        schema: pa.Schema | None = None,
     ) -> str:
-        """Replace the partition's data with ``table`` atomically; returns the directory."""
+        """Replace the partition's data atomically; returns the directory.
+
+        ``data`` is a table or a stream of record batches (written as they come, so a
+        large partition never sits in memory whole; ``schema`` is then required).
+        """
         final = self.partition_dir(source, day)
         parent = posixpath.dirname(final)
         token = uuid.uuid4().hex[:12]
         staging = posixpath.join(parent, f".staging-{posixpath.basename(final)}-{token}")
         self.fs.create_dir(staging, recursive=True)
-        pq.write_table(
-            table, posixpath.join(staging, "part-0.parquet"), filesystem=self.fs,
-            compression="zstd", row_group_size=1_000_000,
-        )
-        manifest = {"rows": table.num_rows, **(meta or {})}
+        try:
+            rows = self._write_parquet(posixpath.join(staging, "part-0.parquet"), data, schema)
+        except BaseException:
+            self.fs.delete_dir(staging)
+            raise
+        manifest = {"rows": rows, **(meta or {})}
         with self.fs.open_output_stream(posixpath.join(staging, MANIFEST)) as f:
             f.write(json.dumps(manifest, sort_keys=True, default=str).encode())
         if self._local:
@@ -98,6 +108,22 @@ class LandingStore:
             self.fs.copy_file(posixpath.join(staging, MANIFEST), posixpath.join(final, MANIFEST))
             self.fs.delete_dir(staging)
         return final
+
+    def _write_parquet(
+        self, path: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None
+    ) -> int:
+        if isinstance(data, pa.Table):
+            pq.write_table(data, path, filesystem=self.fs, compression="zstd",
+                           row_group_size=1_000_000)
+            return data.num_rows
+        if schema is None:
+            raise ValueError("writing a stream of batches needs its schema")
+        rows = 0
+        with pq.ParquetWriter(path, schema, filesystem=self.fs, compression="zstd") as w:
+            for batch in data:
+                w.write_batch(batch, row_group_size=1_000_000)
+                rows += batch.num_rows
+        return rows
 
     def read_partition(
         self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
@@ -127,3 +153,9 @@ class LandingStore:
             keep = pc.invert(pc.is_in(old["account_id"], pa.array(account_ids, pa.int64())))
             table = pa.concat_tables([old.filter(pc.fill_null(keep, True)), table.cast(schema)])
         return self.write_partition(source, day, table, meta)
+
+    def partition_rows(self, source: str, day: LocalDay) -> int:
+        """Row count of a landed partition, from its manifest."""
+        path = posixpath.join(self.partition_dir(source, day), MANIFEST)
+        with self.fs.open_input_stream(path) as f:
+            return int(json.loads(f.read())["rows"])

@@ -1,13 +1,15 @@
 """Sources: normalized events for a local day and a set of accounts, as Arrow.
 
 The application database is read with SQLAlchemy Core for the query and an Arrow-native
-ADBC driver for the rows (PostgreSQL and SQLite), so no Python object is built per row;
-other SQLAlchemy dialects fall back to a streamed, column-wise fetch.
+ADBC driver for the rows of PostgreSQL (binary COPY straight into Arrow batches), so no
+Python object is built per row; SQLite (the embedded default) and other dialects use a
+streamed, column-wise fetch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
@@ -55,6 +57,10 @@ class EventSource(Protocol):
     def extract(
         self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
     ) -> pa.Table: ...
+
+    def extract_batches(
+        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+    ) -> Iterator[pa.RecordBatch]: ...
 
 
 def _ts_literal(instant: datetime) -> str:
@@ -137,10 +143,19 @@ class ReportingEventsSource:
         ``include_orphans`` also returns events whose account is missing from the
         source's ``accounts`` (the default-timezone partition sweeps them to quarantine).
         """
+        batches = list(self.extract_batches(day, account_ids, include_orphans))
+        return pa.Table.from_batches(batches, schema=RAW_REPORTING_SCHEMA)
+
+    def extract_batches(
+        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+    ) -> Iterator[pa.RecordBatch]:
+        """The same rows as ``extract``, streamed in record batches (bounded memory)."""
         url = normalize_url(self.url)
-        dialect = url.get_backend_name()
-        query = self._query(dialect, day, account_ids, include_orphans)
-        return conform(read_arrow(url, query))
+        query = self._query(url.get_backend_name(), day, account_ids, include_orphans)
+        with arrow_batches(url, query) as reader:
+            for batch in reader:
+                if batch.num_rows:
+                    yield from conform(pa.Table.from_batches([batch])).to_batches()
 
     def read_accounts(self) -> list[dict]:
         engine = make_engine(self.url)
@@ -158,8 +173,9 @@ def _compile(url: sa.URL, query: sa.Select) -> str:
     return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
-def read_arrow(url: str | sa.URL, query: sa.Select) -> pa.Table:
-    """Run ``query`` and return its rows as an Arrow table, natively where possible."""
+@contextmanager
+def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.RecordBatch]]:
+    """Stream ``query``'s rows as Arrow record batches, natively where possible."""
     url = normalize_url(url)
     backend = url.get_backend_name()
     sql = _compile(url, query)
@@ -169,30 +185,25 @@ def read_arrow(url: str | sa.URL, query: sa.Select) -> pa.Table:
         libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
         with adbc_pg.connect(libpq) as conn, conn.cursor() as cur:
             cur.execute(sql)
-            return cur.fetch_arrow_table()
-    if backend == "sqlite" and url.database and url.database != ":memory:":
-        import adbc_driver_sqlite.dbapi as adbc_sqlite
+            yield iter(cur.fetch_record_batch())
+    else:
+        # SQLite (and any other dialect): typed per value, not per column, so ADBC's
+        # per-batch type inference could fail mid-stream; fetch column-wise instead.
+        engine = make_engine(url)
+        try:
+            yield _sqlalchemy_batches(engine, query)
+        finally:
+            engine.dispose()
 
-        with adbc_sqlite.connect(url.database) as conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetch_arrow_table()
-    return _read_arrow_sqlalchemy(url, query)
 
-
-def _read_arrow_sqlalchemy(url: sa.URL, query: sa.Select, batch: int = 100_000) -> pa.Table:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(query)
-            names = list(result.keys())
-            batches = []
-            while rows := result.fetchmany(batch):
-                columns = list(zip(*rows, strict=True))
-                batches.append(
-                    pa.table({n: pa.array(c) for n, c in zip(names, columns, strict=True)})
-                )
-        if not batches:
-            return RAW_REPORTING_SCHEMA.empty_table()
-        return pa.concat_tables(batches, promote_options="permissive")
-    finally:
-        engine.dispose()
+def _sqlalchemy_batches(
+    engine: sa.Engine, query: sa.Select, batch: int = 100_000
+) -> Iterator[pa.RecordBatch]:
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True).execute(query)
+        names = list(result.keys())
+        while rows := result.fetchmany(batch):
+            columns = zip(*rows, strict=True)
+            yield pa.RecordBatch.from_pydict(
+                {n: pa.array(c) for n, c in zip(names, columns, strict=True)}
+            )

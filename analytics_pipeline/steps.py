@@ -49,20 +49,22 @@ def extract_partition(
     # Events of accounts missing from the source are swept by the default timezone's
     # partitions, so that they are quarantined once instead of vanishing.
     orphans = only_accounts is None and day.tz == default_tz
-    table = source.extract(day, targets, include_orphans=orphans)
     meta = {
         "window_start_utc": day.start_utc.isoformat(),
         "window_end_utc": day.end_utc.isoformat(),
         "accounts": len(targets),
     }
     if only_accounts is None:
-        path = store.write_partition(source.name, day, table, meta)
+        batches = source.extract_batches(day, targets, include_orphans=orphans)
+        path = store.write_partition(source.name, day, batches, meta, RAW_REPORTING_SCHEMA)
     else:
+        table = source.extract(day, targets)
         path = store.replace_accounts(
             source.name, day, table, targets, RAW_REPORTING_SCHEMA, meta
         )
+    rows = store.partition_rows(source.name, day)
     return ExtractResult(
-        key=day.key, rows=table.num_rows, accounts=len(targets),
+        key=day.key, rows=rows, accounts=len(targets),
         window=f"{day.start_utc.isoformat()} → {day.end_utc.isoformat()}", path=path,
     )
 

@@ -71,3 +71,20 @@ def test_read_accounts(source_url):
     assert [a["reporting_timezone"] for a in src.read_accounts()] == [
         "America/New_York", "Asia/Kolkata"]
     assert sa.make_url(source_url)  # url unchanged
+
+
+def test_sqlite_nulls_then_values_across_batches(tmp_path, monkeypatch):
+    """A column null for a whole first batch, typed later, still extracts."""
+    from analytics_pipeline import sources
+
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    rows = [event("reply_time", "2026-02-11T12:00:00", id=i,
+                  value=None if i < 30 else 1.5, user_id=None if i < 30 else 9)
+            for i in range(1, 61)]
+    write_source(url, ACCOUNTS, rows)
+    original = sources._sqlalchemy_batches
+    monkeypatch.setattr(sources, "_sqlalchemy_batches",
+                        lambda engine, query: original(engine, query, batch=10))
+    t = ReportingEventsSource(url, fallback_date=date(2024, 1, 1)).extract(NY, [1])
+    assert t.num_rows == 60
+    assert t["value"].null_count == 29 and t["user_id"].null_count == 29
