@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import queue
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,46 @@ import pyarrow.parquet as pq
 from analytics_pipeline.partitions import LocalDay
 
 MANIFEST = "_SUCCESS"
+
+
+def prefetched(batches: Iterable[pa.RecordBatch], depth: int = 4) -> Iterable[pa.RecordBatch]:
+    """Pull ``batches`` on a helper thread so that fetching the next batch (network, the
+    database) overlaps with compressing the current one; errors are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    error: list[BaseException] = []
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            error.append(exc)
+        finally:
+            q.put(done)
+
+    t = threading.Thread(target=pump, name="landing-prefetch", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock the producer if the consumer stopped early
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(timeout=0.1)
+    if error:
+        raise error[0]
 
 
 def _segment(value: str) -> str:
@@ -120,7 +162,7 @@ class LandingStore:
             raise ValueError("writing a stream of batches needs its schema")
         rows = 0
         with pq.ParquetWriter(path, schema, filesystem=self.fs, compression="zstd") as w:
-            for batch in data:
+            for batch in prefetched(data):
                 w.write_batch(batch, row_group_size=1_000_000)
                 rows += batch.num_rows
         return rows

@@ -56,6 +56,10 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+# What the rollups read of a validated event.
+VALID_COLUMNS = ["id", "name", "value", "value_in_business_hours", "account_id", "user_id",
+                 "inbox_id", "conversation_id"]
+
 REASON_TIMESTAMP = "unparseable_created_at"
 REASON_ACCOUNT = "unknown_account"
 REASON_VALUE = "invalid_value"
@@ -69,6 +73,7 @@ class Validated:
     valid: pa.Table
     quarantine: pa.Table
     ignored_by_name: dict[str, int] = field(default_factory=dict)
+    out_of_scope: int = 0  # valid events of known accounts outside ``scope``
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
@@ -113,89 +118,97 @@ def validate(
     known_accounts: Iterable[int],
     registered_events: Iterable[str],
     source: str = "reporting_events",
+    scope: Iterable[int] | None = None,
 ) -> Validated:
     """Split ``events`` (RAW_REPORTING_SCHEMA) into valid, quarantined and ignored rows.
 
-    The first failing rule gives the reason: timestamp, account, name, value.
+    The first failing rule gives the reason: timestamp, account, name, value. Rules run
+    as boolean kernels over all rows; reason strings are only built for the bad rows.
+    ``scope`` (accounts) keeps only their events among the valid ones, counting the rest.
+    The valid table carries the columns the rollups need (no timestamps: the partition
+    already fixed the day), filtered once.
     """
     events = conform(events)
-    n = events.num_rows
-    reason = pa.nulls(n, pa.string())
-
-    def mark(mask: pa.ChunkedArray | pa.Array, why: str) -> None:
-        nonlocal reason
-        reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(why), reason)
-
     accounts = pa.array(sorted(set(known_accounts)), pa.int64())
-    mark(pc.is_null(events["created_at"]), REASON_TIMESTAMP)
-    mark(pc.invert(pc.fill_null(pc.is_in(events["account_id"], accounts), False)), REASON_ACCOUNT)
-    mark(pc.is_null(events["name"]), REASON_NAME)
-    mark(
-        pc.or_(
-            _invalid_number(events["value"]),
-            _invalid_number(events["value_in_business_hours"]),
-        ),
-        REASON_VALUE,
-    )
-    bad = pc.is_valid(reason)
-    bad_rows = events.filter(bad)
-    quarantine = pa.Table.from_arrays(
-        [
-            pa.repeat(pa.scalar(source, pa.string()), bad_rows.num_rows),
-            pc.cast(bad_rows["id"], pa.string()),
-            pc.drop_null(reason).cast(pa.string()),
-            _payload_json(bad_rows),
-        ],
-        schema=QUARANTINE_SCHEMA,
-    )
-    good = events.filter(pc.invert(bad))
+    rules = [
+        (REASON_TIMESTAMP, pc.is_null(events["created_at"])),
+        (REASON_ACCOUNT,
+         pc.invert(pc.fill_null(pc.is_in(events["account_id"], accounts), False))),
+        (REASON_NAME, pc.is_null(events["name"])),
+        (REASON_VALUE, pc.or_(_invalid_number(events["value"]),
+                              _invalid_number(events["value_in_business_hours"]))),
+    ]
+    bad = rules[0][1]
+    for _, mask in rules[1:]:
+        bad = pc.or_(bad, mask)
+    n_bad = pc.sum(bad).as_py() or 0
+    if n_bad:
+        bad_rows = events.filter(bad)
+        reason = pa.nulls(n_bad, pa.string())
+        for why, mask in rules:
+            hit = mask.filter(bad)
+            reason = pc.if_else(pc.and_(pc.is_null(reason), hit), pa.scalar(why), reason)
+        quarantine = pa.Table.from_arrays(
+            [
+                pa.repeat(pa.scalar(source, pa.string()), n_bad),
+                pc.cast(bad_rows["id"], pa.string()),
+                reason.cast(pa.string()),
+                _payload_json(bad_rows),
+            ],
+            schema=QUARANTINE_SCHEMA,
+        )
+    else:
+        quarantine = QUARANTINE_SCHEMA.empty_table()
     registered = pa.array(sorted(set(registered_events)), pa.string())
-    wanted = pc.is_in(good["name"], registered)
-    ignored = good.filter(pc.invert(wanted))
+    wanted = pc.fill_null(pc.is_in(events["name"], registered), False)
+    keep = pc.and_(pc.invert(bad), wanted)
+    ignored_names = events["name"].filter(pc.and_(pc.invert(bad), pc.invert(wanted)))
     ignored_by_name = (
-        {str(v["values"]): int(v["counts"]) for v in pc.value_counts(ignored["name"]).to_pylist()}
-        if ignored.num_rows
+        {str(v["values"]): int(v["counts"])
+         for v in pc.value_counts(ignored_names).to_pylist()}
+        if len(ignored_names)
         else {}
     )
-    return Validated(good.filter(wanted), quarantine, ignored_by_name)
+    out_of_scope = 0
+    if scope is not None:
+        scope_ids = pa.array(sorted(set(scope)), pa.int64())
+        in_scope = pc.fill_null(pc.is_in(events["account_id"], scope_ids), False)
+        out_of_scope = pc.sum(pc.and_(keep, pc.invert(in_scope))).as_py() or 0
+        keep = pc.and_(keep, in_scope)
+    columns = events.select(VALID_COLUMNS)
+    n_keep = pc.sum(keep).as_py() or 0
+    valid = columns if n_keep == events.num_rows else columns.filter(keep)
+    return Validated(valid, quarantine, ignored_by_name, out_of_scope)
 
 
-def _dimension_groups(events: pa.Table, dim: Dimension) -> pa.Table:
-    """One row per (raw event, account, dimension id) with count, sums and distinct convs."""
-    cols = ["name", "account_id", "value", "value_in_business_hours", "conversation_id"]
+def _dimension_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Table:
+    """One row per (raw event, account, dimension id): count and sums, or (``distinct``)
+    the number of distinct conversations, which is only computed where a metric needs it
+    because hashing conversation ids is the most expensive aggregation here."""
+    cols = ["name", "account_id"]
+    keys = ["name", "account_id"]
     if dim.column != "account_id":
-        t = events.select([*cols, dim.column])
-        t = t.filter(pc.is_valid(t[dim.column]))
-        keys = ["name", "account_id", dim.column]
+        cols.append(dim.column)
+        keys.append(dim.column)
+    if distinct:
+        t = events.select([*cols, "conversation_id"])
+        aggs = [("conversation_id", "count_distinct")]
     else:
-        t = events.select(cols)
-        keys = ["name", "account_id"]
-    t = t.set_column(t.schema.get_field_index("value"), "value", pc.fill_null(t["value"], 0.0))
-    t = t.set_column(
-        t.schema.get_field_index("value_in_business_hours"),
-        "value_in_business_hours",
-        pc.fill_null(t["value_in_business_hours"], 0.0),
-    )
-    g = t.group_by(keys, use_threads=True).aggregate(
-        [
-            ("value", "count", pc.CountOptions(mode="all")),
-            ("value", "sum"),
-            ("value_in_business_hours", "sum"),
-            ("conversation_id", "count_distinct"),
-        ]
-    )
-    dim_id = g[dim.column] if dim.column != "account_id" else g["account_id"]
-    return pa.table(
-        {
-            "name": g["name"],
-            "account_id": g["account_id"],
-            "dimension_id": dim_id,
-            "n": g["value_count"],
-            "sum_value": g["value_sum"],
-            "sum_bh": g["value_in_business_hours_sum"],
-            "distinct_conversations": g["conversation_id_count_distinct"],
-        }
-    )
+        t = events.select([*cols, "value", "value_in_business_hours"])
+        aggs = [("name", "count", pc.CountOptions(mode="all")), ("value", "sum"),
+                ("value_in_business_hours", "sum")]
+    if dim.column != "account_id":
+        t = t.filter(pc.is_valid(t[dim.column]))
+    g = t.group_by(keys, use_threads=True).aggregate(aggs)
+    out = {"name": g["name"], "account_id": g["account_id"], "dimension_id": g[dim.column]}
+    if distinct:
+        out["n"] = g["conversation_id_count_distinct"]
+    else:
+        # sum() skips nulls, which is exactly "a null value counts as 0" (empty sum → null)
+        out["n"] = g["name_count"]
+        out["sum_value"] = pc.fill_null(g["value_sum"], 0.0)
+        out["sum_bh"] = pc.fill_null(g["value_in_business_hours_sum"], 0.0)
+    return pa.table(out)
 
 
 def compute_rollups(events: pa.Table, day: date, metrics: Sequence[Metric]) -> pa.Table:
@@ -205,46 +218,51 @@ def compute_rollups(events: pa.Table, day: date, metrics: Sequence[Metric]) -> p
     for m in metrics:
         for d in m.dimensions:
             dims[d.name] = d
-    for dim in dims.values():
-        dim_metrics = [m for m in metrics if dim in m.dimensions]
-        names = pa.array(sorted({m.raw_event for m in dim_metrics}), pa.string())
-        subset = events.filter(pc.is_in(events["name"], names))
+    for distinct in (False, True):
+        kind = [m for m in metrics
+                if (m.aggregation is Aggregation.DISTINCT_CONVERSATIONS) == distinct]
+        names = pa.array(sorted({m.raw_event for m in kind}), pa.string())
+        if len(names) == 0:
+            continue
+        needed = ["name", "account_id", "user_id", "inbox_id"] + (
+            ["conversation_id"] if distinct else ["value", "value_in_business_hours"])
+        subset = events.select(needed).filter(pc.is_in(events["name"], names))
         if subset.num_rows == 0:
             continue
-        groups = _dimension_groups(subset, dim)
-        for m in dim_metrics:
-            g = groups.filter(pc.equal(groups["name"], m.raw_event))
-            if g.num_rows == 0:
+        for dim in dims.values():
+            group_metrics = [m for m in kind if dim in m.dimensions]
+            if not group_metrics:
                 continue
-            zeros = pa.repeat(pa.scalar(0.0, pa.float64()), g.num_rows)
-            if m.aggregation is Aggregation.COUNT_AND_SUMS:
-                count, s, sbh = g["n"], g["sum_value"], g["sum_bh"]
-            elif m.aggregation is Aggregation.COUNT_ONLY:
-                count, s, sbh = g["n"], zeros, zeros
-            else:  # DISTINCT_CONVERSATIONS; a handoff without a conversation counts nothing
-                keep = pc.greater(g["distinct_conversations"], 0)
-                g = g.filter(keep)
-                zeros = zeros[: g.num_rows]
-                count, s, sbh = g["distinct_conversations"], zeros, zeros
-            k = g.num_rows
-            pieces.append(
-                pa.Table.from_arrays(
-                    [
-                        g["account_id"],
-                        pa.repeat(pa.scalar(day, pa.date32()), k),
-                        pa.repeat(pa.scalar(dim.name, pa.string()), k),
-                        g["dimension_id"],
-                        pa.repeat(pa.scalar(m.name, pa.string()), k),
-                        pc.cast(count, pa.int64()),
-                        pc.cast(s, pa.float64()),
-                        pc.cast(sbh, pa.float64()),
-                    ],
-                    schema=ROLLUP_SCHEMA,
-                )
-            )
+            groups = _dimension_groups(subset, dim, distinct)
+            for m in group_metrics:
+                g = groups.filter(pc.equal(groups["name"], m.raw_event))
+                if distinct:  # a handoff without a conversation counts nothing
+                    g = g.filter(pc.greater(g["n"], 0))
+                if g.num_rows == 0:
+                    continue
+                pieces.append(_rollup_piece(g, day, dim, m))
     if not pieces:
         return ROLLUP_SCHEMA.empty_table()
     return pa.concat_tables(pieces).combine_chunks()
+
+
+def _rollup_piece(g: pa.Table, day: date, dim: Dimension, m: Metric) -> pa.Table:
+    k = g.num_rows
+    zeros = pa.repeat(pa.scalar(0.0, pa.float64()), k)
+    with_sums = m.aggregation is Aggregation.COUNT_AND_SUMS
+    return pa.Table.from_arrays(
+        [
+            g["account_id"],
+            pa.repeat(pa.scalar(day, pa.date32()), k),
+            pa.repeat(pa.scalar(dim.name, pa.string()), k),
+            g["dimension_id"],
+            pa.repeat(pa.scalar(m.name, pa.string()), k),
+            pc.cast(g["n"], pa.int64()),
+            g["sum_value"] if with_sums else zeros,
+            g["sum_bh"] if with_sums else zeros,
+        ],
+        schema=ROLLUP_SCHEMA,
+    )
 
 
 def expected_account_totals(events: pa.Table, metrics: Sequence[Metric]) -> dict[str, tuple]:

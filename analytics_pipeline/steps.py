@@ -102,11 +102,10 @@ def rollup_partition(
             pc.fill_null(pc.is_in(events["account_id"], pa.array(sorted(scope), pa.int64())),
                          False)
         )
-    checked = validate(events, known, raw_events_for_source(source), source)
     # Known accounts that have moved to another timezone since landing: their day is cut
     # by the other timezone's partition now, so they are left out here (not quarantined).
-    here = pc.is_in(checked.valid["account_id"], pa.array(sorted(scope), pa.int64()))
-    valid = checked.valid.filter(here)
+    checked = validate(events, known, raw_events_for_source(source), source, scope=scope)
+    valid = checked.valid
     metrics = metrics_for_source(source)
     rollups = compute_rollups(valid, day.day, metrics)
     replaced = wh.replace_partition(
@@ -126,7 +125,7 @@ def rollup_partition(
         accounts=len(scope),
         ignored_by_name=checked.ignored_by_name,
         quarantined_by_reason=checked.quarantined_by_reason,
-        other_timezone=checked.valid.num_rows - valid.num_rows,
+        other_timezone=checked.out_of_scope,
         mismatches=totals_mismatches(expected, actual),
         negative_rows=wh.negative_rows(engine, day.day, day.tz),
         preview=rollups.slice(0, 10).to_pylist(),

@@ -19,6 +19,10 @@ from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
+# Key text columns compare bytewise in PostgreSQL: the unique index is then cheaper to
+# maintain, and matches the order in which rows are sorted before COPY.
+KeyText = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
 accounts = sa.Table(
     "accounts",
     metadata,
@@ -36,9 +40,9 @@ daily_rollups = sa.Table(
     metadata,
     sa.Column("account_id", sa.BigInteger, nullable=False),
     sa.Column("date", sa.Date, nullable=False),
-    sa.Column("dimension_type", sa.Text, nullable=False),
+    sa.Column("dimension_type", KeyText, nullable=False),
     sa.Column("dimension_id", sa.BigInteger, nullable=False),
-    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("metric", KeyText, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("sum_value", sa.Float(precision=53), nullable=False),
     sa.Column("sum_value_business_hours", sa.Float(precision=53), nullable=False),
@@ -48,7 +52,7 @@ daily_rollups = sa.Table(
     sa.UniqueConstraint(
         "account_id", "date", "dimension_type", "dimension_id", "metric",
         name="uq_daily_rollups_key",
-    ),
+    ),  # = UNIQUE_KEY
     sa.CheckConstraint("count >= 0", name="ck_daily_rollups_count_nonnegative"),
     sa.Index("ix_daily_rollups_date_timezone", "date", "timezone"),
 )
@@ -68,6 +72,7 @@ quarantine = sa.Table(
     sa.Index("ix_quarantine_partition", "source", "partition_date", "timezone"),
 )
 
+UNIQUE_KEY = ["account_id", "date", "dimension_type", "dimension_id", "metric"]
 ROLLUP_COLUMNS = [
     "account_id", "date", "dimension_type", "dimension_id", "metric", "count",
     "sum_value", "sum_value_business_hours", "timezone", "source", "updated_at",
@@ -182,6 +187,8 @@ def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> N
     table = table.append_column(
         "updated_at", pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
     ).select(ROLLUP_COLUMNS)
+    # In unique-key order, the index is filled left to right (about twice as fast).
+    table = table.sort_by([(c, "ascending") for c in UNIQUE_KEY])
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
         # COPY in the same transaction: an order of magnitude faster than INSERT batches.
         buf = io.BytesIO()
@@ -190,7 +197,9 @@ def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> N
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             cols = ", ".join(f'"{c}"' for c in ROLLUP_COLUMNS)
-            cursor.copy_expert(f"COPY daily_rollups ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+            cursor.copy_expert(
+                f"COPY daily_rollups ({cols}) FROM STDIN WITH (FORMAT csv)", buf, size=1 << 20
+            )
         finally:
             cursor.close()
         return

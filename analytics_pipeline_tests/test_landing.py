@@ -54,3 +54,26 @@ def test_replace_accounts_keeps_other_accounts(tmp_path):
                            RAW_REPORTING_SCHEMA)
     t = store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA).sort_by("id")
     assert t["id"].to_pylist() == [1, 3, 4]
+
+
+def test_stream_error_mid_extraction_keeps_previous_partition(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+
+    def batches():
+        yield from table([3]).to_batches()
+        raise ConnectionError("source went away")
+
+    with pytest.raises(ConnectionError):
+        store.write_partition("reporting_events", DAY, batches(), schema=RAW_REPORTING_SCHEMA)
+    assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
+                  .to_pylist()) == [1, 2]
+    assert [p.name for p in (tmp_path / "reporting_events" / "date=2026-02-11").iterdir()] == [
+        "timezone=America%2FNew_York"]
+
+
+def test_streamed_write_counts_rows(tmp_path):
+    store = LandingStore(str(tmp_path))
+    data = (b for i in range(5) for b in table(range(i * 10, i * 10 + 10)).to_batches())
+    store.write_partition("reporting_events", DAY, data, schema=RAW_REPORTING_SCHEMA)
+    assert store.partition_rows("reporting_events", DAY) == 50
