@@ -185,6 +185,22 @@ class LandingStore:
         tables = [pq.read_table(f, filesystem=self.fs, columns=columns) for f in files]
         return pa.concat_tables(tables)
 
+    def iter_partition(
+        self, source: str, day: LocalDay, schema: pa.Schema, batch_rows: int = 1_000_000
+    ) -> Iterable[pa.Table]:
+        """The landed rows of a partition in tables of at most ``batch_rows`` rows."""
+        final = self.partition_dir(source, day)
+        if not self.has_partition(source, day):
+            raise FileNotFoundError(
+                f"no landed data for {source} {day.key}: materialize its raw asset first"
+            )
+        for info in self.fs.get_file_info(pafs.FileSelector(final)):
+            if not info.path.endswith(".parquet"):
+                continue
+            with self.fs.open_input_file(info.path) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                    yield pa.Table.from_batches([batch])
+
     def replace_accounts(
         self, source: str, day: LocalDay, table: pa.Table, account_ids: Sequence[int],
         schema: pa.Schema, meta: dict | None = None,

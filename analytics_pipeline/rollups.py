@@ -181,69 +181,124 @@ def validate(
     return Validated(valid, quarantine, ignored_by_name, out_of_scope)
 
 
-def _dimension_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Table:
-    """One row per (raw event, account, dimension id): count and sums, or (``distinct``)
-    the number of distinct conversations, which is only computed where a metric needs it
-    because hashing conversation ids is the most expensive aggregation here."""
-    cols = ["name", "account_id"]
-    keys = ["name", "account_id"]
-    if dim.column != "account_id":
-        cols.append(dim.column)
-        keys.append(dim.column)
+def _keys(dim: Dimension) -> list[str]:
+    return ["name", "account_id"] + ([] if dim.column == "account_id" else [dim.column])
+
+
+def _partial_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Table:
+    """A mergeable partial aggregate of one batch for one dimension.
+
+    Counts and sums: one row per (raw event, account, dimension id) with n, sums, which
+    add up across batches. Distinct conversations: the unique (raw event, account,
+    dimension id, conversation) tuples, which are de-duplicated again when merged. The
+    distinct part only runs on the events of metrics that need it: hashing conversation
+    ids is the most expensive aggregation here.
+    """
+    keys = _keys(dim)
     if distinct:
-        t = events.select([*cols, "conversation_id"])
-        aggs = [("conversation_id", "count_distinct")]
+        t = events.select([*keys, "conversation_id"])
+        t = t.filter(pc.is_valid(t["conversation_id"]))
     else:
-        t = events.select([*cols, "value", "value_in_business_hours"])
-        aggs = [("name", "count", pc.CountOptions(mode="all")), ("value", "sum"),
-                ("value_in_business_hours", "sum")]
+        t = events.select([*keys, "value", "value_in_business_hours"])
     if dim.column != "account_id":
         t = t.filter(pc.is_valid(t[dim.column]))
-    g = t.group_by(keys, use_threads=True).aggregate(aggs)
-    out = {"name": g["name"], "account_id": g["account_id"], "dimension_id": g[dim.column]}
     if distinct:
-        out["n"] = g["conversation_id_count_distinct"]
+        return t.group_by([*keys, "conversation_id"], use_threads=True).aggregate([])
+    g = t.group_by(keys, use_threads=True).aggregate(
+        [("name", "count", pc.CountOptions(mode="all")), ("value", "sum"),
+         ("value_in_business_hours", "sum")]
+    )
+    # sum() skips nulls, which is "a null value counts as 0" (an all-null sum is null)
+    return pa.table({
+        **{k: g[k] for k in keys},
+        "n": g["name_count"],
+        "sum_value": pc.fill_null(g["value_sum"], 0.0),
+        "sum_bh": pc.fill_null(g["value_in_business_hours_sum"], 0.0),
+    })
+
+
+def _merge_groups(partials: list[pa.Table], dim: Dimension, distinct: bool) -> pa.Table:
+    keys = _keys(dim)
+    t = pa.concat_tables(partials)
+    if distinct:
+        t = t.group_by([*keys, "conversation_id"], use_threads=True).aggregate([])
+        g = t.group_by(keys, use_threads=True).aggregate([("conversation_id", "count")])
+        n = g["conversation_id_count"]
+        sums = {}
+    elif len(partials) == 1:
+        g, n = t, t["n"]
+        sums = {"sum_value": t["sum_value"], "sum_bh": t["sum_bh"]}
     else:
-        # sum() skips nulls, which is exactly "a null value counts as 0" (empty sum → null)
-        out["n"] = g["name_count"]
-        out["sum_value"] = pc.fill_null(g["value_sum"], 0.0)
-        out["sum_bh"] = pc.fill_null(g["value_in_business_hours_sum"], 0.0)
-    return pa.table(out)
+        g = t.group_by(keys, use_threads=True).aggregate(
+            [("n", "sum"), ("sum_value", "sum"), ("sum_bh", "sum")])
+        n = g["n_sum"]
+        sums = {"sum_value": g["sum_value_sum"], "sum_bh": g["sum_bh_sum"]}
+    return pa.table({"name": g["name"], "account_id": g["account_id"],
+                     "dimension_id": g[keys[-1]], "n": n, **sums})
+
+
+class RollupAccumulator:
+    """Rolls up one local day from a stream of validated event batches.
+
+    Memory is bounded by one batch plus the partial aggregates (at most one row per
+    account × dimension id × metric), whatever the number of events.
+    """
+
+    def __init__(self, day: date, metrics: Sequence[Metric]):
+        self.day = day
+        self.metrics = list(metrics)
+        self.dims: dict[str, Dimension] = {}
+        for m in self.metrics:
+            for d in m.dimensions:
+                self.dims[d.name] = d
+        self._groups: dict[tuple[str, bool], list[pa.Table]] = {}
+        self._names = {
+            distinct: pa.array(sorted({m.raw_event for m in self.metrics if self._is_distinct(m)
+                                       == distinct}), pa.string())
+            for distinct in (False, True)
+        }
+
+    @staticmethod
+    def _is_distinct(m: Metric) -> bool:
+        return m.aggregation is Aggregation.DISTINCT_CONVERSATIONS
+
+    def add(self, events: pa.Table) -> None:
+        for distinct in (False, True):
+            names = self._names[distinct]
+            if len(names) == 0 or events.num_rows == 0:
+                continue
+            needed = ["name", "account_id", "user_id", "inbox_id"] + (
+                ["conversation_id"] if distinct else ["value", "value_in_business_hours"])
+            subset = events.select(needed).filter(pc.is_in(events["name"], names))
+            if subset.num_rows == 0:
+                continue
+            for dim in self.dims.values():
+                if any(dim in m.dimensions and self._is_distinct(m) == distinct
+                       for m in self.metrics):
+                    part = _partial_groups(subset, dim, distinct)
+                    self._groups.setdefault((dim.name, distinct), []).append(part)
+
+    def finish(self) -> pa.Table:
+        pieces: list[pa.Table] = []
+        for (dim_name, distinct), partials in self._groups.items():
+            dim = self.dims[dim_name]
+            groups = _merge_groups(partials, dim, distinct)
+            for m in self.metrics:
+                if dim not in m.dimensions or self._is_distinct(m) != distinct:
+                    continue
+                g = groups.filter(pc.equal(groups["name"], m.raw_event))
+                if g.num_rows:
+                    pieces.append(_rollup_piece(g, self.day, dim, m))
+        if not pieces:
+            return ROLLUP_SCHEMA.empty_table()
+        return pa.concat_tables(pieces).combine_chunks()
 
 
 def compute_rollups(events: pa.Table, day: date, metrics: Sequence[Metric]) -> pa.Table:
     """``daily_rollups`` rows (ROLLUP_SCHEMA) for valid events of one local ``day``."""
-    pieces: list[pa.Table] = []
-    dims: dict[str, Dimension] = {}
-    for m in metrics:
-        for d in m.dimensions:
-            dims[d.name] = d
-    for distinct in (False, True):
-        kind = [m for m in metrics
-                if (m.aggregation is Aggregation.DISTINCT_CONVERSATIONS) == distinct]
-        names = pa.array(sorted({m.raw_event for m in kind}), pa.string())
-        if len(names) == 0:
-            continue
-        needed = ["name", "account_id", "user_id", "inbox_id"] + (
-            ["conversation_id"] if distinct else ["value", "value_in_business_hours"])
-        subset = events.select(needed).filter(pc.is_in(events["name"], names))
-        if subset.num_rows == 0:
-            continue
-        for dim in dims.values():
-            group_metrics = [m for m in kind if dim in m.dimensions]
-            if not group_metrics:
-                continue
-            groups = _dimension_groups(subset, dim, distinct)
-            for m in group_metrics:
-                g = groups.filter(pc.equal(groups["name"], m.raw_event))
-                if distinct:  # a handoff without a conversation counts nothing
-                    g = g.filter(pc.greater(g["n"], 0))
-                if g.num_rows == 0:
-                    continue
-                pieces.append(_rollup_piece(g, day, dim, m))
-    if not pieces:
-        return ROLLUP_SCHEMA.empty_table()
-    return pa.concat_tables(pieces).combine_chunks()
+    acc = RollupAccumulator(day, metrics)
+    acc.add(events)
+    return acc.finish()
 
 
 def _rollup_piece(g: pa.Table, day: date, dim: Dimension, m: Metric) -> pa.Table:
@@ -265,26 +320,46 @@ def _rollup_piece(g: pa.Table, day: date, dim: Dimension, m: Metric) -> pa.Table
     )
 
 
-def expected_account_totals(events: pa.Table, metrics: Sequence[Metric]) -> dict[str, tuple]:
+class TotalsAccumulator:
     """Independent recomputation of per-metric totals on the account dimension.
 
-    Used by the reconciliation check: it sums the valid events directly (no group_by),
-    so a bug in ``compute_rollups`` or in the warehouse write shows up as a mismatch.
-    Returns metric → (count, sum_value, sum_value_business_hours).
+    Used by the reconciliation check: it sums the valid events directly (no group-by per
+    account), so a bug in the rollup or in the warehouse write shows up as a mismatch.
     """
-    out: dict[str, tuple] = {}
-    for m in metrics:
-        rows = events.filter(pc.equal(events["name"], m.raw_event))
-        if m.aggregation is Aggregation.DISTINCT_CONVERSATIONS:
-            pairs = rows.filter(pc.is_valid(rows["conversation_id"])).select(
-                ["account_id", "conversation_id"]
-            )
-            n = pairs.group_by(["account_id", "conversation_id"]).aggregate([]).num_rows
-            out[m.name] = (n, 0.0, 0.0)
-        elif m.aggregation is Aggregation.COUNT_ONLY:
-            out[m.name] = (rows.num_rows, 0.0, 0.0)
-        else:
-            s = pc.sum(pc.fill_null(rows["value"], 0.0)).as_py() or 0.0
-            sbh = pc.sum(pc.fill_null(rows["value_in_business_hours"], 0.0)).as_py() or 0.0
-            out[m.name] = (rows.num_rows, float(s), float(sbh))
-    return out
+
+    def __init__(self, metrics: Sequence[Metric]):
+        self.metrics = list(metrics)
+        self._totals = {m.name: [0, 0.0, 0.0] for m in self.metrics}
+        self._pairs: dict[str, list[pa.Table]] = {}
+
+    def add(self, events: pa.Table) -> None:
+        for m in self.metrics:
+            rows = events.filter(pc.equal(events["name"], m.raw_event))
+            if rows.num_rows == 0:
+                continue
+            if m.aggregation is Aggregation.DISTINCT_CONVERSATIONS:
+                pairs = rows.select(["account_id", "conversation_id"])
+                pairs = pairs.filter(pc.is_valid(pairs["conversation_id"]))
+                self._pairs.setdefault(m.name, []).append(
+                    pairs.group_by(["account_id", "conversation_id"]).aggregate([]))
+                continue
+            t = self._totals[m.name]
+            t[0] += rows.num_rows
+            if m.aggregation is Aggregation.COUNT_AND_SUMS:
+                t[1] += pc.sum(rows["value"]).as_py() or 0.0
+                t[2] += pc.sum(rows["value_in_business_hours"]).as_py() or 0.0
+
+    def finish(self) -> dict[str, tuple[int, float, float]]:
+        out = {k: (int(v[0]), float(v[1]), float(v[2])) for k, v in self._totals.items()}
+        for name, parts in self._pairs.items():
+            n = pa.concat_tables(parts).group_by(["account_id", "conversation_id"]) \
+                .aggregate([]).num_rows
+            out[name] = (n, 0.0, 0.0)
+        return out
+
+
+def expected_account_totals(events: pa.Table, metrics: Sequence[Metric]) -> dict[str, tuple]:
+    """Metric → (count, sum_value, sum_value_business_hours) from valid events."""
+    acc = TotalsAccumulator(metrics)
+    acc.add(events)
+    return acc.finish()

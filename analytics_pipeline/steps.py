@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,9 +16,11 @@ from analytics_pipeline.landing import LandingStore
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.registry import metrics_for_source, raw_events_for_source
 from analytics_pipeline.rollups import (
+    QUARANTINE_SCHEMA,
     RAW_REPORTING_SCHEMA,
-    compute_rollups,
-    expected_account_totals,
+    RollupAccumulator,
+    TotalsAccumulator,
+    Validated,
     validate,
 )
 from analytics_pipeline.sources import EventSource
@@ -91,42 +94,50 @@ def rollup_partition(
     day: LocalDay,
     source: str = "reporting_events",
     only_accounts: Sequence[int] | None = None,
+    batch_rows: int = 1_000_000,
 ) -> RollupResult:
-    """Validate the landed events of one partition, roll them up, replace the slice."""
-    events = store.read_partition(source, day, RAW_REPORTING_SCHEMA)
+    """Validate the landed events of one partition, roll them up, replace the slice.
+
+    The landed Parquet is read in batches and pre-aggregated per batch, so memory does
+    not grow with the number of events.
+    """
     known = [int(a["id"]) for a in wh.accounts_snapshot(engine)]
     in_tz = set(wh.account_ids_in_timezone(engine, day.tz))
     scope = in_tz if only_accounts is None else in_tz & {int(a) for a in only_accounts}
-    if only_accounts is not None:
-        events = events.filter(
-            pc.fill_null(pc.is_in(events["account_id"], pa.array(sorted(scope), pa.int64())),
-                         False)
-        )
-    # Known accounts that have moved to another timezone since landing: their day is cut
-    # by the other timezone's partition now, so they are left out here (not quarantined).
-    checked = validate(events, known, raw_events_for_source(source), source, scope=scope)
-    valid = checked.valid
+    scope_ids = pa.array(sorted(scope), pa.int64())
     metrics = metrics_for_source(source)
-    rollups = compute_rollups(valid, day.day, metrics)
-    replaced = wh.replace_partition(
-        engine, day.day, day.tz, source, rollups, checked.quarantine,
+    registered = raw_events_for_source(source)
+    rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
+    result = RollupResult(key=day.key, accounts=len(scope))
+    ignored: Counter = Counter()
+    quarantined: list[pa.Table] = []
+    for events in store.iter_partition(source, day, RAW_REPORTING_SCHEMA, batch_rows):
+        if only_accounts is not None:
+            events = events.filter(pc.fill_null(pc.is_in(events["account_id"], scope_ids),
+                                                False))
+        # Known accounts that moved to another timezone since landing are cut by that
+        # timezone's partitions now: left out here and counted, not quarantined.
+        checked = validate(events, known, registered, source, scope=scope)
+        rollup.add(checked.valid)
+        totals.add(checked.valid)
+        quarantined.append(checked.quarantine)
+        ignored.update(checked.ignored_by_name)
+        result.events += events.num_rows
+        result.rolled_up += checked.valid.num_rows
+        result.other_timezone += checked.out_of_scope
+    rows = rollup.finish()
+    bad = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
+    result.rows_replaced = wh.replace_partition(
+        engine, day.day, day.tz, source, rows, bad,
         account_ids=None if only_accounts is None else sorted(scope),
     )
-    expected = expected_account_totals(valid, metrics)
     actual = wh.account_totals(
         engine, day.day, day.tz, source, None if only_accounts is None else sorted(scope)
     )
-    return RollupResult(
-        key=day.key,
-        events=events.num_rows,
-        rolled_up=valid.num_rows,
-        rows_written=rollups.num_rows,
-        rows_replaced=replaced,
-        accounts=len(scope),
-        ignored_by_name=checked.ignored_by_name,
-        quarantined_by_reason=checked.quarantined_by_reason,
-        other_timezone=checked.out_of_scope,
-        mismatches=totals_mismatches(expected, actual),
-        negative_rows=wh.negative_rows(engine, day.day, day.tz),
-        preview=rollups.slice(0, 10).to_pylist(),
-    )
+    result.rows_written = rows.num_rows
+    result.ignored_by_name = dict(ignored)
+    result.quarantined_by_reason = Validated(rows, bad).quarantined_by_reason
+    result.mismatches = totals_mismatches(totals.finish(), actual)
+    result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
+    result.preview = rows.slice(0, 10).to_pylist()
+    return result

@@ -11,6 +11,8 @@ from analytics_pipeline.rollups import (
     REASON_ACCOUNT,
     REASON_TIMESTAMP,
     REASON_VALUE,
+    RollupAccumulator,
+    TotalsAccumulator,
     compute_rollups,
     expected_account_totals,
     validate,
@@ -141,3 +143,39 @@ def test_empty_input_gives_empty_rollups():
 def test_unknown_metric_error_names_known_ones():
     with pytest.raises(ValueError, match="first_response"):
         get_metric("nope")
+
+
+def test_streamed_batches_give_the_same_rollups_as_one_batch():
+    import random
+
+    rng = random.Random(3)
+    names = ["first_response", "reply_time", "conversation_resolved",
+             "conversation_bot_resolved", "conversation_bot_handoff", "other"]
+    rows = [{"name": rng.choice(names), "value": rng.choice([None, rng.uniform(0, 100)]),
+             "value_in_business_hours": rng.uniform(0, 50), "account_id": rng.randint(1, 3),
+             "user_id": rng.choice([None, 1, 2, 3]), "inbox_id": rng.choice([None, 7, 8]),
+             "conversation_id": rng.choice([None, *range(40)])} for _ in range(3000)]
+    t = validate(events(*rows), [1, 2, 3], raw_events_for_source("reporting_events")).valid
+    whole = compute_rollups(t, DAY, REPORTING_METRICS)
+    acc = RollupAccumulator(DAY, REPORTING_METRICS)
+    totals = TotalsAccumulator(REPORTING_METRICS)
+    for off in range(0, t.num_rows, 250):
+        acc.add(t.slice(off, 250))
+        totals.add(t.slice(off, 250))
+    keys = ["account_id", "dimension_type", "dimension_id", "metric"]
+    streamed = acc.finish()
+    a = {tuple(r[k] for k in keys): (r["count"], round(r["sum_value"], 6))
+         for r in whole.to_pylist()}
+    b = {tuple(r[k] for k in keys): (r["count"], round(r["sum_value"], 6))
+         for r in streamed.to_pylist()}
+    assert a == b and len(a) > 50
+    exp = expected_account_totals(t, REPORTING_METRICS)
+    got = totals.finish()
+    assert {k: (v[0], round(v[1], 6)) for k, v in exp.items()} == {
+        k: (v[0], round(v[1], 6)) for k, v in got.items()}
+    # the account dimension of the rollups adds up to the independent totals
+    for m, (count, s, _) in got.items():
+        rows_m = [r for r in whole.to_pylist()
+                  if r["metric"] == m and r["dimension_type"] == "account"]
+        assert sum(r["count"] for r in rows_m) == count
+        assert round(sum(r["sum_value"] for r in rows_m), 6) == round(s, 6)

@@ -78,7 +78,14 @@ def evaluate(instance, cursor=None):
 def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypatch):
     assert isinstance(evaluate(instance), SkipReason)
     instance.add_dynamic_partitions("timezones", ["America/New_York"])
+    cursor = json.dumps({"America/New_York": "2026-02-10"})
+    # New York's 2026-02-11 closed at 05:00Z; the grace runs until 05:30Z
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 12, 5, 29, tzinfo=UTC))
+    assert isinstance(evaluate(instance, cursor), SkipReason)
     monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 12, 5, 31, tzinfo=UTC))
+    assert [r.run_key for r in evaluate(instance, cursor).run_requests] == [
+        "2026-02-11|America/New_York"]
+    # a fresh sensor catches up the last two closed days
     result = evaluate(instance)
     assert isinstance(result, SensorResult)
     reqs = result.run_requests
