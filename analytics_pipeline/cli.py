@@ -58,6 +58,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(regenerate=not args.keep_source)
 
 
+def _quiet_dagster_warnings() -> None:
+    """Dagster's beta/preview notices (backfill policies, ...) are noise for operators."""
+    import warnings
+
+    try:
+        from dagster import BetaWarning, PreviewWarning
+    except ImportError:  # pragma: no cover - older Dagster
+        return
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="analytics-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(fn=cmd_demo)
 
     args = parser.parse_args(argv)
+    _quiet_dagster_warnings()
     try:
         return args.fn(args)
     except ValueError as exc:

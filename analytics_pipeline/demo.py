@@ -194,7 +194,7 @@ def run_demo(regenerate: bool = True, out=print) -> int:
 
     with DagsterInstance.get() as instance:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        result = defs.get_job_def("refresh_accounts").execute_in_process(
+        result = defs.resolve_job_def("refresh_accounts").execute_in_process(
             instance=instance, run_config=quiet
         )
         if not result.success:
@@ -203,7 +203,7 @@ def run_demo(regenerate: bool = True, out=print) -> int:
         grace = timedelta(minutes=int(setting("ANALYTICS_CLOSE_GRACE_MINUTES")))
         now = datetime.now(timezone.utc)
         last = DEMO_START + timedelta(days=DEMO_DAYS - 1)
-        job = defs.get_job_def("support_reporting")
+        job = defs.resolve_job_def("support_reporting")
         for tz in sorted(instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)):
             end = min(last, last_closed_day(now, tz, grace))
             if end < DEMO_START:

@@ -110,8 +110,8 @@ def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypa
 
 
 def test_scheduling_is_on_by_default():
-    sensor = defs.get_sensor_def("closed_days_sensor")
+    sensor = defs.resolve_sensor_def("closed_days_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING
-    schedule = defs.get_schedule_def("refresh_accounts_every_30_minutes")
+    schedule = defs.resolve_schedule_def("refresh_accounts_every_30_minutes")
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     assert schedule.job_name == "refresh_accounts"
