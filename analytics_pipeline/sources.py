@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA, conform
-from analytics_pipeline.warehouse import make_engine, normalize_url
+from analytics_pipeline.warehouse import make_engine, normalize_url, redact, scrub
 
 # The source contract (DESIGN.md): tables as the support-desk app keeps them.
 source_metadata = sa.MetaData()
@@ -183,7 +183,14 @@ def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.R
         import adbc_driver_postgresql.dbapi as adbc_pg
 
         libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with adbc_pg.connect(libpq) as conn, conn.cursor() as cur:
+        try:
+            conn = adbc_pg.connect(libpq)
+        except Exception as exc:
+            raise ConnectionError(
+                f"cannot connect to the source database {redact(url)}: "
+                f"{scrub(str(exc), url)}"
+            ) from None
+        with conn, conn.cursor() as cur:
             cur.execute(sql)
             yield iter(cur.fetch_record_batch())
     else:

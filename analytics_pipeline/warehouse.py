@@ -95,6 +95,20 @@ def redact(url: str | sa.URL) -> str:
         return "<unparseable url>"
 
 
+def scrub(message: str, url: str | sa.URL) -> str:
+    """``message`` with the URL's password (raw and URL-encoded) masked."""
+    try:
+        password = sa.make_url(url).password
+    except Exception:  # noqa: BLE001
+        return message
+    if password:
+        from urllib.parse import quote
+
+        for form in {password, quote(password, safe="")}:
+            message = message.replace(form, "***")
+    return message
+
+
 def make_engine(url: str | sa.URL) -> Engine:
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":

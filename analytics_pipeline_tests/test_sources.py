@@ -88,3 +88,13 @@ def test_sqlite_nulls_then_values_across_batches(tmp_path, monkeypatch):
     t = ReportingEventsSource(url, fallback_date=date(2024, 1, 1)).extract(NY, [1])
     assert t.num_rows == 60
     assert t["value"].null_count == 29 and t["user_id"].null_count == 29
+
+
+def test_connection_errors_never_show_the_password():
+    import pytest
+
+    src = ReportingEventsSource("postgresql://postgres:S3cr%40t-pw@127.0.0.1:1/test",
+                                fallback_date=date(2024, 1, 1))
+    with pytest.raises(ConnectionError) as info:
+        src.extract(NY, [1])
+    assert "S3cr" not in str(info.value) and "127.0.0.1" in str(info.value)
