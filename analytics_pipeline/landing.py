@@ -3,8 +3,8 @@
 A partition directory is replaced atomically: the new files are written to a sibling
 staging directory, then swapped in by rename. Readers see the old or the new data,
 never a mix. Any pyarrow filesystem URI works (local path, s3://, gs://); object stores
-have no atomic directory rename, so there the swap writes a ``_SUCCESS`` manifest last
-and readers only trust directories that have one.
+have no directory rename, so there each write lands in a new version folder and the
+partition's ``_SUCCESS`` manifest, replaced last in one PUT, names the current version.
 """
 
 from __future__ import annotations
@@ -129,27 +129,43 @@ class LandingStore:
             self.fs.delete_dir(staging)
             raise
         manifest = {"rows": rows, **(meta or {})}
-        with self.fs.open_output_stream(posixpath.join(staging, MANIFEST)) as f:
-            f.write(json.dumps(manifest, sort_keys=True, default=str).encode())
-        if self._local:
-            # rename(2) cannot replace a non-empty directory: move the old one aside first,
-            # so the window without a directory is a single rename long, then drop it.
-            old = posixpath.join(parent, f".old-{posixpath.basename(final)}-{token}")
-            if self._exists(final):
-                self.fs.move(final, old)
-            self.fs.move(staging, final)
-            if self._exists(old):
-                self.fs.delete_dir(old)
-        else:
-            if self._exists(final):
-                self.fs.delete_dir(final)
-            for info in self.fs.get_file_info(pafs.FileSelector(staging)):
-                name = posixpath.basename(info.path)
-                if name != MANIFEST:
-                    self.fs.copy_file(info.path, posixpath.join(final, name))
-            self.fs.copy_file(posixpath.join(staging, MANIFEST), posixpath.join(final, MANIFEST))
-            self.fs.delete_dir(staging)
+        self._write_manifest(posixpath.join(staging, MANIFEST), manifest)
+        try:
+            if self._local:
+                # rename(2) cannot replace a non-empty directory: move the old one aside first,
+                # so the window without a directory is a single rename long, then drop it.
+                old = posixpath.join(parent, f".old-{posixpath.basename(final)}-{token}")
+                if self._exists(final):
+                    self.fs.move(final, old)
+                self.fs.move(staging, final)
+                if self._exists(old):
+                    self.fs.delete_dir(old)
+            else:
+                # Object stores cannot rename a directory, but replacing one object is atomic:
+                # the data goes to a fresh version folder, then the manifest (pointing at it)
+                # is overwritten, then older versions are removed. A crash at any point leaves
+                # the previous version readable.
+                version = posixpath.join(final, f"v-{token}")
+                for info in self.fs.get_file_info(pafs.FileSelector(staging)):
+                    name = posixpath.basename(info.path)
+                    if name != MANIFEST:
+                        self.fs.create_dir(version, recursive=True)
+                        self.fs.move(info.path, posixpath.join(version, name))
+                manifest["version"] = f"v-{token}"
+                self._write_manifest(posixpath.join(final, MANIFEST), manifest)
+                self.fs.delete_dir(staging)
+                for info in self.fs.get_file_info(pafs.FileSelector(final)):
+                    if info.type == pafs.FileType.Directory and info.path != version:
+                        self.fs.delete_dir(info.path)
+        except BaseException:
+            if self._exists(staging):  # best effort: the previous data stays readable
+                self.fs.delete_dir(staging)
+            raise
         return final
+
+    def _write_manifest(self, path: str, manifest: dict) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(json.dumps(manifest, sort_keys=True, default=str).encode())
 
     def _write_parquet(
         self, path: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None
@@ -167,19 +183,29 @@ class LandingStore:
                 rows += batch.num_rows
         return rows
 
-    def read_partition(
-        self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
-    ) -> pa.Table:
-        """The landed table of a partition; a partition never landed raises FileNotFoundError."""
-        final = self.partition_dir(source, day)
+    def _manifest(self, source: str, day: LocalDay) -> dict:
+        path = posixpath.join(self.partition_dir(source, day), MANIFEST)
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def _data_files(self, source: str, day: LocalDay) -> list[str]:
         if not self.has_partition(source, day):
             raise FileNotFoundError(
                 f"no landed data for {source} {day.key}: materialize its raw asset first"
             )
-        files = [
-            i.path for i in self.fs.get_file_info(pafs.FileSelector(final))
+        final = self.partition_dir(source, day)
+        version = self._manifest(source, day).get("version")
+        folder = posixpath.join(final, version) if version else final
+        return sorted(
+            i.path for i in self.fs.get_file_info(pafs.FileSelector(folder))
             if i.path.endswith(".parquet")
-        ]
+        )
+
+    def read_partition(
+        self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """The landed table of a partition; a partition never landed raises FileNotFoundError."""
+        files = self._data_files(source, day)
         if not files:
             return schema.empty_table()
         tables = [pq.read_table(f, filesystem=self.fs, columns=columns) for f in files]
@@ -189,15 +215,8 @@ class LandingStore:
         self, source: str, day: LocalDay, schema: pa.Schema, batch_rows: int = 1_000_000
     ) -> Iterable[pa.Table]:
         """The landed rows of a partition in tables of at most ``batch_rows`` rows."""
-        final = self.partition_dir(source, day)
-        if not self.has_partition(source, day):
-            raise FileNotFoundError(
-                f"no landed data for {source} {day.key}: materialize its raw asset first"
-            )
-        for info in self.fs.get_file_info(pafs.FileSelector(final)):
-            if not info.path.endswith(".parquet"):
-                continue
-            with self.fs.open_input_file(info.path) as f:
+        for path in self._data_files(source, day):
+            with self.fs.open_input_file(path) as f:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                     yield pa.Table.from_batches([batch])
 
@@ -214,6 +233,4 @@ class LandingStore:
 
     def partition_rows(self, source: str, day: LocalDay) -> int:
         """Row count of a landed partition, from its manifest."""
-        path = posixpath.join(self.partition_dir(source, day), MANIFEST)
-        with self.fs.open_input_stream(path) as f:
-            return int(json.loads(f.read())["rows"])
+        return int(self._manifest(source, day)["rows"])

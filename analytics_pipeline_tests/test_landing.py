@@ -77,3 +77,39 @@ def test_streamed_write_counts_rows(tmp_path):
     data = (b for i in range(5) for b in table(range(i * 10, i * 10 + 10)).to_batches())
     store.write_partition("reporting_events", DAY, data, schema=RAW_REPORTING_SCHEMA)
     assert store.partition_rows("reporting_events", DAY) == 50
+
+
+def test_object_store_path_writes_manifest_last_and_replaces():
+    # pyarrow's in-memory mock filesystem takes the non-local (object store) code path
+    store = LandingStore("mock:///bucket/landing")
+    assert not store._local
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+    store.write_partition("reporting_events", DAY, table([3]))
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
+        .to_pylist() == [3]
+    assert store.partition_rows("reporting_events", DAY) == 1
+    parent = store.partition_dir("reporting_events", DAY).rsplit("/", 1)[0]
+    from pyarrow import fs as pafs
+
+    names = [i.base_name for i in store.fs.get_file_info(pafs.FileSelector(parent))]
+    assert names == ["timezone=America%2FNew_York"]
+    inside = [i.base_name for i in store.fs.get_file_info(
+        pafs.FileSelector(store.partition_dir("reporting_events", DAY)))]
+    assert len(inside) == 2 and "_SUCCESS" in inside  # the manifest and one version
+
+
+def test_object_store_crash_before_manifest_keeps_previous_version(monkeypatch):
+    store = LandingStore("mock:///bucket/landing")
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+    real = store._write_manifest
+
+    def fail_on_final_manifest(path, manifest):
+        if ".staging-" not in path:
+            raise OSError("network down")
+        real(path, manifest)
+
+    monkeypatch.setattr(store, "_write_manifest", fail_on_final_manifest)
+    with pytest.raises(OSError):
+        store.write_partition("reporting_events", DAY, table([3]))
+    assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
+                  .to_pylist()) == [1, 2]
