@@ -7,6 +7,7 @@ never double counts.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timezone
@@ -242,6 +243,17 @@ def _upsert_quarantine(conn: Connection, day: date, tz: str, rows: pa.Table) -> 
     conn.execute(stmt, records)
 
 
+def _lock_partition(conn: Connection, source: str, day: date, tz: str) -> None:
+    """Serialize writers of one partition (a sensor run and a backfill of the same key):
+    the second waits for the first to commit, then replaces its rows, instead of failing
+    on the unique key. SQLite already serializes write transactions."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(f"{source}|{day.isoformat()}|{tz}".encode(), digest_size=8)
+    key = int.from_bytes(digest.digest(), "big", signed=True)
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+
 def replace_partition(
     engine: Engine,
     day: date,
@@ -257,6 +269,7 @@ def replace_partition(
     single accounts); quarantine rows are then only added, never removed.
     """
     with engine.begin() as conn:
+        _lock_partition(conn, source, day, tz)
         deleted = conn.execute(
             daily_rollups.delete().where(_rollup_slice(day, tz, source, account_ids))
         ).rowcount

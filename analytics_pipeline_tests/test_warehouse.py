@@ -131,3 +131,28 @@ def test_account_subset_replace_keeps_other_accounts(engine):
 def test_redact_hides_password():
     assert "s3cret" not in wh.redact("postgresql://u:s3cret@h/db")
     assert wh.normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg2"
+
+
+def test_concurrent_writers_of_one_partition_serialize(engine):
+    """Two writers of the same partition: the second replaces the first's rows instead of
+    failing on the unique key or doubling them."""
+    import threading
+
+    errors = []
+
+    def write(count):
+        try:
+            wh.replace_partition(engine, D, "America/New_York", "reporting_events",
+                                 rollups((1, "account", 1, "reply_time", count, 1.0, 1.0)),
+                                 quarantined())
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (1, 2, 3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = snapshot(engine)
+    assert len(rows) == 1 and rows[0]["count"] in (1, 2, 3, 4)
