@@ -234,3 +234,80 @@ class LandingStore:
     def partition_rows(self, source: str, day: LocalDay) -> int:
         """Row count of a landed partition, from its manifest."""
         return int(self._manifest(source, day)["rows"])
+
+
+@dataclass
+class ProviderEventLog:
+    """Append-only landing of provider events, one folder per stream and UTC date.
+
+    Every fetch appends whole files (written aside and renamed, or one object PUT), so a
+    crash never leaves half a file; an event fetched twice is stored twice and
+    de-duplicated by event id when read, which makes re-fetching a window always safe.
+    """
+
+    root: str
+    stream: str  # e.g. "mailgun/newsletter"
+
+    def __post_init__(self) -> None:
+        self._store = LandingStore(self.root)
+        self.fs = self._store.fs
+        self.base = posixpath.join(self._store.base, *(_segment(s) for s in
+                                                       self.stream.split("/")))
+
+    def date_dir(self, day) -> str:  # noqa: ANN001 - date
+        return posixpath.join(self.base, f"date={day.isoformat()}")
+
+    def append(self, table: pa.Table, fetch_id: str, time_column: str = "timestamp") -> int:
+        """Write ``table``'s rows under the UTC date of ``time_column``; returns files."""
+        if table.num_rows == 0:
+            return 0
+        import pyarrow.compute as pc
+
+        days = pc.cast(pc.cast(table[time_column], pa.timestamp("us")), pa.date32())
+        files = 0
+        for day in pc.unique(days).to_pylist():
+            part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            folder = self.date_dir(day)
+            self.fs.create_dir(folder, recursive=True)
+            name = f"{fetch_id}-{uuid.uuid4().hex[:8]}.parquet"
+            final = posixpath.join(folder, name)
+            if self._store._local:
+                tmp = posixpath.join(folder, f".tmp-{name}")
+                pq.write_table(part, tmp, filesystem=self.fs, compression="zstd")
+                self.fs.move(tmp, final)
+            else:
+                pq.write_table(part, final, filesystem=self.fs, compression="zstd")
+            files += 1
+        return files
+
+    def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id") -> pa.Table:
+        """Events landed under ``days`` (UTC dates), each event id once (first fetched)."""
+        tables = []
+        for day in days:
+            folder = self.date_dir(day)
+            if self.fs.get_file_info(folder).type == pafs.FileType.NotFound:
+                continue
+            for info in self.fs.get_file_info(pafs.FileSelector(folder)):
+                name = posixpath.basename(info.path)
+                if name.endswith(".parquet") and not name.startswith("."):
+                    tables.append(pq.read_table(info.path, filesystem=self.fs, schema=schema))
+        if not tables:
+            return schema.empty_table()
+        return dedupe(pa.concat_tables(tables), id_column)
+
+
+def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_at") -> pa.Table:
+    """One row per ``id_column`` (the earliest by ``order_column``), vectorized."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table
+    if order_column and order_column in table.column_names:
+        table = table.sort_by([(order_column, "ascending")])
+    rows = pa.array(range(table.num_rows), pa.int64())
+    first = (
+        pa.table({"k": table[id_column], "row": rows})
+        .group_by("k", use_threads=False)
+        .aggregate([("row", "min")])["row_min"]
+    )
+    return table.take(pc.sort_indices(first))

@@ -78,3 +78,25 @@ def get_metric(name: str) -> Metric:
     except KeyError:
         known = ", ".join(sorted(METRICS))
         raise ValueError(f"unknown metric {name!r}; known metrics: {known}") from None
+
+
+@dataclass(frozen=True)
+class EmailPipeline:
+    """One independent email pipeline: its Mailgun tag selection and its streams."""
+
+    name: str  # also the email kind in the app database: 'newsletter' | 'automation'
+    default_tags: str  # Mailgun tag filter expression
+
+    @property
+    def stream(self) -> str:
+        return f"mailgun/{self.name}"
+
+    @property
+    def cursor_name(self) -> str:
+        return f"mailgun:{self.name}"
+
+
+EMAIL_PIPELINES: tuple[EmailPipeline, ...] = (
+    EmailPipeline("newsletter", "newsletter"),
+    EmailPipeline("automation", "automation"),
+)

@@ -9,6 +9,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.landing import LandingStore
+from analytics_pipeline.mailgun import MailgunClient
 from analytics_pipeline.partitions import zone
 from analytics_pipeline.settings import DEFAULTS
 from analytics_pipeline.sources import ReportingEventsSource
@@ -72,6 +73,36 @@ class PipelineSettings(ConfigurableResource):
         return date.fromisoformat(self.start_date)
 
 
+class Mailgun(ConfigurableResource):
+    """Mailgun Events API access. The key comes only from MAILGUN_API_KEY."""
+
+    api_base: str = Field(default="https://api.mailgun.net/v3",
+                          description="EU region: https://api.eu.mailgun.net/v3")
+    domain: str = Field(default="", description="sending domain")
+    api_key: str = Field(default="", description="private API key (secret)")
+    newsletter_tags: str = Field(default="newsletter", description="tag filter expression")
+    automation_tags: str = Field(default="automation", description="tag filter expression")
+    settle_minutes: int = Field(default=30, description="events older than this are settled")
+    lag_seconds: int = Field(default=60, description="the fresh pass stops this far from now")
+    initial_lookback_hours: int = Field(
+        default=72, description="how far back the first fetch of a stream starts"
+    )
+    timeout_seconds: float = Field(default=30.0)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.domain and self.api_key)
+
+    def tags_for(self, pipeline: str) -> str:
+        return {"newsletter": self.newsletter_tags, "automation": self.automation_tags}[pipeline]
+
+    def client(self) -> MailgunClient:
+        if not self.configured:
+            raise ValueError("Mailgun is not configured: set MAILGUN_DOMAIN and MAILGUN_API_KEY")
+        return MailgunClient(self.domain, self.api_key, self.api_base,
+                             timeout_seconds=self.timeout_seconds)
+
+
 def _env(name: str):
     """``EnvVar(name)`` when the variable is set (the UI shows the name, never the value),
     else the embedded default."""
@@ -87,6 +118,14 @@ def default_resources() -> dict[str, ConfigurableResource]:
         "source_db": SourceDatabase(url=_env("ANALYTICS_SOURCE_URL")),
         "warehouse": Warehouse(url=_env("ANALYTICS_WAREHOUSE_URL")),
         "landing": Landing(uri=_env("ANALYTICS_LANDING_URI")),
+        "mailgun": Mailgun(
+            api_base=_env("MAILGUN_API_BASE"),
+            domain=_env("MAILGUN_DOMAIN"),
+            api_key=_env("MAILGUN_API_KEY"),
+            newsletter_tags=_env("MAILGUN_NEWSLETTER_TAGS"),
+            automation_tags=_env("MAILGUN_AUTOMATION_TAGS"),
+            settle_minutes=_env_int("MAILGUN_SETTLE_MINUTES"),
+        ),
         "settings": PipelineSettings(
             default_timezone=_env("ANALYTICS_DEFAULT_TIMEZONE"),
             start_date=_env("ANALYTICS_START_DATE"),

@@ -11,6 +11,7 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -18,6 +19,7 @@ from dagster import (
     define_asset_job,
     sensor,
 )
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from analytics_pipeline.partitions import (
     TIMEZONES_PARTITIONS_NAME,
@@ -25,7 +27,9 @@ from analytics_pipeline.partitions import (
     daily_timezone_partitions,
     last_closed_day,
 )
-from analytics_pipeline.resources import PipelineSettings
+from analytics_pipeline.registry import EMAIL_PIPELINES, EmailPipeline
+from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
+from analytics_pipeline.warehouse import get_cursor
 
 accounts_job = define_asset_job(
     "refresh_accounts",
@@ -115,3 +119,59 @@ def closed_days_sensor(context: SensorEvaluationContext, settings: PipelineSetti
         ],
         cursor=json.dumps(new_cursor, sort_keys=True),
     )
+
+
+# --- email: Mailgun polling -----------------------------------------------------------------
+
+# A window shorter than this is not worth a run (the sensor ticks every minute).
+MIN_WINDOW_SECONDS = 30.0
+
+
+def mailgun_fetch_job(pipeline: EmailPipeline):
+    return define_asset_job(
+        f"mailgun_{pipeline.name}_fetch",
+        selection=AssetSelection.assets(f"mailgun_{pipeline.name}_events"),
+        description=f"Fetch and land the Mailgun events of {pipeline.name} emails.",
+        tags={"analytics/stream": pipeline.stream},
+    )
+
+
+def mailgun_sensor(pipeline: EmailPipeline, job):
+    """A light sensor: it decides the window end and launches a run; the run fetches,
+    lands and advances the durable cursor kept in the warehouse."""
+
+    @sensor(
+        name=f"mailgun_{pipeline.name}_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Polls Mailgun for {pipeline.name} email events (fresh pass up to now "
+        "minus the lag, settling pass over events older than MAILGUN_SETTLE_MINUTES).",
+    )
+    def _sensor(context: SensorEvaluationContext, mailgun: Mailgun, warehouse: Warehouse):
+        if not mailgun.configured:
+            return SkipReason("Mailgun is not configured: set MAILGUN_DOMAIN and MAILGUN_API_KEY")
+        in_flight = context.instance.get_runs(
+            filters=RunsFilter(job_name=job.name, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
+        )
+        if in_flight:
+            return SkipReason(f"run {in_flight[0].run_id} is still fetching")
+        now = _utcnow().timestamp()
+        until = float(int(now - mailgun.lag_seconds))
+        cursor = get_cursor(warehouse.engine(), pipeline.cursor_name)
+        if cursor is not None:
+            fresh_gap = until - cursor[0]
+            settle_gap = (now - mailgun.settle_minutes * 60) - cursor[1]
+            if fresh_gap < MIN_WINDOW_SECONDS and settle_gap < MIN_WINDOW_SECONDS:
+                return SkipReason("nothing new to fetch yet")
+        return RunRequest(
+            run_key=f"{pipeline.cursor_name}:{int(until)}",
+            run_config={"ops": {f"mailgun_{pipeline.name}_events": {"config": {"until": until}}}},
+            tags={"analytics/stream": pipeline.stream},
+        )
+
+    return _sensor
+
+
+mailgun_jobs = {p.name: mailgun_fetch_job(p) for p in EMAIL_PIPELINES}
+mailgun_sensors = {p.name: mailgun_sensor(p, mailgun_jobs[p.name]) for p in EMAIL_PIPELINES}

@@ -20,6 +20,12 @@ DEFAULTS: dict[str, str] = {
     "ANALYTICS_DEFAULT_TIMEZONE": "UTC",
     "ANALYTICS_START_DATE": "2024-01-01",
     "ANALYTICS_CLOSE_GRACE_MINUTES": "30",
+    "MAILGUN_API_BASE": "https://api.mailgun.net/v3",
+    "MAILGUN_DOMAIN": "",
+    "MAILGUN_API_KEY": "",
+    "MAILGUN_NEWSLETTER_TAGS": "newsletter",
+    "MAILGUN_AUTOMATION_TAGS": "automation",
+    "MAILGUN_SETTLE_MINUTES": "30",
 }
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,9 +15,14 @@ from sqlalchemy.engine import Engine
 
 from analytics_pipeline import warehouse as wh
 from analytics_pipeline.checks import totals_mismatches
-from analytics_pipeline.landing import LandingStore
+from analytics_pipeline.landing import LandingStore, ProviderEventLog
+from analytics_pipeline.mailgun import MailgunClient, parse_items
 from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.registry import metrics_for_source, raw_events_for_source
+from analytics_pipeline.registry import (
+    EmailPipeline,
+    metrics_for_source,
+    raw_events_for_source,
+)
 from analytics_pipeline.rollups import (
     QUARANTINE_SCHEMA,
     RAW_REPORTING_SCHEMA,
@@ -140,4 +148,81 @@ def rollup_partition(
     result.mismatches = totals_mismatches(totals.finish(), actual)
     result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
     result.preview = rows.slice(0, 10).to_pylist()
+    return result
+
+
+@dataclass
+class FetchResult:
+    windows: list[tuple[str, float, float]]
+    fetched: int = 0
+    landed_files: int = 0
+    malformed: int = 0
+    fresh_until: float = 0.0
+    settled_until: float = 0.0
+
+
+def fetch_provider_events(
+    client: MailgunClient,
+    log: ProviderEventLog,
+    engine: Engine,
+    pipeline: EmailPipeline,
+    tags: str,
+    until: float,
+    now: float,
+    settle_seconds: float,
+    initial_lookback_seconds: float,
+    flush_rows: int = 200_000,
+) -> FetchResult:
+    """Fetch a stream's new windows from Mailgun, land them, then advance its cursor.
+
+    Two windows: the fresh pass ``[fresh_until, until)`` for low latency, and the settling
+    pass ``[settled_until, now - settle)`` that reads every period once more after
+    Mailgun's late indexing has settled. The cursor moves only after the events are
+    landed, so a crash anywhere means a re-fetch, never a loss; a re-fetched event is
+    stored again and counted once (the landed log is de-duplicated by event id).
+    """
+    cursor = wh.get_cursor(engine, pipeline.cursor_name)
+    if cursor is None:
+        start = until - initial_lookback_seconds
+        cursor = (start, start)
+    fresh_from, settled_from = cursor
+    settle_to = min(until, now - settle_seconds)
+    windows = []
+    if until > fresh_from:
+        windows.append(("fresh", fresh_from, until))
+    if settle_to > settled_from:
+        windows.append(("settling", settled_from, settle_to))
+    result = FetchResult(windows=windows)
+    fetch_id = f"{int(now)}-{uuid.uuid4().hex[:6]}"
+    malformed: list[tuple[str, str, str]] = []
+    for _label, begin, end in windows:
+        buffered: list[pa.Table] = []
+        rows = 0
+        for items in client.pages(begin, end, tags=tags or None):
+            parsed = parse_items(items, now, begin, end)
+            malformed.extend(parsed.malformed)
+            buffered.append(parsed.events)
+            rows += parsed.events.num_rows
+            if rows >= flush_rows:
+                result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
+                result.fetched += rows
+                buffered, rows = [], 0
+        if buffered:
+            result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
+            result.fetched += rows
+    if malformed:
+        source = f"mailgun:{pipeline.name}"
+        bad = pa.table({
+            "source": [source] * len(malformed),
+            "event_id": [i or "sha1:" + hashlib.sha1(raw.encode()).hexdigest()
+                         for i, _, raw in malformed],
+            "reason": [f"malformed_item: {why}" for _, why, _ in malformed],
+            "payload": [raw for _, _, raw in malformed],
+        })
+        fetched_day = datetime.fromtimestamp(now, timezone.utc).date()
+        wh.add_quarantine(engine, fetched_day, "UTC", bad)
+        result.malformed = len(malformed)
+    result.fresh_until = max(fresh_from, until)
+    result.settled_until = max(settled_from, settle_to)
+    wh.advance_cursor(engine, pipeline.cursor_name, result.fresh_until, result.settled_until)
     return result

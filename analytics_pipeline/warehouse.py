@@ -73,6 +73,19 @@ quarantine = sa.Table(
     sa.Index("ix_quarantine_partition", "source", "partition_date", "timezone"),
 )
 
+provider_cursors = sa.Table(
+    "provider_cursors",
+    metadata,
+    # Keyed by the pipeline, not by the sensor: a sensor rename or a code-location reload
+    # keeps the position.
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("fresh_until", sa.Float(precision=53), nullable=False,
+              comment="epoch seconds: events before this were fetched once"),
+    sa.Column("settled_until", sa.Float(precision=53), nullable=False,
+              comment="epoch seconds: events before this were re-read after settling"),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
 UNIQUE_KEY = ["account_id", "date", "dimension_type", "dimension_id", "metric"]
 ROLLUP_COLUMNS = [
     "account_id", "date", "dimension_type", "dimension_id", "metric", "count",
@@ -327,3 +340,43 @@ def rollup_rows(engine: Engine, where: sa.ColumnElement | None = None) -> list[d
         q = q.where(where)
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(q)]
+
+
+# --- provider cursors -----------------------------------------------------------------------
+
+
+def get_cursor(engine: Engine, name: str) -> tuple[float, float] | None:
+    """(fresh_until, settled_until) of a provider stream, or None before its first fetch."""
+    c = provider_cursors.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(c.fresh_until, c.settled_until).where(c.name == name)
+        ).first()
+    return (float(row[0]), float(row[1])) if row else None
+
+
+def advance_cursor(engine: Engine, name: str, fresh_until: float, settled_until: float) -> None:
+    """Move a stream's cursor forward (never back), in one transaction."""
+    c = provider_cursors.c
+    with engine.begin() as conn:
+        q = sa.select(c.fresh_until, c.settled_until).where(c.name == name)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        now = _utcnow()
+        if row is None:
+            conn.execute(provider_cursors.insert().values(
+                name=name, fresh_until=fresh_until, settled_until=settled_until,
+                updated_at=now))
+        else:
+            conn.execute(provider_cursors.update().where(c.name == name).values(
+                fresh_until=max(float(row[0]), fresh_until),
+                settled_until=max(float(row[1]), settled_until), updated_at=now))
+
+
+def add_quarantine(engine: Engine, day: date, tz: str, rows: pa.Table) -> None:
+    """Record quarantined items that belong to no partition (e.g. malformed provider items)."""
+    if rows.num_rows == 0:
+        return
+    with engine.begin() as conn:
+        _upsert_quarantine(conn, day, tz, rows)
