@@ -310,4 +310,4 @@ def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_
         .group_by("k", use_threads=False)
         .aggregate([("row", "min")])["row_min"]
     )
-    return table.take(pc.sort_indices(first))
+    return table.take(pc.take(first, pc.sort_indices(first)))  # first rows, in order

@@ -113,3 +113,13 @@ def test_object_store_crash_before_manifest_keeps_previous_version(monkeypatch):
         store.write_partition("reporting_events", DAY, table([3]))
     assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
                   .to_pylist()) == [1, 2]
+
+
+def test_dedupe_keeps_the_first_fetched_row_of_each_id():
+    from analytics_pipeline.landing import dedupe
+
+    t = pa.table({"event_id": ["a", "b", "a", "c", "b"], "fetched_at": [3, 1, 2, 5, 4],
+                  "v": [30, 10, 20, 50, 40]})
+    out = dedupe(t, "event_id")
+    assert sorted(zip(out["event_id"].to_pylist(), out["v"].to_pylist(), strict=True)) == [
+        ("a", 20), ("b", 10), ("c", 50)]

@@ -1,0 +1,240 @@
+"""Polling Mailgun into landing: cursors, settling pass, crash safety, quarantine, sensors."""
+
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    DagsterRunStatus,
+    RunRequest,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+from dagster._core.test_utils import create_run_for_test
+
+from analytics_pipeline import landing as landing_mod
+from analytics_pipeline import sensors
+from analytics_pipeline import warehouse as wh
+from analytics_pipeline.assets import mailgun_event_assets
+from analytics_pipeline.landing import ProviderEventLog
+from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
+from analytics_pipeline.mailgun_simulator import MailgunSimulator, sample_item
+from analytics_pipeline.registry import EMAIL_PIPELINES
+from analytics_pipeline.resources import Landing, Mailgun, Warehouse
+from analytics_pipeline.steps import fetch_provider_events
+
+NEWSLETTER, AUTOMATION = EMAIL_PIPELINES
+T0 = 1_772_000_000.0  # 2026-02-25T06:13:20Z
+SETTLE = 30 * 60
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock(T0)
+
+
+@pytest.fixture
+def sim(clock):
+    with MailgunSimulator(clock=clock) as s:
+        yield s
+
+
+@pytest.fixture
+def engine(warehouse_url):
+    e = wh.make_engine(warehouse_url)
+    wh.ensure_schema(e)
+    yield e
+    e.dispose()
+
+
+def fetch(sim, engine, root, clock, pipeline=NEWSLETTER, tags=None):
+    client = MailgunClient(sim.domain, sim.api_key, sim.base_url, backoff_factor=0.01)
+    return fetch_provider_events(
+        client, ProviderEventLog(root, pipeline.stream), engine, pipeline,
+        tags if tags is not None else pipeline.default_tags, until=clock.t - 60, now=clock.t,
+        settle_seconds=SETTLE, initial_lookback_seconds=3600)
+
+
+def landed(root, pipeline=NEWSLETTER):
+    day = datetime.fromtimestamp(T0, timezone.utc).date()
+    return ProviderEventLog(root, pipeline.stream).read([day], PROVIDER_EVENT_SCHEMA)
+
+
+def add(sim, i, t, tag="newsletter", event="delivered", indexed_at=None):
+    sim.add(sample_item(f"ev-{tag}-{i}", event, t, f"r{i}@x.com", f"<m{i}@mg>", [tag]),
+            indexed_at=indexed_at)
+
+
+def test_fresh_pass_lands_and_advances_cursor(sim, engine, landing_root, clock):
+    for i in range(5):
+        add(sim, i, T0 - 600 + i)
+    add(sim, 99, T0 - 30)  # inside the lag: the next run's
+    r = fetch(sim, engine, landing_root, clock)
+    assert r.fetched == 5
+    assert wh.get_cursor(engine, NEWSLETTER.cursor_name) == (T0 - 60, T0 - SETTLE)
+    assert sorted(landed(landing_root)["event_id"].to_pylist()) == [
+        f"ev-newsletter-{i}" for i in range(5)]
+
+
+def test_overlapping_and_duplicate_fetches_count_once(sim, engine, landing_root, clock):
+    for i in range(400):
+        add(sim, i, T0 - 3000 + i)
+    fetch(sim, engine, landing_root, clock)
+    clock.t += 10 * 60
+    fetch(sim, engine, landing_root, clock)  # the settling pass re-reads the same events
+    # a crashed cursor write: the same window is fetched again from scratch
+    with engine.begin() as c:
+        c.execute(wh.provider_cursors.delete())
+    fetch(sim, engine, landing_root, clock)
+    t = landed(landing_root)
+    assert t.num_rows == 400 and len(set(t["event_id"].to_pylist())) == 400
+
+
+def test_late_indexed_event_is_found_by_the_settling_pass(sim, engine, landing_root, clock):
+    add(sim, 1, T0 - 300)
+    add(sim, 2, T0 - 290, indexed_at=T0 + 600)  # indexed ten minutes late
+    fetch(sim, engine, landing_root, clock)
+    assert landed(landing_root)["event_id"].to_pylist() == ["ev-newsletter-1"]
+    clock.t = T0 + 11 * 60
+    fetch(sim, engine, landing_root, clock)  # fresh pass has moved on: still missing
+    assert landed(landing_root).num_rows == 1
+    clock.t = T0 + SETTLE + 60  # now the window of event 2 is settled and re-read
+    r = fetch(sim, engine, landing_root, clock)
+    assert [w[0] for w in r.windows] == ["fresh", "settling"]
+    assert sorted(landed(landing_root)["event_id"].to_pylist()) == [
+        "ev-newsletter-1", "ev-newsletter-2"]
+
+
+def test_crash_after_fetching_before_landing_loses_nothing(
+        sim, engine, landing_root, clock, monkeypatch):
+    for i in range(3):
+        add(sim, i, T0 - 500 + i)
+    real_append = landing_mod.ProviderEventLog.append
+
+    def crash(self, *a, **k):
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(landing_mod.ProviderEventLog, "append", crash)
+    with pytest.raises(OSError):
+        fetch(sim, engine, landing_root, clock)
+    assert wh.get_cursor(engine, NEWSLETTER.cursor_name) is None  # nothing advanced
+    monkeypatch.setattr(landing_mod.ProviderEventLog, "append", real_append)
+    clock.t += 120
+    fetch(sim, engine, landing_root, clock)
+    assert landed(landing_root).num_rows == 3
+
+
+def test_malformed_item_is_quarantined_while_the_page_lands(sim, engine, landing_root, clock):
+    add(sim, 1, T0 - 400)
+    sim.add({"id": "broken-1", "event": "opened", "timestamp": T0 - 399, "recipient": "a@x",
+             "tags": ["newsletter"], "message": {"headers": {}}})
+    add(sim, 2, T0 - 398)
+    r = fetch(sim, engine, landing_root, clock)
+    assert r.malformed == 1
+    assert sorted(landed(landing_root)["event_id"].to_pylist()) == [
+        "ev-newsletter-1", "ev-newsletter-2"]
+    with engine.connect() as c:
+        q = c.execute(sa.select(wh.quarantine.c.source, wh.quarantine.c.event_id,
+                                wh.quarantine.c.reason)).all()
+    assert q == [("mailgun:newsletter", "broken-1",
+                  "malformed_item: missing message.headers.message-id")]
+    fetch(sim, engine, landing_root, Clock(clock.t + 3600))  # seen again: still one row
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(wh.quarantine)).scalar() == 1
+
+
+def test_newsletter_and_automation_cursors_are_independent(sim, engine, landing_root, clock):
+    add(sim, 1, T0 - 400, tag="newsletter")
+    add(sim, 2, T0 - 400, tag="automation")
+    fetch(sim, engine, landing_root, clock, NEWSLETTER)
+    assert wh.get_cursor(engine, AUTOMATION.cursor_name) is None
+    assert landed(landing_root, AUTOMATION).num_rows == 0
+    clock.t += 600
+    fetch(sim, engine, landing_root, clock, AUTOMATION)
+    assert landed(landing_root, AUTOMATION)["event_id"].to_pylist() == ["ev-automation-2"]
+    assert landed(landing_root, NEWSLETTER)["event_id"].to_pylist() == ["ev-newsletter-1"]
+    assert wh.get_cursor(engine, NEWSLETTER.cursor_name)[0] == T0 - 60
+    assert wh.get_cursor(engine, AUTOMATION.cursor_name)[0] == T0 + 540
+
+
+# --- Dagster level ---------------------------------------------------------------------------
+
+
+def resources(sim, warehouse_url, landing_root, **mailgun):
+    settings = {"api_base": sim.base_url, "domain": sim.domain, "api_key": sim.api_key,
+                **mailgun}
+    return {
+        "mailgun": Mailgun(**settings),
+        "warehouse": Warehouse(url=warehouse_url),
+        "landing": Landing(uri=landing_root),
+    }
+
+
+def test_fetch_asset_materializes(sim, warehouse_url, landing_root):
+    import time
+
+    now = time.time()
+    sim.clock = time.time
+    add(sim, 1, now - 600)
+    with instance_for_test() as instance:
+        result = materialize([mailgun_event_assets["newsletter"]], instance=instance,
+                             resources=resources(sim, warehouse_url, landing_root))
+        assert result.success
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["events_fetched"].value == 1
+        assert sim.api_key not in str(meta)
+
+
+def evaluate(sensor_def, instance, sim, warehouse_url, landing_root, **mailgun):
+    ctx = build_sensor_context(instance=instance,
+                               resources=resources(sim, warehouse_url, landing_root, **mailgun))
+    return sensor_def(ctx)
+
+
+def test_sensor_launches_runs_and_waits_for_the_one_in_flight(
+        sim, warehouse_url, landing_root, monkeypatch):
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime.fromtimestamp(T0, timezone.utc))
+    with instance_for_test() as instance:
+        req = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(req, RunRequest)
+        assert req.run_key == f"mailgun:newsletter:{int(T0 - 60)}"
+        cfg = req.run_config["ops"]["mailgun_newsletter_events"]["config"]
+        assert cfg["until"] == T0 - 60
+        create_run_for_test(instance, job_name="mailgun_newsletter_fetch",
+                            status=DagsterRunStatus.STARTED)
+        assert isinstance(evaluate(sensor_def, instance, sim, warehouse_url, landing_root),
+                          SkipReason)
+        # the other pipeline is not blocked by it
+        other = sensors.mailgun_sensors["automation"]
+        assert isinstance(evaluate(other, instance, sim, warehouse_url, landing_root),
+                          RunRequest)
+
+
+def test_sensor_skips_when_not_configured_or_up_to_date(
+        sim, warehouse_url, landing_root, monkeypatch):
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime.fromtimestamp(T0, timezone.utc))
+    with instance_for_test() as instance:
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root, domain="")
+        assert isinstance(skip, SkipReason) and "not configured" in skip.skip_message
+        e = wh.make_engine(warehouse_url)
+        wh.ensure_schema(e)
+        # the durable cursor (kept by pipeline name, not sensor name) is up to date
+        wh.advance_cursor(e, NEWSLETTER.cursor_name, T0 - 60, T0 - SETTLE)
+        e.dispose()
+        assert isinstance(evaluate(sensor_def, instance, sim, warehouse_url, landing_root),
+                          SkipReason)
+        renamed = sensors.mailgun_sensor(NEWSLETTER, sensors.mailgun_jobs["newsletter"])
+        assert isinstance(evaluate(renamed, instance, sim, warehouse_url, landing_root),
+                          SkipReason)
