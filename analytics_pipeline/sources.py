@@ -214,3 +214,76 @@ def _sqlalchemy_batches(
             yield pa.RecordBatch.from_pydict(
                 {n: pa.array(c) for n, c in zip(names, columns, strict=True)}
             )
+
+
+# --- email: the application's emails and recipients ------------------------------------------
+
+src_emails = sa.Table(
+    "emails",
+    source_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # 'newsletter' | 'automation'
+    sa.Column("automation_id", sa.BigInteger),
+    sa.Column("subject", sa.Text),
+    sa.Column("track_opens", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", sa.DateTime),
+)
+src_email_recipients = sa.Table(
+    "email_recipients",
+    source_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("email_id", sa.BigInteger, nullable=False),
+    sa.Column("member_id", sa.BigInteger),
+    sa.Column("member_email", sa.Text, nullable=False),
+    sa.Column("provider_message_id", sa.Text),
+    sa.Column("sent_at", sa.DateTime),
+    sa.Index("index_email_recipients_on_provider_message_id", "provider_message_id"),
+)
+
+RECIPIENT_SCHEMA = pa.schema([
+    ("recipient_id", pa.int64()),
+    ("account_id", pa.int64()),
+    ("email_id", pa.int64()),
+    ("member_id", pa.int64()),
+    ("member_email", pa.string()),
+    ("message_id", pa.string()),
+    ("automation_id", pa.int64()),
+    ("track_opens", pa.bool_()),
+])
+
+
+@dataclass
+class EmailSource:
+    """Emails and recipients of one kind ('newsletter' | 'automation')."""
+
+    url: str
+
+    def recipients(self, kind: str) -> pa.Table:
+        """Every recipient of the kind's emails, with the email's automation and tracking."""
+        r, e = src_email_recipients.c, src_emails.c
+        url = normalize_url(self.url)
+        track = e.track_opens if url.get_backend_name() != "sqlite" else sa.cast(
+            e.track_opens, sa.Boolean)
+        query = (
+            sa.select(
+                r.id.label("recipient_id"), r.account_id, r.email_id, r.member_id,
+                r.member_email, r.provider_message_id.label("message_id"),
+                e.automation_id, track.label("track_opens"),
+            )
+            .select_from(src_email_recipients.join(src_emails, e.id == r.email_id))
+            .where(e.kind == sa.literal_column(f"'{_kind(kind)}'"))
+        )
+        with arrow_batches(url, query) as reader:
+            batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA) for b in reader
+                       if b.num_rows]
+        if not batches:
+            return RECIPIENT_SCHEMA.empty_table()
+        return pa.concat_tables(batches)
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("newsletter", "automation"):
+        raise ValueError(f"unknown email kind {kind!r}")
+    return kind

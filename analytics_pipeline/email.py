@@ -1,0 +1,215 @@
+"""Email analytics, vectorized: match provider events to recipients, fold them into
+per-recipient state, and derive per-email, per-automation and per-member statistics.
+
+Pure functions over Arrow tables, tested without Dagster. The state of a recipient is a
+fold over *all* its events, so it is recomputed from the landed log (de-duplicated by
+event id) rather than updated in place: the result does not depend on the order or the
+number of times events arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analytics_pipeline.rollups import QUARANTINE_SCHEMA
+
+# A provider event matched to its recipient.
+EMAIL_EVENT_SCHEMA = pa.schema([
+    ("event_id", pa.string()),
+    ("event", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("severity", pa.string()),
+    ("recipient_id", pa.int64()),
+    ("account_id", pa.int64()),
+    ("email_id", pa.int64()),
+    ("member_id", pa.int64()),
+    ("automation_id", pa.int64()),
+    ("delivery_status_code", pa.string()),
+    ("delivery_status_message", pa.string()),
+])
+
+STATE_EVENTS = {  # first occurrence of each event sets the column
+    "delivered": "delivered_at",
+    "opened": "opened_at",
+    "clicked": "clicked_at",
+    "unsubscribed": "unsubscribed_at",
+    "complained": "complained_at",
+}
+
+MIN_RECIPIENTS_FOR_RATE = 5
+
+
+@dataclass
+class Matched:
+    events: pa.Table  # EMAIL_EVENT_SCHEMA
+    unmatched: pa.Table  # provider events without a recipient (for quarantine)
+
+
+def match_recipients(events: pa.Table, recipients: pa.Table) -> Matched:
+    """Join provider events to recipients on (message id, address, case-insensitive).
+
+    Many recipients share one message id (a batch send); the address tells them apart.
+    """
+    if events.num_rows == 0:
+        return Matched(EMAIL_EVENT_SCHEMA.empty_table(), events)
+    rec = recipients.select(["recipient_id", "account_id", "email_id", "member_id",
+                             "automation_id", "message_id"]).append_column(
+        "address", pc.utf8_lower(pc.utf8_trim_whitespace(recipients["member_email"])))
+    # Several recipient rows for the same (message, address) would multiply events:
+    # keep the lowest recipient id (the app writes one row per address and send).
+    rec = rec.group_by(["message_id", "address"], use_threads=False).aggregate(
+        [("recipient_id", "min")]).rename_columns(["message_id", "address", "recipient_id"]
+    ).join(rec.select(["recipient_id", "account_id", "email_id", "member_id",
+                       "automation_id"]), "recipient_id")
+    ev = events.select(["event_id", "event", "timestamp", "severity", "message_id",
+                        "delivery_status_code", "delivery_status_message"]).append_column(
+        "address", events["recipient"]).append_column(
+        "row", pa.array(range(events.num_rows), pa.int64()))
+    joined = ev.join(rec, keys=["message_id", "address"], join_type="left outer",
+                     use_threads=True)
+    hit = pc.is_valid(joined["recipient_id"])
+    matched = joined.filter(hit)
+    matched = pa.Table.from_arrays(
+        [matched[f.name].cast(f.type) for f in EMAIL_EVENT_SCHEMA], schema=EMAIL_EVENT_SCHEMA)
+    missing_rows = joined.filter(pc.invert(hit))["row"]
+    unmatched = events.take(pc.take(missing_rows, pc.sort_indices(missing_rows)))
+    return Matched(matched, unmatched)
+
+
+def unmatched_quarantine(unmatched: pa.Table, source: str) -> pa.Table:
+    n = unmatched.num_rows
+    return pa.Table.from_arrays(
+        [pa.repeat(pa.scalar(source), n), unmatched["event_id"],
+         pa.repeat(pa.scalar("unmatched_recipient"), n), unmatched["raw"]],
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+STATE_SCHEMA = pa.schema([
+    ("recipient_id", pa.int64()),
+    ("delivered_at", pa.timestamp("us", tz="UTC")),
+    ("opened_at", pa.timestamp("us", tz="UTC")),
+    ("clicked_at", pa.timestamp("us", tz="UTC")),
+    ("unsubscribed_at", pa.timestamp("us", tz="UTC")),
+    ("complained_at", pa.timestamp("us", tz="UTC")),
+    ("failed_at", pa.timestamp("us", tz="UTC")),  # first permanent failure only
+    ("failure_code", pa.string()),
+    ("failure_message", pa.string()),
+    ("temporary_failures", pa.int64()),
+    ("last_temporary_failure_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def recipient_states(events: pa.Table) -> pa.Table:
+    """One row per recipient with events (STATE_SCHEMA).
+
+    Each ``*_at`` keeps the earliest timestamp whatever the arrival order. A temporary
+    failure is counted but never sets ``failed_at``; a permanent one sets it and is
+    never downgraded by a later temporary one.
+    """
+    ids = pc.unique(events["recipient_id"]).drop_null()
+    out = pa.table({"recipient_id": ids})
+    ts = pa.timestamp("us", tz="UTC")
+
+    def first_of(mask, name: str, how: str = "min", cols=("timestamp",)) -> None:
+        nonlocal out
+        sub = events.filter(mask).select(["recipient_id", *cols])
+        g = sub.group_by("recipient_id", use_threads=True).aggregate(
+            [(c, how) for c in cols])
+        g = g.rename_columns(["recipient_id", *[name if c == "timestamp" else c
+                                                for c in cols]]) if len(cols) == 1 else g
+        out = out.join(g, "recipient_id", join_type="left outer")
+
+    for event, column in STATE_EVENTS.items():
+        first_of(pc.equal(events["event"], event), column)
+    failed = pc.equal(events["event"], "failed")
+    permanent = pc.and_(failed, pc.equal(pc.fill_null(events["severity"], "permanent"),
+                                         "permanent"))
+    temporary = pc.and_(failed, pc.equal(pc.fill_null(events["severity"], ""), "temporary"))
+    # The first permanent failure, with its status (sorted so "first" is the earliest).
+    perm = events.filter(permanent).select(
+        ["recipient_id", "timestamp", "delivery_status_code", "delivery_status_message"]
+    ).sort_by([("recipient_id", "ascending"), ("timestamp", "ascending")])
+    g = perm.group_by("recipient_id", use_threads=False).aggregate(
+        [("timestamp", "first"), ("delivery_status_code", "first"),
+         ("delivery_status_message", "first")]
+    ).rename_columns(["recipient_id", "failed_at", "failure_code", "failure_message"])
+    out = out.join(g, "recipient_id", join_type="left outer")
+    temp = events.filter(temporary).select(["recipient_id", "timestamp"])
+    g = temp.group_by("recipient_id", use_threads=True).aggregate(
+        [("timestamp", "count"), ("timestamp", "max")]
+    ).rename_columns(["recipient_id", "temporary_failures", "last_temporary_failure_at"])
+    out = out.join(g, "recipient_id", join_type="left outer")
+    out = out.set_column(out.schema.get_field_index("temporary_failures"),
+                         "temporary_failures", pc.fill_null(out["temporary_failures"], 0))
+    cols = []
+    for f in STATE_SCHEMA:
+        col = out[f.name]
+        cols.append(col.cast(f.type) if f.type != ts else col.cast(ts))
+    return pa.Table.from_arrays(cols, schema=STATE_SCHEMA).sort_by("recipient_id")
+
+
+def _rate(opened: pa.ChunkedArray, tracked: pa.ChunkedArray) -> pa.ChunkedArray:
+    """opened / tracked recipients, only where at least MIN_RECIPIENTS_FOR_RATE exist."""
+    enough = pc.greater_equal(tracked, MIN_RECIPIENTS_FOR_RATE)
+    ratio = pc.divide(pc.cast(opened, pa.float64()),
+                      pc.cast(pc.max_element_wise(tracked, 1), pa.float64()))
+    return pc.if_else(enough, ratio, pa.scalar(None, pa.float64()))
+
+
+COUNT_COLUMNS = ["sent_count", "delivered_count", "opened_count", "clicked_count",
+                 "failed_count", "unsubscribed_count", "complained_count"]
+
+
+def _recipient_facts(recipients: pa.Table, states: pa.Table) -> pa.Table:
+    """Recipients with 0/1 facts from their state (recipients without events: zeros)."""
+    r = recipients.join(states, "recipient_id", join_type="left outer")
+    facts = {c: r[c] for c in ("recipient_id", "email_id", "automation_id", "member_id",
+                               "track_opens")}
+    facts["sent_count"] = pa.repeat(pa.scalar(1, pa.int64()), r.num_rows)
+    for name, col in [("delivered_count", "delivered_at"), ("opened_count", "opened_at"),
+                      ("clicked_count", "clicked_at"), ("failed_count", "failed_at"),
+                      ("unsubscribed_count", "unsubscribed_at"),
+                      ("complained_count", "complained_at")]:
+        facts[name] = pc.cast(pc.is_valid(r[col]), pa.int64())
+    tracked = pc.fill_null(r["track_opens"], False)
+    facts["tracked"] = pc.cast(tracked, pa.int64())
+    facts["tracked_opened"] = pc.cast(pc.and_(tracked, pc.is_valid(r["opened_at"])), pa.int64())
+    return pa.table(facts)
+
+
+def _sum_by(facts: pa.Table, key: str, columns: list[str]) -> pa.Table:
+    g = facts.filter(pc.is_valid(facts[key])).group_by(key, use_threads=True).aggregate(
+        [(c, "sum") for c in columns])
+    return g.rename_columns([key, *columns])  # group-by keys come first
+
+
+def email_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
+    """Per email: counts over its recipients and the open rate (tracked emails, ≥ 5)."""
+    facts = _recipient_facts(recipients, states)
+    g = _sum_by(facts, "email_id", [*COUNT_COLUMNS, "tracked", "tracked_opened"])
+    g = g.append_column("open_rate", _rate(g["tracked_opened"], g["tracked"]))
+    return g.select(["email_id", *COUNT_COLUMNS, "open_rate"]).sort_by("email_id")
+
+
+def automation_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
+    facts = _recipient_facts(recipients, states)
+    g = _sum_by(facts, "automation_id", [*COUNT_COLUMNS, "tracked", "tracked_opened"])
+    g = g.append_column("open_rate", _rate(g["tracked_opened"], g["tracked"]))
+    return g.select(["automation_id", *COUNT_COLUMNS, "open_rate"]).sort_by("automation_id")
+
+
+def member_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
+    """Per member: emails received, emails opened, open rate (tracked, ≥ 5)."""
+    facts = _recipient_facts(recipients, states)
+    g = _sum_by(facts, "member_id", ["sent_count", "opened_count", "tracked",
+                                     "tracked_opened"])
+    return pa.table({
+        "member_id": g["member_id"],
+        "email_count": g["sent_count"],
+        "email_opened_count": g["opened_count"],
+        "email_open_rate": _rate(g["tracked_opened"], g["tracked"]),
+    }).sort_by("member_id")
