@@ -8,12 +8,15 @@ from datetime import datetime, timezone
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
+    AssetSpec,
     BackfillPolicy,
     Config,
     MaterializeResult,
     MetadataValue,
     asset,
+    multi_asset,
 )
 from pydantic import Field
 
@@ -40,7 +43,14 @@ from analytics_pipeline.resources import (
     SourceDatabase,
     Warehouse,
 )
-from analytics_pipeline.steps import extract_partition, fetch_provider_events, rollup_partition
+from analytics_pipeline.steps import (
+    extract_email_partition,
+    extract_partition,
+    fetch_provider_events,
+    refresh_email_stats,
+    rollup_email_partition,
+    rollup_partition,
+)
 
 OWNERS = ["team:data-platform"]
 GROUP = "support_desk"
@@ -286,6 +296,9 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
             "fresh_until": iso(r.fresh_until),
+            # epoch seconds, read by the late-events sensor
+            "event_time_min": r.event_time_min if r.event_time_min is not None else 0.0,
+            "event_time_max": r.event_time_max if r.event_time_max is not None else 0.0,
             "settled_until": iso(r.settled_until),
             "domain": mailgun.domain,
         })
@@ -294,3 +307,112 @@ def mailgun_events_asset(pipeline: EmailPipeline):
 
 
 mailgun_event_assets = {p.name: mailgun_events_asset(p) for p in EMAIL_PIPELINES}
+
+
+# --- email: daily partitions and statistics -------------------------------------------------
+
+
+def email_assets(pipeline: EmailPipeline) -> list:
+    """The daily extraction, the rollups and the statistics of one email pipeline."""
+    p = pipeline.name
+    fetched = f"mailgun_{p}_events"
+    raw_name, rollups_name = f"raw_{p}_email_events", f"{p}_email_rollups"
+    group = f"email_{p}"
+
+    @asset(
+        name=raw_name, group_name=group, owners=OWNERS, kinds={"parquet"},
+        deps=[fetched, "accounts"], partitions_def=daily_timezone_partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        description=f"Mailgun events of {p} emails over the partition's local day, matched "
+        "to their recipient (message id + address) and account; unmatched events are "
+        "quarantined by the default timezone's partitions.",
+    )
+    def raw_email_events(
+        context: AssetExecutionContext, source_db: SourceDatabase, warehouse: Warehouse,
+        landing: Landing, settings: PipelineSettings,
+    ) -> MaterializeResult:
+        log = ProviderEventLog(landing.uri, pipeline.stream)
+        store, engine = landing.store(), warehouse.engine()
+        default_tz = settings.validated_default_timezone()
+        results = [
+            extract_email_partition(log, source_db.emails(), store, engine, pipeline,
+                                    LocalDay.from_key(k), default_tz)
+            for k in context.partition_keys
+        ]
+        return MaterializeResult(metadata={
+            "partitions": len(results),
+            "events_in_window": sum(r.events for r in results),
+            "events_landed": sum(r.matched for r in results),
+            "events_quarantined": sum(r.quarantined for r in results),
+            "per_partition": _md_table([r.__dict__ for r in results], limit=100),
+        })
+
+    specs = [AssetCheckSpec(RECONCILES, asset=rollups_name,
+                            description="Account-dimension totals equal the landed events'."),
+             AssetCheckSpec(NON_NEGATIVE, asset=rollups_name,
+                            description="No negative count in the partition.")]
+
+    @asset(
+        name=rollups_name, group_name=group, owners=OWNERS, kinds={"sql", "pyarrow"},
+        deps=[raw_name], partitions_def=daily_timezone_partitions,
+        backfill_policy=BackfillPolicy.single_run(), check_specs=specs,
+        description=f"daily_rollups rows of {p} email metrics (dimensions account, email"
+        + (", automation" if p == "automation" else "") + ") on the event's local date.",
+    )
+    def email_rollups(
+        context: AssetExecutionContext, warehouse: Warehouse, landing: Landing
+    ) -> MaterializeResult:
+        store, engine = landing.store(), warehouse.engine()
+        results = [rollup_email_partition(store, engine, pipeline, LocalDay.from_key(k))
+                   for k in context.partition_keys]
+        mismatches = {r.key: r.mismatches for r in results if r.mismatches}
+        negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
+        preview = next((r.preview for r in results if r.preview), [])
+        return MaterializeResult(
+            metadata={
+                "partitions": len(results),
+                "events_rolled_up": sum(r.rolled_up for r in results),
+                "rows_written": sum(r.rows_written for r in results),
+                "rows_replaced": sum(r.rows_replaced for r in results),
+                "preview": _md_table(preview),
+            },
+            check_results=[
+                AssetCheckResult(check_name=RECONCILES, passed=not mismatches,
+                                 metadata={"mismatches": MetadataValue.json(mismatches)}),
+                AssetCheckResult(check_name=NON_NEGATIVE, passed=not negatives,
+                                 metadata={"negative_rows": MetadataValue.json(negatives)}),
+            ],
+        )
+
+    states_key, stats_key = f"{p}_recipient_states", f"{p}_email_stats"
+
+    @multi_asset(
+        name=f"{p}_email_statistics",
+        group_name=group,
+        specs=[
+            AssetSpec(states_key, deps=[fetched], owners=OWNERS, kinds={"sql", "pyarrow"},
+                      description=f"Per recipient of {p} emails: first delivered, opened, "
+                      "clicked, unsubscribed, complained; permanent failure (never "
+                      "downgraded by a temporary one) and temporary failures."),
+            AssetSpec(stats_key, deps=[states_key], owners=OWNERS, kinds={"sql"},
+                      description=f"Per {p} email"
+                      + (" and per automation" if p == "automation" else "")
+                      + ": sent, delivered, opened, clicked, failed, unsubscribed, "
+                      "complained, open rate (tracked emails, at least 5 recipients); per "
+                      "member: emails, opened, open rate."),
+        ],
+    )
+    def statistics(source_db: SourceDatabase, warehouse: Warehouse, landing: Landing):
+        r = refresh_email_stats(ProviderEventLog(landing.uri, pipeline.stream),
+                                source_db.emails(), warehouse.engine(), pipeline)
+        yield MaterializeResult(asset_key=states_key, metadata={
+            "events": r.events, "recipients_with_events": r.recipients_with_events,
+            "unmatched_events": r.unmatched})
+        yield MaterializeResult(asset_key=stats_key, metadata={
+            "emails": r.emails, "automations": r.automations, "members": r.members,
+            "recipients": r.recipients})
+
+    return [raw_email_events, email_rollups, statistics]
+
+
+email_pipeline_assets = {p.name: email_assets(p) for p in EMAIL_PIPELINES}

@@ -280,6 +280,19 @@ class ProviderEventLog:
             files += 1
         return files
 
+    def days(self) -> list:
+        """Every UTC date with landed events, ascending."""
+        from datetime import date
+
+        if self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
+            return []
+        out = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            name = posixpath.basename(info.path)
+            if info.type == pafs.FileType.Directory and name.startswith("date="):
+                out.append(date.fromisoformat(name[5:]))
+        return sorted(out)
+
     def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id") -> pa.Table:
         """Events landed under ``days`` (UTC dates), each event id once (first fetched)."""
         tables = []
@@ -311,3 +324,12 @@ def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_
         .aggregate([("row", "min")])["row_min"]
     )
     return table.take(pc.take(first, pc.sort_indices(first)))  # first rows, in order
+
+
+def utc_dates_between(start, end) -> list:  # noqa: ANN001 - aware datetimes
+    """The UTC dates that the half-open instant range [start, end) touches."""
+    from datetime import timedelta, timezone
+
+    first = start.astimezone(timezone.utc).date()
+    last = (end - timedelta(microseconds=1)).astimezone(timezone.utc).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]

@@ -15,7 +15,7 @@ from enum import Enum
 class Aggregation(str, Enum):
     COUNT_AND_SUMS = "count_and_sums"  # count, sum(value), sum(value_in_business_hours)
     COUNT_ONLY = "count_only"  # count, sums stored as 0
-    DISTINCT_CONVERSATIONS = "distinct_conversations"  # count(distinct conversation_id), sums 0
+    COUNT_DISTINCT = "count_distinct"  # count(distinct Metric.distinct_of), sums 0
 
 
 class ReadAs(str, Enum):
@@ -33,6 +33,8 @@ ACCOUNT = Dimension("account", "account_id")
 AGENT = Dimension("agent", "user_id")
 INBOX = Dimension("inbox", "inbox_id")
 REPORTING_DIMENSIONS: tuple[Dimension, ...] = (ACCOUNT, AGENT, INBOX)
+EMAIL = Dimension("email", "email_id")
+AUTOMATION = Dimension("automation", "automation_id")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Metric:
     dimensions: tuple[Dimension, ...] = REPORTING_DIMENSIONS
     source: str = "reporting_events"
     description: str = ""
+    distinct_of: str = "conversation_id"  # the counted column of COUNT_DISTINCT
 
 
 REPORTING_METRICS: tuple[Metric, ...] = (
@@ -57,11 +60,40 @@ REPORTING_METRICS: tuple[Metric, ...] = (
            description="Time to resolution, seconds"),
     Metric("bot_resolutions_count", "conversation_bot_resolved", Aggregation.COUNT_ONLY,
            ReadAs.COUNT, description="Conversations resolved by a bot"),
-    Metric("bot_handoffs_count", "conversation_bot_handoff", Aggregation.DISTINCT_CONVERSATIONS,
+    Metric("bot_handoffs_count", "conversation_bot_handoff", Aggregation.COUNT_DISTINCT,
            ReadAs.COUNT, description="Distinct conversations handed off from a bot"),
 )
 
-METRICS: dict[str, Metric] = {m.name: m for m in REPORTING_METRICS}
+
+def _email_metrics(pipeline: str) -> tuple[Metric, ...]:
+    """Daily email metrics of one pipeline, on the local date of the event.
+
+    Failures are split by severity upstream (raw names ``failed_permanent`` and
+    ``failed_temporary``); ``unique_*`` count distinct recipients per day.
+    """
+    dims = (ACCOUNT, EMAIL) + ((AUTOMATION,) if pipeline == "automation" else ())
+    source = f"email:{pipeline}"
+
+    def m(name: str, raw: str, agg: Aggregation = Aggregation.COUNT_ONLY, what: str = ""):
+        return Metric(f"{pipeline}_{name}", raw, agg, ReadAs.COUNT, dims, source,
+                      f"{pipeline} emails: {what}", distinct_of="recipient_id")
+
+    return (
+        m("delivered", "delivered", what="deliveries"),
+        m("opens", "opened", what="open events"),
+        m("unique_opens", "opened", Aggregation.COUNT_DISTINCT, "recipients who opened"),
+        m("clicks", "clicked", what="click events"),
+        m("unique_clicks", "clicked", Aggregation.COUNT_DISTINCT, "recipients who clicked"),
+        m("failed", "failed_permanent", what="permanent failures"),
+        m("temporary_failures", "failed_temporary", what="temporary failures"),
+        m("unsubscribed", "unsubscribed", what="unsubscribes"),
+        m("complained", "complained", what="spam complaints"),
+    )
+
+
+EMAIL_METRICS: tuple[Metric, ...] = _email_metrics("newsletter") + _email_metrics("automation")
+
+METRICS: dict[str, Metric] = {m.name: m for m in REPORTING_METRICS + EMAIL_METRICS}
 
 
 def metrics_for_source(source: str) -> tuple[Metric, ...]:

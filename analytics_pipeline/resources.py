@@ -12,7 +12,7 @@ from analytics_pipeline.landing import LandingStore
 from analytics_pipeline.mailgun import MailgunClient
 from analytics_pipeline.partitions import zone
 from analytics_pipeline.settings import DEFAULTS
-from analytics_pipeline.sources import ReportingEventsSource
+from analytics_pipeline.sources import EmailSource, ReportingEventsSource
 from analytics_pipeline.warehouse import ensure_schema, make_engine, redact
 
 
@@ -23,6 +23,9 @@ class SourceDatabase(ConfigurableResource):
 
     def reporting_events(self, fallback_date: date) -> ReportingEventsSource:
         return ReportingEventsSource(self.url, fallback_date=fallback_date)
+
+    def emails(self) -> EmailSource:
+        return EmailSource(self.url)
 
     @property
     def display_url(self) -> str:

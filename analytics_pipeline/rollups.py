@@ -185,7 +185,7 @@ def _keys(dim: Dimension) -> list[str]:
     return ["name", "account_id"] + ([] if dim.column == "account_id" else [dim.column])
 
 
-def _partial_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Table:
+def _partial_groups(events: pa.Table, dim: Dimension, distinct: str | None) -> pa.Table:
     """A mergeable partial aggregate of one batch for one dimension.
 
     Counts and sums: one row per (raw event, account, dimension id) with n, sums, which
@@ -196,14 +196,14 @@ def _partial_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Tabl
     """
     keys = _keys(dim)
     if distinct:
-        t = events.select([*keys, "conversation_id"])
-        t = t.filter(pc.is_valid(t["conversation_id"]))
+        t = events.select([*keys, distinct]).rename_columns([*keys, "counted"])
+        t = t.filter(pc.is_valid(t["counted"]))
     else:
         t = events.select([*keys, "value", "value_in_business_hours"])
     if dim.column != "account_id":
         t = t.filter(pc.is_valid(t[dim.column]))
     if distinct:
-        return t.group_by([*keys, "conversation_id"], use_threads=True).aggregate([])
+        return t.group_by([*keys, "counted"], use_threads=True).aggregate([])
     g = t.group_by(keys, use_threads=True).aggregate(
         [("name", "count", pc.CountOptions(mode="all")), ("value", "sum"),
          ("value_in_business_hours", "sum")]
@@ -217,13 +217,13 @@ def _partial_groups(events: pa.Table, dim: Dimension, distinct: bool) -> pa.Tabl
     })
 
 
-def _merge_groups(partials: list[pa.Table], dim: Dimension, distinct: bool) -> pa.Table:
+def _merge_groups(partials: list[pa.Table], dim: Dimension, distinct: str | None) -> pa.Table:
     keys = _keys(dim)
     t = pa.concat_tables(partials)
     if distinct:
-        t = t.group_by([*keys, "conversation_id"], use_threads=True).aggregate([])
-        g = t.group_by(keys, use_threads=True).aggregate([("conversation_id", "count")])
-        n = g["conversation_id_count"]
+        t = t.group_by([*keys, "counted"], use_threads=True).aggregate([])
+        g = t.group_by(keys, use_threads=True).aggregate([("counted", "count")])
+        n = g["counted_count"]
         sums = {}
     elif len(partials) == 1:
         g, n = t, t["n"]
@@ -251,40 +251,43 @@ class RollupAccumulator:
         for m in self.metrics:
             for d in m.dimensions:
                 self.dims[d.name] = d
-        self._groups: dict[tuple[str, bool], list[pa.Table]] = {}
+        # Metrics are aggregated in families: sums (None) or one per distinct column.
+        self.families = sorted({self._family(m) for m in self.metrics}, key=str)
+        self._groups: dict[tuple[str, str | None], list[pa.Table]] = {}
         self._names = {
-            distinct: pa.array(sorted({m.raw_event for m in self.metrics if self._is_distinct(m)
-                                       == distinct}), pa.string())
-            for distinct in (False, True)
+            f: pa.array(sorted({m.raw_event for m in self.metrics if self._family(m) == f}),
+                        pa.string())
+            for f in self.families
         }
+        self._dim_columns = sorted({d.column for d in self.dims.values()})
 
     @staticmethod
-    def _is_distinct(m: Metric) -> bool:
-        return m.aggregation is Aggregation.DISTINCT_CONVERSATIONS
+    def _family(m: Metric) -> str | None:
+        return m.distinct_of if m.aggregation is Aggregation.COUNT_DISTINCT else None
 
     def add(self, events: pa.Table) -> None:
-        for distinct in (False, True):
-            names = self._names[distinct]
-            if len(names) == 0 or events.num_rows == 0:
-                continue
-            needed = ["name", "account_id", "user_id", "inbox_id"] + (
-                ["conversation_id"] if distinct else ["value", "value_in_business_hours"])
+        if events.num_rows == 0:
+            return
+        for family in self.families:
+            names = self._names[family]
+            extra = [family] if family else ["value", "value_in_business_hours"]
+            needed = list(dict.fromkeys(["name", *self._dim_columns, *extra]))
             subset = events.select(needed).filter(pc.is_in(events["name"], names))
             if subset.num_rows == 0:
                 continue
             for dim in self.dims.values():
-                if any(dim in m.dimensions and self._is_distinct(m) == distinct
+                if any(dim in m.dimensions and self._family(m) == family
                        for m in self.metrics):
-                    part = _partial_groups(subset, dim, distinct)
-                    self._groups.setdefault((dim.name, distinct), []).append(part)
+                    part = _partial_groups(subset, dim, family)
+                    self._groups.setdefault((dim.name, family), []).append(part)
 
     def finish(self) -> pa.Table:
         pieces: list[pa.Table] = []
-        for (dim_name, distinct), partials in self._groups.items():
+        for (dim_name, family), partials in self._groups.items():
             dim = self.dims[dim_name]
-            groups = _merge_groups(partials, dim, distinct)
+            groups = _merge_groups(partials, dim, family)
             for m in self.metrics:
-                if dim not in m.dimensions or self._is_distinct(m) != distinct:
+                if dim not in m.dimensions or self._family(m) != family:
                     continue
                 g = groups.filter(pc.equal(groups["name"], m.raw_event))
                 if g.num_rows:
@@ -337,11 +340,12 @@ class TotalsAccumulator:
             rows = events.filter(pc.equal(events["name"], m.raw_event))
             if rows.num_rows == 0:
                 continue
-            if m.aggregation is Aggregation.DISTINCT_CONVERSATIONS:
-                pairs = rows.select(["account_id", "conversation_id"])
-                pairs = pairs.filter(pc.is_valid(pairs["conversation_id"]))
+            if m.aggregation is Aggregation.COUNT_DISTINCT:
+                pairs = rows.select(["account_id", m.distinct_of]).rename_columns(
+                    ["account_id", "counted"])
+                pairs = pairs.filter(pc.is_valid(pairs["counted"]))
                 self._pairs.setdefault(m.name, []).append(
-                    pairs.group_by(["account_id", "conversation_id"]).aggregate([]))
+                    pairs.group_by(["account_id", "counted"]).aggregate([]))
                 continue
             t = self._totals[m.name]
             t[0] += rows.num_rows
@@ -352,7 +356,7 @@ class TotalsAccumulator:
     def finish(self) -> dict[str, tuple[int, float, float]]:
         out = {k: (int(v[0]), float(v[1]), float(v[2])) for k, v in self._totals.items()}
         for name, parts in self._pairs.items():
-            n = pa.concat_tables(parts).group_by(["account_id", "conversation_id"]) \
+            n = pa.concat_tables(parts).group_by(["account_id", "counted"]) \
                 .aggregate([]).num_rows
             out[name] = (n, 0.0, 0.0)
         return out

@@ -7,15 +7,18 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta, timezone
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    EventLogEntry,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    asset_sensor,
     define_asset_job,
     sensor,
 )
@@ -26,6 +29,7 @@ from analytics_pipeline.partitions import (
     LocalDay,
     daily_timezone_partitions,
     last_closed_day,
+    local_date_of,
 )
 from analytics_pipeline.registry import EMAIL_PIPELINES, EmailPipeline
 from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
@@ -91,14 +95,30 @@ def due_partitions(
     return due, new_cursor
 
 
+def email_daily_job(pipeline: EmailPipeline):
+    return define_asset_job(
+        f"{pipeline.name}_email_daily",
+        selection=AssetSelection.assets(f"raw_{pipeline.name}_email_events",
+                                        f"{pipeline.name}_email_rollups"),
+        partitions_def=daily_timezone_partitions,
+        description=f"Match and roll up {pipeline.name} email events for date|timezone "
+        "partitions.",
+    )
+
+
+email_daily_jobs = {p.name: email_daily_job(p) for p in EMAIL_PIPELINES}
+
+
 @sensor(
-    job=reporting_job,
+    jobs=[reporting_job, *email_daily_jobs.values()],
     minimum_interval_seconds=300,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests each date|timezone partition once that local day has closed "
     "plus the grace period (ANALYTICS_CLOSE_GRACE_MINUTES).",
 )
-def closed_days_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
+def closed_days_sensor(
+    context: SensorEvaluationContext, settings: PipelineSettings, mailgun: Mailgun
+):
     timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
     if not timezones:
         return SkipReason("no timezone partitions yet: materialize `accounts` first")
@@ -108,17 +128,17 @@ def closed_days_sensor(context: SensorEvaluationContext, settings: PipelineSetti
     )
     if not due:
         return SkipReason("no local day has closed since the last tick")
-    return SensorResult(
-        run_requests=[
-            RunRequest(
-                run_key=day.key,
-                partition_key=day.multi_key(),
-                tags={"analytics/timezone": day.tz},
-            )
-            for day in due
-        ],
-        cursor=json.dumps(new_cursor, sort_keys=True),
-    )
+    requests = []
+    for day in due:
+        requests.append(RunRequest(run_key=day.key, job_name=reporting_job.name,
+                                   partition_key=day.multi_key(),
+                                   tags={"analytics/timezone": day.tz}))
+        if mailgun.configured:  # email days only once events can be fetched
+            for job in email_daily_jobs.values():
+                requests.append(RunRequest(run_key=f"{job.name}:{day.key}", job_name=job.name,
+                                           partition_key=day.multi_key(),
+                                           tags={"analytics/timezone": day.tz}))
+    return SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True))
 
 
 # --- email: Mailgun polling -----------------------------------------------------------------
@@ -175,3 +195,87 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
 
 mailgun_jobs = {p.name: mailgun_fetch_job(p) for p in EMAIL_PIPELINES}
 mailgun_sensors = {p.name: mailgun_sensor(p, mailgun_jobs[p.name]) for p in EMAIL_PIPELINES}
+
+
+
+# --- email: statistics refresh and late events ---------------------------------------------
+
+
+def email_stats_job(pipeline: EmailPipeline):
+    return define_asset_job(
+        f"{pipeline.name}_email_stats_refresh",
+        selection=AssetSelection.assets(f"{pipeline.name}_recipient_states",
+                                        f"{pipeline.name}_email_stats"),
+        description=f"Recompute {pipeline.name} recipient states and statistics.",
+    )
+
+
+email_stats_jobs = {p.name: email_stats_job(p) for p in EMAIL_PIPELINES}
+email_stats_schedules = {
+    p.name: ScheduleDefinition(
+        name=f"{p.name}_email_stats_every_15_minutes",
+        job=email_stats_jobs[p.name],
+        cron_schedule="*/15 * * * *",
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+    for p in EMAIL_PIPELINES
+}
+
+
+def affected_partitions(
+    time_min: float, time_max: float, timezones: Iterable[str], materialized: set[str]
+) -> list[LocalDay]:
+    """Partitions whose local day overlaps [time_min, time_max] and that were already
+    materialized (the closed-days sensor takes care of the others)."""
+    out = []
+    lo = datetime.fromtimestamp(time_min, timezone.utc)
+    hi = datetime.fromtimestamp(time_max, timezone.utc)
+    for tz in sorted(timezones):
+        try:
+            first, last = local_date_of(lo, tz), local_date_of(hi, tz)
+        except ValueError:
+            continue
+        d = first
+        while d <= last:
+            day = LocalDay(d, tz)
+            if day.key in materialized:
+                out.append(day)
+            d += timedelta(days=1)
+    return out
+
+
+def late_email_events_sensor(pipeline: EmailPipeline):
+    """When a fetch lands events for days already rolled up, re-materialize those days."""
+    job = email_daily_jobs[pipeline.name]
+    raw_key = AssetKey(f"raw_{pipeline.name}_email_events")
+
+    @asset_sensor(
+        name=f"late_{pipeline.name}_email_events_sensor",
+        asset_key=AssetKey(f"mailgun_{pipeline.name}_events"),
+        job=job,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Re-materializes the date|timezone partitions of already rolled-up days "
+        f"that a Mailgun fetch of {pipeline.name} events added events to.",
+    )
+    def _sensor(context: SensorEvaluationContext, asset_event: EventLogEntry):
+        mat = asset_event.asset_materialization
+        meta = mat.metadata if mat else {}
+        lo = meta.get("event_time_min")
+        hi = meta.get("event_time_max")
+        if lo is None or hi is None or not lo.value:
+            return SkipReason("the fetch landed no events")
+        timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
+        done = set(context.instance.get_materialized_partitions(raw_key))
+        days = affected_partitions(float(lo.value), float(hi.value), timezones, done)
+        if not days:
+            return SkipReason("no rolled-up day was touched")
+        return [
+            RunRequest(run_key=f"{asset_event.storage_id}:{d.key}", partition_key=d.multi_key(),
+                       tags={"analytics/timezone": d.tz, "analytics/reason": "late-events"})
+            for d in days
+        ]
+
+    return _sensor
+
+
+late_email_sensors = {p.name: late_email_events_sensor(p) for p in EMAIL_PIPELINES}

@@ -15,8 +15,17 @@ from sqlalchemy.engine import Engine
 
 from analytics_pipeline import warehouse as wh
 from analytics_pipeline.checks import totals_mismatches
-from analytics_pipeline.landing import LandingStore, ProviderEventLog
-from analytics_pipeline.mailgun import MailgunClient, parse_items
+from analytics_pipeline.email import (
+    EMAIL_EVENT_SCHEMA,
+    automation_stats,
+    email_stats,
+    match_recipients,
+    member_stats,
+    recipient_states,
+    unmatched_quarantine,
+)
+from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
+from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient, parse_items
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.registry import (
     EmailPipeline,
@@ -31,7 +40,7 @@ from analytics_pipeline.rollups import (
     Validated,
     validate,
 )
-from analytics_pipeline.sources import EventSource
+from analytics_pipeline.sources import EmailSource, EventSource
 
 
 @dataclass
@@ -159,6 +168,16 @@ class FetchResult:
     malformed: int = 0
     fresh_until: float = 0.0
     settled_until: float = 0.0
+    event_time_min: float | None = None  # span of the landed events' timestamps
+    event_time_max: float | None = None
+
+    def note_times(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        lo, hi = pc.min_max(table["timestamp"]).values()
+        lo, hi = lo.as_py().timestamp(), hi.as_py().timestamp()
+        self.event_time_min = lo if self.event_time_min is None else min(self.event_time_min, lo)
+        self.event_time_max = hi if self.event_time_max is None else max(self.event_time_max, hi)
 
 
 def fetch_provider_events(
@@ -200,6 +219,7 @@ def fetch_provider_events(
         rows = 0
         for items in client.pages(begin, end, tags=tags or None):
             parsed = parse_items(items, now, begin, end)
+            result.note_times(parsed.events)
             malformed.extend(parsed.malformed)
             buffered.append(parsed.events)
             rows += parsed.events.num_rows
@@ -226,3 +246,150 @@ def fetch_provider_events(
     result.settled_until = max(settled_from, settle_to)
     wh.advance_cursor(engine, pipeline.cursor_name, result.fresh_until, result.settled_until)
     return result
+
+
+# --- email: daily extraction, rollups and statistics ----------------------------------------
+
+
+def _email_landing_source(pipeline: EmailPipeline) -> str:
+    return f"email_events_{pipeline.name}"
+
+
+@dataclass
+class EmailExtractResult:
+    key: str
+    events: int = 0
+    matched: int = 0
+    other_timezone: int = 0
+    other_kind: int = 0
+    quarantined: int = 0
+
+
+def extract_email_partition(
+    log: ProviderEventLog,
+    emails: EmailSource,
+    store: LandingStore,
+    engine: Engine,
+    pipeline: EmailPipeline,
+    day: LocalDay,
+    default_tz: str,
+) -> EmailExtractResult:
+    """Land one partition's email events, each matched to its recipient and account.
+
+    Events of the local day (any account) are read from the provider log, matched to
+    recipients, and those of the partition's accounts are landed. Events that match no
+    recipient, or a recipient of an unknown account, are quarantined by the default
+    timezone's partitions only, so each is quarantined once.
+    """
+    events = log.read(utc_dates_between(day.start_utc, day.end_utc), PROVIDER_EVENT_SCHEMA)
+    lo = pa.scalar(day.start_utc, pa.timestamp("us", tz="UTC"))
+    hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
+    events = events.filter(pc.and_(pc.greater_equal(events["timestamp"], lo),
+                                   pc.less(events["timestamp"], hi)))
+    recipients = emails.recipients(pipeline.name)
+    m = match_recipients(events, recipients)
+    in_tz = pa.array(wh.account_ids_in_timezone(engine, day.tz), pa.int64())
+    known = pa.array([int(a["id"]) for a in wh.accounts_snapshot(engine)], pa.int64())
+    mine = m.events.filter(pc.is_in(m.events["account_id"], in_tz))
+    result = EmailExtractResult(key=day.key, events=events.num_rows, matched=mine.num_rows,
+                                other_timezone=m.events.num_rows - mine.num_rows)
+    store.write_partition(_email_landing_source(pipeline), day, mine,
+                          {"window_start_utc": day.start_utc.isoformat()})
+    source = f"mailgun:{pipeline.name}:match"
+    if day.tz == default_tz:
+        unknown_rows = m.events.filter(pc.invert(pc.is_in(m.events["account_id"], known)))
+        unknown_ids = pc.is_in(events["event_id"], unknown_rows["event_id"])
+        unknown = unmatched_quarantine(events.filter(unknown_ids), source)
+        unknown = unknown.set_column(2, "reason", pa.repeat(pa.scalar("unknown_account"),
+                                                            unknown.num_rows))
+        bad = pa.concat_tables([unmatched_quarantine(m.unmatched, source), unknown])
+    else:
+        bad = QUARANTINE_SCHEMA.empty_table()
+    wh.replace_quarantine(engine, day.day, day.tz, source, bad)
+    result.quarantined = bad.num_rows
+    return result
+
+
+def email_rollup_input(events: pa.Table) -> pa.Table:
+    """Landed email events → the columns the registry's email metrics roll up."""
+    permanent = pc.equal(pc.fill_null(events["severity"], "permanent"), "permanent")
+    failed = pc.equal(events["event"], "failed")
+    name = pc.if_else(failed, pc.if_else(permanent, pa.scalar("failed_permanent"),
+                                         pa.scalar("failed_temporary")), events["event"])
+    n = events.num_rows
+    return pa.table({
+        "name": name, "account_id": events["account_id"], "email_id": events["email_id"],
+        "automation_id": events["automation_id"], "recipient_id": events["recipient_id"],
+        "value": pa.nulls(n, pa.float64()), "value_in_business_hours": pa.nulls(n, pa.float64()),
+    })
+
+
+def rollup_email_partition(
+    store: LandingStore, engine: Engine, pipeline: EmailPipeline, day: LocalDay
+) -> RollupResult:
+    """Roll one partition's landed email events up into daily_rollups (one transaction)."""
+    source = f"email:{pipeline.name}"
+    metrics = metrics_for_source(source)
+    rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
+    in_tz = set(wh.account_ids_in_timezone(engine, day.tz))
+    result = RollupResult(key=day.key, accounts=len(in_tz))
+    scope = pa.array(sorted(in_tz), pa.int64())
+    for events in store.iter_partition(_email_landing_source(pipeline), day,
+                                       EMAIL_EVENT_SCHEMA):
+        here = pc.is_in(events["account_id"], scope)
+        rows = email_rollup_input(events.filter(here))
+        rollup.add(rows)
+        totals.add(rows)
+        result.events += events.num_rows
+        result.rolled_up += rows.num_rows
+        result.other_timezone += events.num_rows - rows.num_rows
+    rows = rollup.finish()
+    result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
+                                                QUARANTINE_SCHEMA.empty_table())
+    result.rows_written = rows.num_rows
+    result.mismatches = totals_mismatches(
+        totals.finish(), wh.account_totals(engine, day.day, day.tz, source))
+    result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
+    result.preview = rows.slice(0, 10).to_pylist()
+    return result
+
+
+@dataclass
+class EmailStatsResult:
+    events: int
+    recipients: int
+    recipients_with_events: int
+    emails: int
+    automations: int
+    members: int
+    unmatched: int
+
+
+def refresh_email_stats(
+    log: ProviderEventLog, emails: EmailSource, engine: Engine, pipeline: EmailPipeline
+) -> EmailStatsResult:
+    """Recompute recipient states and email/automation/member stats from the whole log.
+
+    A full recomputation from the de-duplicated log: the result does not depend on how
+    often or in which order events arrived, and a failure leaves the previous tables.
+    """
+    events = log.read(log.days(), PROVIDER_EVENT_SCHEMA)
+    recipients = emails.recipients(pipeline.name)
+    m = match_recipients(events, recipients)
+    states = recipient_states(m.events)
+    info = recipients.select(["recipient_id", "account_id", "email_id", "member_id"])
+    state_rows = states.join(info, "recipient_id", join_type="left outer")
+    tables = {
+        wh.email_recipient_states: state_rows,
+        wh.email_stats: email_stats(recipients, states),
+        wh.member_email_stats: member_stats(recipients, states),
+    }
+    if pipeline.name == "automation":
+        tables[wh.automation_email_stats] = automation_stats(recipients, states)
+    wh.replace_kind_tables(engine, pipeline.name, tables)
+    return EmailStatsResult(
+        events=events.num_rows, recipients=recipients.num_rows,
+        recipients_with_events=states.num_rows, emails=tables[wh.email_stats].num_rows,
+        automations=tables.get(wh.automation_email_stats, pa.table({})).num_rows,
+        members=tables[wh.member_email_stats].num_rows, unmatched=m.unmatched.num_rows,
+    )

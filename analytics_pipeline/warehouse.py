@@ -86,6 +86,44 @@ provider_cursors = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
+_ts = sa.DateTime(timezone=True)
+
+
+def _email_table(name: str, key: str, columns: list[sa.Column]) -> sa.Table:
+    return sa.Table(
+        name, metadata,
+        sa.Column("kind", sa.Text, primary_key=True),  # 'newsletter' | 'automation'
+        sa.Column(key, sa.BigInteger, primary_key=True, autoincrement=False),
+        *columns,
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+
+
+_counts = ["sent_count", "delivered_count", "opened_count", "clicked_count", "failed_count",
+           "unsubscribed_count", "complained_count"]
+email_recipient_states = _email_table("email_recipient_states", "recipient_id", [
+    sa.Column("account_id", sa.BigInteger), sa.Column("email_id", sa.BigInteger),
+    sa.Column("member_id", sa.BigInteger),
+    *[sa.Column(c, _ts) for c in ("delivered_at", "opened_at", "clicked_at",
+                                  "unsubscribed_at", "complained_at", "failed_at")],
+    sa.Column("failure_code", sa.Text), sa.Column("failure_message", sa.Text),
+    sa.Column("temporary_failures", sa.BigInteger, nullable=False),
+    sa.Column("last_temporary_failure_at", _ts),
+])
+email_stats = _email_table("email_stats", "email_id", [
+    *[sa.Column(c, sa.BigInteger, nullable=False) for c in _counts],
+    sa.Column("open_rate", sa.Float(precision=53)),
+])
+automation_email_stats = _email_table("automation_email_stats", "automation_id", [
+    *[sa.Column(c, sa.BigInteger, nullable=False) for c in _counts],
+    sa.Column("open_rate", sa.Float(precision=53)),
+])
+member_email_stats = _email_table("member_email_stats", "member_id", [
+    sa.Column("email_count", sa.BigInteger, nullable=False),
+    sa.Column("email_opened_count", sa.BigInteger, nullable=False),
+    sa.Column("email_open_rate", sa.Float(precision=53)),
+])
+
 UNIQUE_KEY = ["account_id", "date", "dimension_type", "dimension_id", "metric"]
 ROLLUP_COLUMNS = [
     "account_id", "date", "dimension_type", "dimension_id", "metric", "count",
@@ -216,7 +254,13 @@ def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> N
         "updated_at", pa.repeat(pa.scalar(now, pa.timestamp("us")), n)
     ).select(ROLLUP_COLUMNS)
     # In unique-key order, the index is filled left to right (about twice as fast).
-    table = table.sort_by([(c, "ascending") for c in UNIQUE_KEY])
+    insert_arrow(conn, daily_rollups, table.sort_by([(c, "ascending") for c in UNIQUE_KEY]))
+
+
+def insert_arrow(conn: Connection, target: sa.Table, table: pa.Table) -> None:
+    """Insert an Arrow table's rows (columns by name) inside the caller's transaction."""
+    if table.num_rows == 0:
+        return
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
         # COPY in the same transaction: an order of magnitude faster than INSERT batches.
         buf = io.BytesIO()
@@ -224,14 +268,16 @@ def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> N
         buf.seek(0)
         cursor = conn.connection.dbapi_connection.cursor()
         try:
-            cols = ", ".join(f'"{c}"' for c in ROLLUP_COLUMNS)
+            cols = ", ".join(f'"{c}"' for c in table.column_names)
             cursor.copy_expert(
-                f"COPY daily_rollups ({cols}) FROM STDIN WITH (FORMAT csv)", buf, size=1 << 20
+                f'COPY "{target.name}" ({cols}) FROM STDIN WITH (FORMAT csv)', buf,
+                size=1 << 20,
             )
         finally:
             cursor.close()
         return
-    conn.execute(daily_rollups.insert(), table.to_pylist())
+    for off in range(0, table.num_rows, 50_000):
+        conn.execute(target.insert(), table.slice(off, 50_000).to_pylist())
 
 
 def _upsert_quarantine(conn: Connection, day: date, tz: str, rows: pa.Table) -> None:
@@ -379,4 +425,26 @@ def add_quarantine(engine: Engine, day: date, tz: str, rows: pa.Table) -> None:
     if rows.num_rows == 0:
         return
     with engine.begin() as conn:
+        _upsert_quarantine(conn, day, tz, rows)
+
+
+def replace_kind_tables(engine: Engine, kind: str, tables: dict[sa.Table, pa.Table]) -> None:
+    """Replace one email kind's rows of several tables in one transaction."""
+    now = pa.scalar(_utcnow(), pa.timestamp("us"))
+    with engine.begin() as conn:
+        for target, rows in tables.items():
+            conn.execute(target.delete().where(target.c.kind == kind))
+            n = rows.num_rows
+            rows = rows.append_column("kind", pa.repeat(pa.scalar(kind), n)).append_column(
+                "updated_at", pa.repeat(now, n))
+            insert_arrow(conn, target, rows)
+
+
+def replace_quarantine(engine: Engine, day: date, tz: str, source: str, rows: pa.Table) -> None:
+    """Replace one partition's quarantine rows of one source."""
+    with engine.begin() as conn:
+        _lock_partition(conn, source, day, tz)
+        conn.execute(quarantine.delete().where(
+            quarantine.c.source == source, quarantine.c.partition_date == day,
+            quarantine.c.timezone == tz))
         _upsert_quarantine(conn, day, tz, rows)

@@ -15,7 +15,7 @@ from dagster import (
 
 from analytics_pipeline import sensors
 from analytics_pipeline.definitions import defs
-from analytics_pipeline.resources import PipelineSettings
+from analytics_pipeline.resources import Mailgun, PipelineSettings
 from analytics_pipeline.sensors import closed_days_sensor, due_partitions
 
 GRACE = timedelta(minutes=30)
@@ -66,11 +66,12 @@ def instance():
         yield inst
 
 
-def evaluate(instance, cursor=None):
+def evaluate(instance, cursor=None, mailgun=None):
     ctx = build_sensor_context(
         instance=instance, cursor=cursor,
         resources={"settings": PipelineSettings(default_timezone="UTC",
-                                                start_date="2024-01-01")},
+                                                start_date="2024-01-01"),
+                   "mailgun": mailgun or Mailgun()},
     )
     return closed_days_sensor(ctx)
 
@@ -115,3 +116,27 @@ def test_scheduling_is_on_by_default():
     schedule = defs.resolve_schedule_def("refresh_accounts_every_30_minutes")
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     assert schedule.job_name == "refresh_accounts"
+
+
+def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypatch):
+    instance.add_dynamic_partitions("timezones", ["Asia/Kolkata"])
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 11, 19, 0, tzinfo=UTC))
+    cursor = json.dumps({"Asia/Kolkata": "2026-02-10"})
+    result = evaluate(instance, cursor, Mailgun(domain="mg.example.com", api_key="k"))
+    assert sorted((r.job_name, r.run_key) for r in result.run_requests) == [
+        ("automation_email_daily", "automation_email_daily:2026-02-11|Asia/Kolkata"),
+        ("newsletter_email_daily", "newsletter_email_daily:2026-02-11|Asia/Kolkata"),
+        ("support_reporting", "2026-02-11|Asia/Kolkata"),
+    ]
+
+
+def test_affected_partitions_are_only_already_materialized_days():
+    from analytics_pipeline.sensors import affected_partitions
+
+    # 2026-02-12T03:00Z .. 06:00Z: New York's 11th (until 05:00Z) and 12th; Kolkata's 12th
+    lo = datetime(2026, 2, 12, 3, tzinfo=UTC).timestamp()
+    hi = datetime(2026, 2, 12, 6, tzinfo=UTC).timestamp()
+    done = {"2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata",
+            "2026-02-10|America/New_York"}
+    days = affected_partitions(lo, hi, ["America/New_York", "Asia/Kolkata"], done)
+    assert [d.key for d in days] == ["2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata"]

@@ -165,7 +165,7 @@ def sql_group_by(src_url: str) -> tuple[float, int]:
     with e.begin() as c:
         for m in REPORTING_METRICS:
             for dname, col in dims.items():
-                if m.aggregation is Aggregation.DISTINCT_CONVERSATIONS:
+                if m.aggregation is Aggregation.COUNT_DISTINCT:
                     agg = "count(DISTINCT conversation_id), 0, 0"
                 elif m.aggregation is Aggregation.COUNT_ONLY:
                     agg = "count(*), 0, 0"
