@@ -270,7 +270,7 @@ def late_email_events_sensor(pipeline: EmailPipeline):
         if not days:
             return SkipReason("no rolled-up day was touched")
         return [
-            RunRequest(run_key=f"{asset_event.storage_id}:{d.key}", partition_key=d.multi_key(),
+            RunRequest(run_key=f"{asset_event.run_id}:{d.key}", partition_key=d.multi_key(),
                        tags={"analytics/timezone": d.tz, "analytics/reason": "late-events"})
             for d in days
         ]
