@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--from", dest="date_from", type=_date, required=True)
     rep.add_argument("--to", dest="date_to", type=_date, required=True)
     rep.add_argument("--by", choices=["day", "week", "month"], default="day")
-    rep.add_argument("--dimension", choices=["account", "agent", "inbox"], default="account")
-    rep.add_argument("--id", type=int, help="agent or inbox id with --dimension")
+    rep.add_argument("--dimension", choices=["account", "agent", "inbox", "email", "automation"],
+                     default="account")
+    rep.add_argument("--id", type=int, help="agent, inbox, email or automation id")
     rep.add_argument("--business-hours", action="store_true",
                      help="average the business-hours durations")
     rep.add_argument("--json", action="store_true")

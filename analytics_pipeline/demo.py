@@ -165,17 +165,103 @@ def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUN
     return len(events)
 
 
+# --- email demo: newsletters and a welcome automation, events served by the simulator -------
+
+DEMO_EMAIL_HOURS_AGO = 60  # sends happen this long before the demo runs
+
+
+def generate_email_demo(
+    now: float, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS, seed: int = 11
+) -> tuple[list[dict], list[dict], list[tuple[dict, float | None]]]:
+    """Emails, recipients and Mailgun items (with their indexing time) for the demo.
+
+    Each valid account sends one newsletter and runs a two-step welcome automation;
+    recipients deliver, open (some several times), click, fail (permanently or
+    temporarily), unsubscribe and complain. One open is indexed late, one item is
+    malformed and one event belongs to nobody.
+    """
+    from analytics_pipeline.mailgun_simulator import sample_item
+
+    rng = random.Random(seed)
+    emails, recipients, items = [], [], []
+    rid = 0
+    for acc in accounts:
+        if acc.timezone == "America/New_Yrok":
+            continue
+        sent = now - DEMO_EMAIL_HOURS_AGO * 3600 + acc.id * 600
+        sends = [(acc.id * 10, "newsletter", None, 20 + 8 * acc.id, sent)]
+        sends += [(acc.id * 10 + s, "automation", acc.id * 100, 6 + 2 * acc.id,
+                   sent + s * 12 * 3600) for s in (1, 2)]
+        for email_id, kind, automation_id, n, at in sends:
+            emails.append({"id": email_id, "account_id": acc.id, "kind": kind,
+                           "automation_id": automation_id, "subject": f"{kind} {email_id}",
+                           "track_opens": True, "created_at": None})
+            message = f"<{email_id}.{int(at)}@mg.demo>"
+            for i in range(n):
+                rid += 1
+                address = f"member{acc.id}-{i}@example.com"
+                recipients.append({"id": rid, "account_id": acc.id, "email_id": email_id,
+                                   "member_id": acc.id * 1000 + i,
+                                   "member_email": address.title() if i % 5 == 0 else address,
+                                   "provider_message_id": message, "sent_at": None})
+
+                def event(name, t, _id=f"{email_id}-{i}", _to=address, _msg=message,
+                          _kind=kind, **extra):
+                    items.append((sample_item(f"{_id}-{name}-{len(items)}", name, t, _to, _msg,
+                                              [_kind], **extra), None))
+
+                t = at + rng.uniform(5, 120)
+                roll = rng.random()
+                if roll < 0.02:
+                    event("failed", t, severity="permanent")
+                    continue
+                if roll < 0.05:
+                    event("failed", t, severity="temporary")
+                    t += 600
+                event("delivered", t)
+                if rng.random() < 0.45:
+                    for k in range(1 + int(rng.random() < 0.3)):
+                        event("opened", t + rng.uniform(60, 20 * 3600) + k * 3600)
+                    if rng.random() < 0.3:
+                        event("clicked", t + rng.uniform(3600, 30 * 3600))
+                if rng.random() < 0.015:
+                    event("unsubscribed", t + 7200)
+                if rng.random() < 0.005:
+                    event("complained", t + 7200)
+    late = dict(items[5][0], id="late-indexed-open", event="opened")
+    items.append((late, float(late["timestamp"]) + 20 * 60))  # indexed 20 minutes late
+    items.append(({"id": "broken-item", "event": "opened", "timestamp": now - 3600 * 30,
+                   "tags": ["newsletter"], "recipient": "x@example.com"}, None))  # no message
+    items.append((sample_item("nobody", "opened", now - 3600 * 30, "ghost@example.com",
+                              "<unknown@mg.demo>", ["newsletter"]), None))
+    return emails, recipients, items
+
+
+def write_email_source(url: str, emails: list[dict], recipients: list[dict]) -> None:
+    from analytics_pipeline.sources import src_email_recipients, src_emails
+
+    engine = make_engine(url)
+    try:
+        source_metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(src_email_recipients.delete())
+            conn.execute(src_emails.delete())
+            if emails:
+                conn.execute(src_emails.insert(), emails)
+            if recipients:
+                conn.execute(src_email_recipients.insert(), recipients)
+    finally:
+        engine.dispose()
+
+
 def run_demo(regenerate: bool = True, out=print) -> int:
     """Generate the demo source, then materialize accounts, raw events and rollups for every
     closed demo day through Dagster (one range run per timezone, as a backfill would),
     in the persistent instance at ``DAGSTER_HOME``; print a per-account summary."""
     import os
-
-    from dagster import DagsterInstance
+    import shutil
 
     from analytics_pipeline import warehouse as wh
-    from analytics_pipeline.partitions import TIMEZONES_PARTITIONS_NAME, last_closed_day
-    from analytics_pipeline.report import metric_series
     from analytics_pipeline.settings import ANALYTICS_DIR, DEFAULTS, setting
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str((ANALYTICS_DIR / "dagster_home")
@@ -185,12 +271,49 @@ def run_demo(regenerate: bool = True, out=print) -> int:
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     src = setting("ANALYTICS_SOURCE_URL")
     if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
+        # A fresh demo: the embedded warehouse and landing start empty too.
+        for name in ("ANALYTICS_WAREHOUSE_URL", "ANALYTICS_LANDING_URI"):
+            if setting(name) == DEFAULTS[name]:
+                path = Path(DEFAULTS[name].removeprefix("sqlite:///"))
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    for p in path.parent.glob(path.name + "*"):
+                        p.unlink()
         n = create_demo_source(src)
         out(f"demo application database: {n} reporting events, {len(DEMO_ACCOUNTS)} accounts")
     else:
         out(f"using the existing application database at {wh.redact(src)}")
 
+    # Email: a local Mailgun simulator serves the demo's provider events (its settings are
+    # only set for this process, so `make dev` does not poll it afterwards).
+    import time as _time
+
+    from analytics_pipeline.mailgun_simulator import MailgunSimulator
+
+    started = _time.time()
+    emails, recipients, items = generate_email_demo(started)
+    if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
+        write_email_source(src, emails, recipients)
+    sim = MailgunSimulator(domain="mg.demo.example", api_key="demo-key")
+    for item, indexed_at in items:
+        sim.add(item, indexed_at)
+    os.environ.update(MAILGUN_API_BASE=sim.start(), MAILGUN_DOMAIN=sim.domain,
+                      MAILGUN_API_KEY=sim.api_key)
+    try:
+        return _run_demo_jobs(out)
+    finally:
+        sim.stop()
+
+
+def _run_demo_jobs(out) -> int:
+    from dagster import DagsterInstance
+
+    from analytics_pipeline import warehouse as wh
     from analytics_pipeline.definitions import defs
+    from analytics_pipeline.partitions import TIMEZONES_PARTITIONS_NAME, last_closed_day
+    from analytics_pipeline.report import metric_series
+    from analytics_pipeline.settings import setting
 
     with DagsterInstance.get() as instance:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -221,6 +344,27 @@ def run_demo(regenerate: bool = True, out=print) -> int:
                 f"{'succeeded' if r.success else 'FAILED'}")
             if not r.success:
                 return 1
+        # Email: fetch both pipelines, roll up their closed days, refresh the statistics.
+        for kind in ("newsletter", "automation"):
+            for job_name in (f"mailgun_{kind}_fetch", f"{kind}_email_stats_refresh"):
+                r = defs.resolve_job_def(job_name).execute_in_process(
+                    instance=instance, run_config=quiet)
+                if not r.success:
+                    out(f"{job_name} failed; see the run in the Dagster UI")
+                    return 1
+            job = defs.resolve_job_def(f"{kind}_email_daily")
+            for tz in sorted(instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)):
+                end = last_closed_day(now, tz, grace)
+                first = end - timedelta(days=3)
+                r = job.execute_in_process(
+                    instance=instance, run_config=quiet,
+                    tags={"dagster/asset_partition_range_start": f"{first.isoformat()}|{tz}",
+                          "dagster/asset_partition_range_end": f"{end.isoformat()}|{tz}",
+                          "analytics/timezone": tz})
+                if not r.success:
+                    out(f"{kind} email days of {tz} failed; see the run in the Dagster UI")
+                    return 1
+        out("email: fetched from the local Mailgun simulator, rolled up and summarized")
 
     engine = wh.make_engine(setting("ANALYTICS_WAREHOUSE_URL"))
     out("")
@@ -236,11 +380,23 @@ def run_demo(regenerate: bool = True, out=print) -> int:
         avg = (sum((p.value or 0) * p.count for p in frt) / n_frt / 60) if n_frt else None
         out(f"{a['name'][:32]:<32} {tzname:<22} {sum(p.count for p in res):>8} "
             f"{'-' if avg is None else f'{avg:.1f} min':>12} {sum(p.count for p in hand):>8}")
+    out("")
+    out(f"{'email (kind)':<32} {'sent':>6} {'delivered':>9} {'opened':>7} {'failed':>7} "
+        f"{'open rate':>9}")
     with engine.connect() as conn:
+        st = wh.email_stats.c
+        rows = conn.execute(sa.select(st.kind, st.email_id, st.sent_count, st.delivered_count,
+                                      st.opened_count, st.failed_count, st.open_rate)
+                            .order_by(st.email_id)).all()
+        for kind, email_id, sent, delivered, opened, failed, rate in rows:
+            shown = "-" if rate is None else f"{rate:.0%}"
+            out(f"{f'{email_id} ({kind})':<32} {sent:>6} {delivered:>9} {opened:>7} "
+                f"{failed:>7} {shown:>9}")
         q = sa.select(wh.quarantine.c.reason, sa.func.count()).group_by(wh.quarantine.c.reason)
         quarantined = dict(conn.execute(q).all())
     out(f"\nquarantined events: {quarantined or 'none'}")
     out("Open the UI on the same instance with `make dev`; query with "
         "`analytics-pipeline report --account 1 --metric first_response "
-        f"--from {DEMO_START} --to {last} --by week`.")
+        f"--from {DEMO_START} --to {last} --by week`, or email opens per day with "
+        "`--metric newsletter_opens` over the last days.")
     return 0

@@ -53,8 +53,10 @@ class MailgunSimulator:
 
     def add(self, item: dict, indexed_at: float | None = None) -> None:
         """Add an event; it becomes visible at ``indexed_at`` (default: its timestamp)."""
-        self.events.append({"item": item, "indexed_at": indexed_at
-                            if indexed_at is not None else float(item.get("timestamp", 0))})
+        if indexed_at is None:
+            ts = item.get("timestamp") if isinstance(item, dict) else None
+            indexed_at = float(ts) if isinstance(ts, (int, float)) else 0.0
+        self.events.append({"item": item, "indexed_at": indexed_at})
 
     def inject(self, *faults: Fault) -> None:
         self.faults.extend(faults)

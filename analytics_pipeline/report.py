@@ -13,7 +13,7 @@ from analytics_pipeline.registry import ReadAs, get_metric
 from analytics_pipeline.warehouse import daily_rollups
 
 PERIODS = ("day", "week", "month")
-DIMENSIONS = ("account", "agent", "inbox")
+DIMENSIONS = ("account", "agent", "inbox", "email", "automation")
 
 
 @dataclass(frozen=True)
