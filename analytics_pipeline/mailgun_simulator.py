@@ -13,6 +13,7 @@ as the real one can. Faults are queued: 429 with ``Retry-After``/``X-RateLimit-R
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import threading
 import time
@@ -57,6 +58,7 @@ class MailgunSimulator:
             ts = item.get("timestamp") if isinstance(item, dict) else None
             indexed_at = float(ts) if isinstance(ts, (int, float)) else 0.0
         self.events.append({"item": item, "indexed_at": indexed_at})
+        self._sorted = None
 
     def inject(self, *faults: Fault) -> None:
         self.faults.extend(faults)
@@ -147,7 +149,59 @@ class MailgunSimulator:
                 return
         self._send(h, 200, self._page(query, h.headers.get("Host", "127.0.0.1")))
 
+    def _index(self) -> tuple[list, list]:
+        if getattr(self, "_sorted", None) is None:
+            rows = []
+            for e in self.events:
+                ts = e["item"].get("timestamp") if isinstance(e["item"], dict) else None
+                ts = float(ts) if isinstance(ts, (int, float)) else 0.0
+                rows.append(((ts, str(e["item"].get("id", ""))), e))
+            rows.sort(key=lambda r: r[0])
+            self._sorted = ([r[0] for r in rows], [r[1] for r in rows])
+        return self._sorted
+
     def _page(self, query: dict, host: str) -> dict:
+        if query["ascending"]:
+            return self._page_ascending(query, host)
+        return self._page_scan(query, host)
+
+    def _visible(self, e: dict, ts: float, query: dict, now: float) -> bool:
+        item = e["item"]
+        return (e["indexed_at"] <= now
+                and _matches(query["event"], [str(item.get("event", ""))])
+                and (not query["tags"] or _matches(query["tags"], list(item.get("tags") or []))))
+
+    def _page_ascending(self, query: dict, host: str) -> dict:
+        """Ascending pages from a sorted index: O(page) per request, for large loads."""
+        keys, rows = self._index()
+        now = self.clock()
+        start = (query["begin"] if query["begin"] is not None else float("-inf"), "")
+        if query.get("after"):
+            after = tuple(query["after"])
+            i = bisect.bisect_right(keys, after)
+            i = max(i, bisect.bisect_left(keys, start))
+        else:
+            i = bisect.bisect_left(keys, start)
+        page, last = [], None
+        while i < len(keys) and len(page) < query["limit"]:
+            key, e = keys[i], rows[i]
+            if query["end"] is not None and key[0] >= query["end"]:
+                break
+            if self._visible(e, key[0], query, now):
+                page.append(e["item"])
+                last = key
+            i += 1
+        return self._render(query, host, page, last)
+
+    def _render(self, query: dict, host: str, items: list, last) -> dict:
+        nxt = dict(query, after=list(last) if last else query.get("after"))
+        token = base64.urlsafe_b64encode(json.dumps(nxt).encode()).decode()
+        base = f"http://{host}/v3/{self.domain}/events"
+        return {"items": items,
+                "paging": {"next": f"{base}/{token}", "previous": f"{base}/{token}",
+                           "first": base, "last": base}}
+
+    def _page_scan(self, query: dict, host: str) -> dict:
         now = self.clock()
         asc = query["ascending"]
         visible = []
@@ -171,12 +225,7 @@ class MailgunSimulator:
         if after is not None:
             visible = [kv for kv in visible if (kv[0] > after if asc else kv[0] < after)]
         page = visible[: query["limit"]]
-        nxt = dict(query, after=list(page[-1][0]) if page else query.get("after"))
-        token = base64.urlsafe_b64encode(json.dumps(nxt).encode()).decode()
-        base = f"http://{host}/v3/{self.domain}/events"
-        return {"items": [kv[1] for kv in page],
-                "paging": {"next": f"{base}/{token}", "previous": f"{base}/{token}",
-                           "first": base, "last": base}}
+        return self._render(query, host, [kv[1] for kv in page], page[-1][0] if page else None)
 
 
 def sample_item(event_id: str, event: str, timestamp: float, recipient: str,
