@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,30 +53,40 @@ def match_recipients(events: pa.Table, recipients: pa.Table) -> Matched:
     """Join provider events to recipients on (message id, address, case-insensitive).
 
     Many recipients share one message id (a batch send); the address tells them apart.
+    Only the keys and a row number go through the hash join; the event columns are then
+    gathered by row number, which keeps the peak memory near one copy of the events.
     """
     if events.num_rows == 0:
         return Matched(EMAIL_EVENT_SCHEMA.empty_table(), events)
-    rec = recipients.select(["recipient_id", "account_id", "email_id", "member_id",
-                             "automation_id", "message_id"]).append_column(
+    rec = recipients.select(["recipient_id", "message_id"]).append_column(
         "address", pc.utf8_lower(pc.utf8_trim_whitespace(recipients["member_email"])))
-    # Several recipient rows for the same (message, address) would multiply events:
-    # keep the lowest recipient id (the app writes one row per address and send).
+    # Several recipient rows for one (message, address) would multiply events: keep the
+    # lowest recipient id (the app writes one row per address and send).
     rec = rec.group_by(["message_id", "address"], use_threads=False).aggregate(
-        [("recipient_id", "min")]).rename_columns(["message_id", "address", "recipient_id"]
-    ).join(rec.select(["recipient_id", "account_id", "email_id", "member_id",
-                       "automation_id"]), "recipient_id")
-    ev = events.select(["event_id", "event", "timestamp", "severity", "message_id",
-                        "delivery_status_code", "delivery_status_message"]).append_column(
-        "address", events["recipient"]).append_column(
-        "row", pa.array(range(events.num_rows), pa.int64()))
-    joined = ev.join(rec, keys=["message_id", "address"], join_type="left outer",
-                     use_threads=True)
+        [("recipient_id", "min")]).rename_columns(["message_id", "address", "recipient_id"])
+    keys = pa.table({"message_id": events["message_id"], "address": events["recipient"],
+                     "row": pa.array(np.arange(events.num_rows, dtype=np.int64))})
+    joined = keys.join(rec, keys=["message_id", "address"], join_type="left outer",
+                       use_threads=True).select(["row", "recipient_id"])
+    del keys, rec
+    joined = joined.sort_by("row")  # events keep their order
     hit = pc.is_valid(joined["recipient_id"])
-    matched = joined.filter(hit)
-    matched = pa.Table.from_arrays(
-        [matched[f.name].cast(f.type) for f in EMAIL_EVENT_SCHEMA], schema=EMAIL_EVENT_SCHEMA)
-    missing_rows = joined.filter(pc.invert(hit))["row"]
-    unmatched = events.take(pc.take(missing_rows, pc.sort_indices(missing_rows)))
+    rows = joined["row"].filter(hit)
+    ids = joined["recipient_id"].filter(hit)
+    unmatched = events.take(joined["row"].filter(pc.invert(hit)))
+    attrs = recipients.select(["recipient_id", "account_id", "email_id", "member_id",
+                               "automation_id"])
+    # recipient attributes by id: a join on one integer key, then back in row order
+    who = pa.table({"recipient_id": ids, "pos": pa.array(np.arange(len(ids), dtype=np.int64))}) \
+        .join(attrs, "recipient_id", join_type="left outer").sort_by("pos")
+    cols = {"recipient_id": ids}
+    for c in ("account_id", "email_id", "member_id", "automation_id"):
+        cols[c] = who[c]
+    for c in ("event_id", "event", "timestamp", "severity", "delivery_status_code",
+              "delivery_status_message"):
+        cols[c] = events[c].take(rows)
+    matched = pa.Table.from_arrays([cols[f.name].cast(f.type) for f in EMAIL_EVENT_SCHEMA],
+                                   schema=EMAIL_EVENT_SCHEMA)
     return Matched(matched, unmatched)
 
 

@@ -293,8 +293,13 @@ class ProviderEventLog:
                 out.append(date.fromisoformat(name[5:]))
         return sorted(out)
 
-    def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id") -> pa.Table:
-        """Events landed under ``days`` (UTC dates), each event id once (first fetched)."""
+    def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id",
+             columns: Sequence[str] | None = None) -> pa.Table:
+        """Events landed under ``days`` (UTC dates), each event id once (first fetched);
+        ``columns`` limits what is read (the id and fetch time are always included)."""
+        if columns is not None:
+            wanted = list(dict.fromkeys([id_column, "fetched_at", *columns]))
+            schema = pa.schema([schema.field(c) for c in wanted])
         tables = []
         for day in days:
             folder = self.date_dir(day)
@@ -303,7 +308,8 @@ class ProviderEventLog:
             for info in self.fs.get_file_info(pafs.FileSelector(folder)):
                 name = posixpath.basename(info.path)
                 if name.endswith(".parquet") and not name.startswith("."):
-                    tables.append(pq.read_table(info.path, filesystem=self.fs, schema=schema))
+                    tables.append(pq.read_table(info.path, filesystem=self.fs, schema=schema,
+                                                columns=schema.names))
         if not tables:
             return schema.empty_table()
         return dedupe(pa.concat_tables(tables), id_column)
@@ -317,7 +323,9 @@ def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_
         return table
     if order_column and order_column in table.column_names:
         table = table.sort_by([(order_column, "ascending")])
-    rows = pa.array(range(table.num_rows), pa.int64())
+    import numpy as np
+
+    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
     first = (
         pa.table({"k": table[id_column], "row": rows})
         .group_by("k", use_threads=False)

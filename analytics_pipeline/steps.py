@@ -373,7 +373,10 @@ def refresh_email_stats(
     A full recomputation from the de-duplicated log: the result does not depend on how
     often or in which order events arrived, and a failure leaves the previous tables.
     """
-    events = log.read(log.days(), PROVIDER_EVENT_SCHEMA)
+    # everything but the raw JSON and the tags: the fold needs only these
+    events = log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
+        "event", "timestamp", "recipient", "message_id", "severity", "delivery_status_code",
+        "delivery_status_message"])
     recipients = emails.recipients(pipeline.name)
     m = match_recipients(events, recipients)
     states = recipient_states(m.events)
