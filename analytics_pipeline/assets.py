@@ -44,6 +44,7 @@ from analytics_pipeline.resources import (
     Warehouse,
 )
 from analytics_pipeline.steps import (
+    RollupResult,
     extract_email_partition,
     extract_partition,
     fetch_provider_events,
@@ -210,35 +211,40 @@ def reporting_rollups(
     for r in results:
         ignored.update(r.ignored_by_name)
         quarantined.update(r.quarantined_by_reason)
+    return rollup_result(results, {
+        "events_read": sum(r.events for r in results),
+        "events_ignored": sum(ignored.values()),
+        "ignored_by_name": MetadataValue.json(dict(ignored)),
+        "events_quarantined": sum(quarantined.values()),
+        "quarantined_by_reason": MetadataValue.json(dict(quarantined)),
+        "events_of_accounts_in_other_timezone": sum(r.other_timezone for r in results),
+        "accounts_processed": sum(r.accounts for r in results),
+        "warehouse": warehouse.display_url,
+    })
+
+
+def rollup_result(results: list[RollupResult], metadata: dict) -> MaterializeResult:
+    """The materialization of a rollup asset over its partitions, with its two checks."""
     mismatches = {r.key: r.mismatches for r in results if r.mismatches}
     negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
     preview = next((r.preview for r in results if r.preview), [])
     return MaterializeResult(
         metadata={
             "partitions": len(results),
-            "events_read": sum(r.events for r in results),
             "events_rolled_up": sum(r.rolled_up for r in results),
-            "events_ignored": sum(ignored.values()),
-            "ignored_by_name": MetadataValue.json(dict(ignored)),
-            "events_quarantined": sum(quarantined.values()),
-            "quarantined_by_reason": MetadataValue.json(dict(quarantined)),
-            "events_of_accounts_in_other_timezone": sum(r.other_timezone for r in results),
             "rows_written": sum(r.rows_written for r in results),
             "rows_replaced": sum(r.rows_replaced for r in results),
-            "accounts_processed": sum(r.accounts for r in results),
+            **metadata,
             "preview": _md_table(preview),
-            "warehouse": warehouse.display_url,
         },
         check_results=[
             AssetCheckResult(
-                check_name=RECONCILES,
-                passed=not mismatches,
+                check_name=RECONCILES, passed=not mismatches,
                 metadata={"mismatches": MetadataValue.json(mismatches),
                           "partitions_checked": len(results)},
             ),
             AssetCheckResult(
-                check_name=NON_NEGATIVE,
-                passed=not negatives,
+                check_name=NON_NEGATIVE, passed=not negatives,
                 metadata={"negative_rows": MetadataValue.json(negatives)},
             ),
         ],
@@ -365,24 +371,7 @@ def email_assets(pipeline: EmailPipeline) -> list:
         store, engine = landing.store(), warehouse.engine()
         results = [rollup_email_partition(store, engine, pipeline, LocalDay.from_key(k))
                    for k in context.partition_keys]
-        mismatches = {r.key: r.mismatches for r in results if r.mismatches}
-        negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
-        preview = next((r.preview for r in results if r.preview), [])
-        return MaterializeResult(
-            metadata={
-                "partitions": len(results),
-                "events_rolled_up": sum(r.rolled_up for r in results),
-                "rows_written": sum(r.rows_written for r in results),
-                "rows_replaced": sum(r.rows_replaced for r in results),
-                "preview": _md_table(preview),
-            },
-            check_results=[
-                AssetCheckResult(check_name=RECONCILES, passed=not mismatches,
-                                 metadata={"mismatches": MetadataValue.json(mismatches)}),
-                AssetCheckResult(check_name=NON_NEGATIVE, passed=not negatives,
-                                 metadata={"negative_rows": MetadataValue.json(negatives)}),
-            ],
-        )
+        return rollup_result(results, {"warehouse": warehouse.display_url})
 
     states_key, stats_key = f"{p}_recipient_states", f"{p}_email_stats"
 
