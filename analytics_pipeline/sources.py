@@ -260,8 +260,16 @@ class EmailSource:
 
     url: str
 
-    def recipients(self, kind: str) -> pa.Table:
-        """Every recipient of the kind's emails, with the email's automation and tracking."""
+    def recipients(self, kind: str, message_ids: Sequence[str] | None = None) -> pa.Table:
+        """Recipients of the kind's emails (only those sent in ``message_ids`` if given),
+        with the email's automation and tracking."""
+        if message_ids is not None:
+            ids = sorted({m for m in message_ids if m})
+            parts = [self._recipients(kind, ids[i:i + 2000]) for i in range(0, len(ids), 2000)]
+            return pa.concat_tables(parts) if parts else RECIPIENT_SCHEMA.empty_table()
+        return self._recipients(kind, None)
+
+    def _recipients(self, kind: str, message_ids: list[str] | None) -> pa.Table:
         r, e = src_email_recipients.c, src_emails.c
         url = normalize_url(self.url)
         track = e.track_opens if url.get_backend_name() != "sqlite" else sa.cast(
@@ -275,9 +283,21 @@ class EmailSource:
             .select_from(src_email_recipients.join(src_emails, e.id == r.email_id))
             .where(e.kind == sa.literal_column(f"'{_kind(kind)}'"))
         )
-        with arrow_batches(url, query) as reader:
-            batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA) for b in reader
-                       if b.num_rows]
+        if message_ids is not None:
+            # bound, not inlined: message ids come from the provider
+            query = query.where(r.provider_message_id.in_(
+                sa.bindparam("ids", message_ids, expanding=True)))
+        if message_ids is None:
+            with arrow_batches(url, query) as reader:
+                batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA)
+                           for b in reader if b.num_rows]
+        else:  # provider-supplied values: executed with bound parameters, never inlined
+            engine = make_engine(url)
+            try:
+                batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA)
+                           for b in _sqlalchemy_batches(engine, query) if b.num_rows]
+            finally:
+                engine.dispose()
         if not batches:
             return RECIPIENT_SCHEMA.empty_table()
         return pa.concat_tables(batches)

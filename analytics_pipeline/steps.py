@@ -286,7 +286,8 @@ def extract_email_partition(
     hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
     events = events.filter(pc.and_(pc.greater_equal(events["timestamp"], lo),
                                    pc.less(events["timestamp"], hi)))
-    recipients = emails.recipients(pipeline.name)
+    recipients = emails.recipients(
+        pipeline.name, message_ids=pc.unique(events["message_id"]).drop_null().to_pylist())
     m = match_recipients(events, recipients)
     in_tz = pa.array(wh.account_ids_in_timezone(engine, day.tz), pa.int64())
     known = pa.array([int(a["id"]) for a in wh.accounts_snapshot(engine)], pa.int64())

@@ -132,3 +132,26 @@ def test_automation_and_member_stats():
     assert members[7000]["email_count"] == 4
     assert members[7000]["email_opened_count"] == 2  # m3 and m6
     assert members[7000]["email_open_rate"] is None  # only 4 tracked emails
+
+
+def test_recipients_by_message_id_use_bound_parameters(source_url):
+    from analytics_pipeline.demo import write_source
+    from analytics_pipeline.sources import EmailSource, src_email_recipients, src_emails
+    from analytics_pipeline.warehouse import make_engine
+
+    write_source(source_url, [{"id": 1, "name": "a", "reporting_timezone": None}], [])
+    e = make_engine(source_url)
+    with e.begin() as c:
+        c.execute(src_emails.insert(), [{"id": 5, "account_id": 1, "kind": "newsletter",
+                                         "track_opens": True}])
+        c.execute(src_email_recipients.insert(), [
+            {"id": i, "account_id": 1, "email_id": 5, "member_id": i,
+             "member_email": f"m{i}@x", "provider_message_id": f"<m{i % 3}@mg>"}
+            for i in range(9)])
+    e.dispose()
+    src = EmailSource(source_url)
+    assert src.recipients("newsletter").num_rows == 9
+    got = src.recipients("newsletter", message_ids=["<m1@mg>", "x'); DROP TABLE emails;--"])
+    assert sorted(got["recipient_id"].to_pylist()) == [1, 4, 7]
+    assert src.recipients("newsletter", message_ids=[]).num_rows == 0
+    assert src.recipients("automation").num_rows == 0
