@@ -267,7 +267,7 @@ def mailgun_events_asset(pipeline: EmailPipeline):
 
     @asset(
         name=f"mailgun_{pipeline.name}_events",
-        group_name="email",
+        group_name=f"email_{pipeline.name}",
         owners=OWNERS,
         kinds={"parquet", "api"},
         description=f"Mailgun events of {pipeline.name} emails (tags "
