@@ -214,11 +214,20 @@ def fetch_provider_events(
     result = FetchResult(windows=windows)
     fetch_id = f"{int(now)}-{uuid.uuid4().hex[:6]}"
     malformed: list[tuple[str, str, str]] = []
-    for _label, begin, end in windows:
+    for label, begin, end in windows:
         buffered: list[pa.Table] = []
         rows = 0
+        seen = None
+        if label == "settling":
+            # Most of a settling window was landed by the fresh pass: store only what is new.
+            span = utc_dates_between(datetime.fromtimestamp(begin, timezone.utc),
+                                     datetime.fromtimestamp(end, timezone.utc))
+            seen = log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"]
         for items in client.pages(begin, end, tags=tags or None):
             parsed = parse_items(items, now, begin, end)
+            if seen is not None and parsed.events.num_rows:
+                parsed.events = parsed.events.filter(
+                    pc.invert(pc.is_in(parsed.events["event_id"], seen)))
             result.note_times(parsed.events)
             malformed.extend(parsed.malformed)
             buffered.append(parsed.events)

@@ -100,6 +100,24 @@ def test_overlapping_and_duplicate_fetches_count_once(sim, engine, landing_root,
     assert t.num_rows == 400 and len(set(t["event_id"].to_pylist())) == 400
 
 
+def test_settling_pass_stores_only_new_events(sim, engine, landing_root, clock):
+    import pyarrow.parquet as pq
+
+    for i in range(50):
+        add(sim, i, T0 - 3000 + i)
+    fetch(sim, engine, landing_root, clock)
+    clock.t += 3600  # the whole first hour is now settled and re-read
+    add(sim, 99, T0 - 1500, indexed_at=T0 + 60)  # indexed 26 minutes late: fresh pass missed it
+    r = fetch(sim, engine, landing_root, clock)
+    assert r.fetched == 1
+    day = datetime.fromtimestamp(T0, timezone.utc).date()
+    folder = ProviderEventLog(landing_root, NEWSLETTER.stream).date_dir(day)
+    import pathlib
+
+    stored = sum(pq.read_metadata(f).num_rows for f in pathlib.Path(folder).glob("*.parquet"))
+    assert stored == 51
+
+
 def test_late_indexed_event_is_found_by_the_settling_pass(sim, engine, landing_root, clock):
     add(sim, 1, T0 - 300)
     add(sim, 2, T0 - 290, indexed_at=T0 + 600)  # indexed ten minutes late
