@@ -103,7 +103,25 @@ class LandingStore:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def has_partition(self, source: str, day: LocalDay) -> bool:
-        return self._exists(posixpath.join(self.partition_dir(source, day), MANIFEST))
+        final = self.partition_dir(source, day)
+        self._recover(final)
+        return self._exists(posixpath.join(final, MANIFEST))
+
+    def _recover(self, final: str) -> None:
+        """Undo a local swap interrupted between its two renames: the previous
+        directory, moved aside, is put back (a failed write changes nothing)."""
+        if not self._local or self._exists(final):
+            return
+        parent, base = posixpath.split(final)
+        if not self._exists(parent):
+            return
+        aside = sorted(
+            (i for i in self.fs.get_file_info(pafs.FileSelector(parent))
+             if posixpath.basename(i.path).startswith(f".old-{base}-")),
+            key=lambda i: i.mtime_ns or 0,
+        )
+        if aside:
+            self.fs.move(aside[-1].path, final)
 
     def write_partition(
         self,
@@ -119,6 +137,7 @@ class LandingStore:
         large partition never sits in memory whole; ``schema`` is then required).
         """
         final = self.partition_dir(source, day)
+        self._recover(final)
         parent = posixpath.dirname(final)
         token = uuid.uuid4().hex[:12]
         staging = posixpath.join(parent, f".staging-{posixpath.basename(final)}-{token}")
@@ -133,11 +152,12 @@ class LandingStore:
         try:
             if self._local:
                 # rename(2) cannot replace a non-empty directory: move the old one aside first,
-                # so the window without a directory is a single rename long, then drop it.
+                # then the new one in, then drop the old one. A crash between the two renames
+                # is undone by _recover on the next read or write.
                 old = posixpath.join(parent, f".old-{posixpath.basename(final)}-{token}")
                 if self._exists(final):
-                    self.fs.move(final, old)
-                self.fs.move(staging, final)
+                    self._move(final, old)
+                self._move(staging, final)
                 if self._exists(old):
                     self.fs.delete_dir(old)
             else:
@@ -162,6 +182,9 @@ class LandingStore:
                 self.fs.delete_dir(staging)
             raise
         return final
+
+    def _move(self, src: str, dst: str) -> None:
+        self.fs.move(src, dst)
 
     def _write_manifest(self, path: str, manifest: dict) -> None:
         with self.fs.open_output_stream(path) as f:

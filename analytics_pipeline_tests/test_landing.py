@@ -123,3 +123,28 @@ def test_dedupe_keeps_the_first_fetched_row_of_each_id():
     out = dedupe(t, "event_id")
     assert sorted(zip(out["event_id"].to_pylist(), out["v"].to_pylist(), strict=True)) == [
         ("a", 20), ("b", 10), ("c", 50)]
+
+
+def test_crash_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+    real_move = store._move
+    calls = []
+
+    def move(src, dst):  # the old directory goes aside, then the process "dies"
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("power cut")
+        real_move(src, dst)
+
+    monkeypatch.setattr(store, "_move", move)
+    with pytest.raises(OSError):
+        store.write_partition("reporting_events", DAY, table([3]))
+    monkeypatch.setattr(store, "_move", real_move)
+    assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
+                  .to_pylist()) == [1, 2]
+    store.write_partition("reporting_events", DAY, table([4]))
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
+        .to_pylist() == [4]
+    names = [p.name for p in (tmp_path / "reporting_events" / "date=2026-02-11").iterdir()]
+    assert names == ["timezone=America%2FNew_York"]
