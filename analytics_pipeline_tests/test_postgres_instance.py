@@ -1,6 +1,7 @@
 """A materialization with the Dagster instance stored in PostgreSQL via the repo's
 dagster.yaml (dagster-postgres, psycopg2 scheme), warehouse in PostgreSQL too."""
 
+import shutil
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -18,7 +19,12 @@ def test_materialize_with_postgres_instance_storage(pg_database, tmp_path, monke
     monkeypatch.setenv("DAGSTER_PG_DB", u.database)
     monkeypatch.setenv("DAGSTER_PG_USER", u.username)
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-needed-with-trust-auth")
-    instance = DagsterInstance.from_config(str(REPO))
+    # The repo's dagster.yaml, in a home of its own: the instance writes compute logs
+    # under its home directory, which must not be the checkout.
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    instance = DagsterInstance.from_config(str(home))
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
