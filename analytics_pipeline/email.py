@@ -90,11 +90,13 @@ def match_recipients(events: pa.Table, recipients: pa.Table) -> Matched:
     return Matched(matched, unmatched)
 
 
-def unmatched_quarantine(unmatched: pa.Table, source: str) -> pa.Table:
-    n = unmatched.num_rows
+def quarantine_rows(events: pa.Table, source: str,
+                    reason: str = "unmatched_recipient") -> pa.Table:
+    """Provider events as quarantine rows (their raw item as the payload)."""
+    n = events.num_rows
     return pa.Table.from_arrays(
-        [pa.repeat(pa.scalar(source), n), unmatched["event_id"],
-         pa.repeat(pa.scalar("unmatched_recipient"), n), unmatched["raw"]],
+        [pa.repeat(pa.scalar(source), n), events["event_id"],
+         pa.repeat(pa.scalar(reason), n), events["raw"]],
         schema=QUARANTINE_SCHEMA,
     )
 

@@ -77,10 +77,14 @@ class Validated:
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
-        if self.quarantine.num_rows == 0:
-            return {}
-        counts = pc.value_counts(self.quarantine["reason"])
-        return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
+        return value_counts(self.quarantine["reason"])
+
+
+def value_counts(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """How often each value occurs (a few distinct values: reasons, event names)."""
+    if len(values) == 0:
+        return {}
+    return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(values).to_pylist()}
 
 
 def conform(table: pa.Table, schema: pa.Schema = RAW_REPORTING_SCHEMA) -> pa.Table:
@@ -162,13 +166,8 @@ def validate(
     registered = pa.array(sorted(set(registered_events)), pa.string())
     wanted = pc.fill_null(pc.is_in(events["name"], registered), False)
     keep = pc.and_(pc.invert(bad), wanted)
-    ignored_names = events["name"].filter(pc.and_(pc.invert(bad), pc.invert(wanted)))
-    ignored_by_name = (
-        {str(v["values"]): int(v["counts"])
-         for v in pc.value_counts(ignored_names).to_pylist()}
-        if len(ignored_names)
-        else {}
-    )
+    ignored_by_name = value_counts(
+        events["name"].filter(pc.and_(pc.invert(bad), pc.invert(wanted))))
     out_of_scope = 0
     if scope is not None:
         scope_ids = pa.array(sorted(set(scope)), pa.int64())
@@ -189,10 +188,10 @@ def _partial_groups(events: pa.Table, dim: Dimension, distinct: str | None) -> p
     """A mergeable partial aggregate of one batch for one dimension.
 
     Counts and sums: one row per (raw event, account, dimension id) with n, sums, which
-    add up across batches. Distinct conversations: the unique (raw event, account,
-    dimension id, conversation) tuples, which are de-duplicated again when merged. The
-    distinct part only runs on the events of metrics that need it: hashing conversation
-    ids is the most expensive aggregation here.
+    add up across batches. Distinct counts: the unique (raw event, account, dimension id,
+    counted value) tuples, which are de-duplicated again when merged. The distinct part
+    only runs on the events of metrics that need it: hashing the counted ids (conversations,
+    recipients) is the most expensive aggregation here.
     """
     keys = _keys(dim)
     if distinct:

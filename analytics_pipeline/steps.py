@@ -21,8 +21,8 @@ from analytics_pipeline.email import (
     email_stats,
     match_recipients,
     member_stats,
+    quarantine_rows,
     recipient_states,
-    unmatched_quarantine,
 )
 from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
 from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient, parse_items
@@ -37,8 +37,8 @@ from analytics_pipeline.rollups import (
     RAW_REPORTING_SCHEMA,
     RollupAccumulator,
     TotalsAccumulator,
-    Validated,
     validate,
+    value_counts,
 )
 from analytics_pipeline.sources import EmailSource, EventSource
 
@@ -118,7 +118,7 @@ def rollup_partition(
     The landed Parquet is read in batches and pre-aggregated per batch, so memory does
     not grow with the number of events.
     """
-    known = [int(a["id"]) for a in wh.accounts_snapshot(engine)]
+    known = wh.known_account_ids(engine)
     in_tz = set(wh.account_ids_in_timezone(engine, day.tz))
     scope = in_tz if only_accounts is None else in_tz & {int(a) for a in only_accounts}
     scope_ids = pa.array(sorted(scope), pa.int64())
@@ -142,18 +142,30 @@ def rollup_partition(
         result.events += events.num_rows
         result.rolled_up += checked.valid.num_rows
         result.other_timezone += checked.out_of_scope
-    rows = rollup.finish()
     bad = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
-    result.rows_replaced = wh.replace_partition(
-        engine, day.day, day.tz, source, rows, bad,
-        account_ids=None if only_accounts is None else sorted(scope),
-    )
-    actual = wh.account_totals(
-        engine, day.day, day.tz, source, None if only_accounts is None else sorted(scope)
-    )
-    result.rows_written = rows.num_rows
     result.ignored_by_name = dict(ignored)
-    result.quarantined_by_reason = Validated(rows, bad).quarantined_by_reason
+    result.quarantined_by_reason = value_counts(bad["reason"])
+    return _write_and_check(result, engine, day, source, rollup, totals, bad,
+                            None if only_accounts is None else sorted(scope))
+
+
+def _write_and_check(
+    result: RollupResult,
+    engine: Engine,
+    day: LocalDay,
+    source: str,
+    rollup: RollupAccumulator,
+    totals: TotalsAccumulator,
+    quarantined: pa.Table,
+    account_ids: Sequence[int] | None = None,
+) -> RollupResult:
+    """Replace the partition's slice with the rollup's rows, then check what was written
+    against the independently accumulated totals."""
+    rows = rollup.finish()
+    result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
+                                                quarantined, account_ids=account_ids)
+    result.rows_written = rows.num_rows
+    actual = wh.account_totals(engine, day.day, day.tz, source, account_ids)
     result.mismatches = totals_mismatches(totals.finish(), actual)
     result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
     result.preview = rows.slice(0, 10).to_pylist()
@@ -270,7 +282,6 @@ class EmailExtractResult:
     events: int = 0
     matched: int = 0
     other_timezone: int = 0
-    other_kind: int = 0
     quarantined: int = 0
 
 
@@ -299,7 +310,7 @@ def extract_email_partition(
         pipeline.name, message_ids=pc.unique(events["message_id"]).drop_null().to_pylist())
     m = match_recipients(events, recipients)
     in_tz = pa.array(wh.account_ids_in_timezone(engine, day.tz), pa.int64())
-    known = pa.array([int(a["id"]) for a in wh.accounts_snapshot(engine)], pa.int64())
+    known = pa.array(wh.known_account_ids(engine), pa.int64())
     mine = m.events.filter(pc.is_in(m.events["account_id"], in_tz))
     result = EmailExtractResult(key=day.key, events=events.num_rows, matched=mine.num_rows,
                                 other_timezone=m.events.num_rows - mine.num_rows)
@@ -307,12 +318,10 @@ def extract_email_partition(
                           {"window_start_utc": day.start_utc.isoformat()})
     source = f"mailgun:{pipeline.name}:match"
     if day.tz == default_tz:
-        unknown_rows = m.events.filter(pc.invert(pc.is_in(m.events["account_id"], known)))
-        unknown_ids = pc.is_in(events["event_id"], unknown_rows["event_id"])
-        unknown = unmatched_quarantine(events.filter(unknown_ids), source)
-        unknown = unknown.set_column(2, "reason", pa.repeat(pa.scalar("unknown_account"),
-                                                            unknown.num_rows))
-        bad = pa.concat_tables([unmatched_quarantine(m.unmatched, source), unknown])
+        unknown = m.events.filter(pc.invert(pc.is_in(m.events["account_id"], known)))
+        unknown = events.filter(pc.is_in(events["event_id"], unknown["event_id"]))
+        bad = pa.concat_tables([quarantine_rows(m.unmatched, source),
+                                quarantine_rows(unknown, source, "unknown_account")])
     else:
         bad = QUARANTINE_SCHEMA.empty_table()
     wh.replace_quarantine(engine, day.day, day.tz, source, bad)
@@ -353,15 +362,8 @@ def rollup_email_partition(
         result.events += events.num_rows
         result.rolled_up += rows.num_rows
         result.other_timezone += events.num_rows - rows.num_rows
-    rows = rollup.finish()
-    result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
-                                                QUARANTINE_SCHEMA.empty_table())
-    result.rows_written = rows.num_rows
-    result.mismatches = totals_mismatches(
-        totals.finish(), wh.account_totals(engine, day.day, day.tz, source))
-    result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
-    result.preview = rows.slice(0, 10).to_pylist()
-    return result
+    return _write_and_check(result, engine, day, source, rollup, totals,
+                            QUARANTINE_SCHEMA.empty_table())
 
 
 @dataclass

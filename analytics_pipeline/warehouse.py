@@ -219,6 +219,12 @@ def account_ids_in_timezone(engine: Engine, tz: str) -> list[int]:
         return [int(r[0]) for r in result]
 
 
+def known_account_ids(engine: Engine) -> list[int]:
+    """Ids of every account in the snapshot, valid timezone or not."""
+    with engine.connect() as conn:
+        return [int(r[0]) for r in conn.execute(sa.select(accounts.c.id))]
+
+
 def accounts_snapshot(engine: Engine) -> list[dict]:
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(accounts).order_by(accounts.c.id))]
