@@ -125,19 +125,13 @@ def recipient_states(events: pa.Table) -> pa.Table:
     """
     ids = pc.unique(events["recipient_id"]).drop_null()
     out = pa.table({"recipient_id": ids})
-    ts = pa.timestamp("us", tz="UTC")
-
-    def first_of(mask, name: str, how: str = "min", cols=("timestamp",)) -> None:
-        nonlocal out
-        sub = events.filter(mask).select(["recipient_id", *cols])
-        g = sub.group_by("recipient_id", use_threads=True).aggregate(
-            [(c, how) for c in cols])
-        g = g.rename_columns(["recipient_id", *[name if c == "timestamp" else c
-                                                for c in cols]]) if len(cols) == 1 else g
-        out = out.join(g, "recipient_id", join_type="left outer")
-
+    # One pass over the events for every "first time" column, then one small join each.
+    firsts = events.select(["recipient_id", "event", "timestamp"]).group_by(
+        ["recipient_id", "event"], use_threads=True).aggregate([("timestamp", "min")])
     for event, column in STATE_EVENTS.items():
-        first_of(pc.equal(events["event"], event), column)
+        g = firsts.filter(pc.equal(firsts["event"], event)).select(
+            ["recipient_id", "timestamp_min"]).rename_columns(["recipient_id", column])
+        out = out.join(g, "recipient_id", join_type="left outer")
     failed = pc.equal(events["event"], "failed")
     permanent = pc.and_(failed, pc.equal(pc.fill_null(events["severity"], "permanent"),
                                          "permanent"))
@@ -158,11 +152,8 @@ def recipient_states(events: pa.Table) -> pa.Table:
     out = out.join(g, "recipient_id", join_type="left outer")
     out = out.set_column(out.schema.get_field_index("temporary_failures"),
                          "temporary_failures", pc.fill_null(out["temporary_failures"], 0))
-    cols = []
-    for f in STATE_SCHEMA:
-        col = out[f.name]
-        cols.append(col.cast(f.type) if f.type != ts else col.cast(ts))
-    return pa.Table.from_arrays(cols, schema=STATE_SCHEMA).sort_by("recipient_id")
+    return pa.Table.from_arrays([out[f.name].cast(f.type) for f in STATE_SCHEMA],
+                                schema=STATE_SCHEMA).sort_by("recipient_id")
 
 
 def _rate(opened: pa.ChunkedArray, tracked: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -177,8 +168,9 @@ COUNT_COLUMNS = ["sent_count", "delivered_count", "opened_count", "clicked_count
                  "failed_count", "unsubscribed_count", "complained_count"]
 
 
-def _recipient_facts(recipients: pa.Table, states: pa.Table) -> pa.Table:
-    """Recipients with 0/1 facts from their state (recipients without events: zeros)."""
+def recipient_facts(recipients: pa.Table, states: pa.Table) -> pa.Table:
+    """Recipients with 0/1 facts from their state (recipients without events: zeros);
+    the input of every statistic below, computed once per refresh."""
     r = recipients.join(states, "recipient_id", join_type="left outer")
     facts = {c: r[c] for c in ("recipient_id", "email_id", "automation_id", "member_id",
                                "track_opens")}
@@ -200,24 +192,21 @@ def _sum_by(facts: pa.Table, key: str, columns: list[str]) -> pa.Table:
     return g.rename_columns([key, *columns])  # group-by keys come first
 
 
-def email_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
+def email_stats(facts: pa.Table) -> pa.Table:
     """Per email: counts over its recipients and the open rate (tracked emails, ≥ 5)."""
-    facts = _recipient_facts(recipients, states)
     g = _sum_by(facts, "email_id", [*COUNT_COLUMNS, "tracked", "tracked_opened"])
     g = g.append_column("open_rate", _rate(g["tracked_opened"], g["tracked"]))
     return g.select(["email_id", *COUNT_COLUMNS, "open_rate"]).sort_by("email_id")
 
 
-def automation_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
-    facts = _recipient_facts(recipients, states)
+def automation_stats(facts: pa.Table) -> pa.Table:
     g = _sum_by(facts, "automation_id", [*COUNT_COLUMNS, "tracked", "tracked_opened"])
     g = g.append_column("open_rate", _rate(g["tracked_opened"], g["tracked"]))
     return g.select(["automation_id", *COUNT_COLUMNS, "open_rate"]).sort_by("automation_id")
 
 
-def member_stats(recipients: pa.Table, states: pa.Table) -> pa.Table:
+def member_stats(facts: pa.Table) -> pa.Table:
     """Per member: emails received, emails opened, open rate (tracked, ≥ 5)."""
-    facts = _recipient_facts(recipients, states)
     g = _sum_by(facts, "member_id", ["sent_count", "opened_count", "tracked",
                                      "tracked_opened"])
     return pa.table({

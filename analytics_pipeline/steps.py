@@ -22,6 +22,7 @@ from analytics_pipeline.email import (
     match_recipients,
     member_stats,
     quarantine_rows,
+    recipient_facts,
     recipient_states,
 )
 from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
@@ -394,13 +395,14 @@ def refresh_email_stats(
     states = recipient_states(m.events)
     info = recipients.select(["recipient_id", "account_id", "email_id", "member_id"])
     state_rows = states.join(info, "recipient_id", join_type="left outer")
+    facts = recipient_facts(recipients, states)
     tables = {
         wh.email_recipient_states: state_rows,
-        wh.email_stats: email_stats(recipients, states),
-        wh.member_email_stats: member_stats(recipients, states),
+        wh.email_stats: email_stats(facts),
+        wh.member_email_stats: member_stats(facts),
     }
     if pipeline.name == "automation":
-        tables[wh.automation_email_stats] = automation_stats(recipients, states)
+        tables[wh.automation_email_stats] = automation_stats(facts)
     wh.replace_kind_tables(engine, pipeline.name, tables)
     return EmailStatsResult(
         events=events.num_rows, recipients=recipients.num_rows,

@@ -9,6 +9,7 @@ from analytics_pipeline.email import (
     email_stats,
     match_recipients,
     member_stats,
+    recipient_facts,
     recipient_states,
 )
 from analytics_pipeline.mailgun import parse_items
@@ -103,7 +104,7 @@ def _open_rate_case(n_tracked: int):
              sample_item("o2", "opened", T, "m2@x.com", "<b@mg>"),
              sample_item("o9", "opened", T, "u@x.com", "<c@mg>")]
     st = recipient_states(match_recipients(provider(*items), recs).events)
-    return {r["email_id"]: r for r in email_stats(recs, st).to_pylist()}
+    return {r["email_id"]: r for r in email_stats(recipient_facts(recs, st)).to_pylist()}
 
 
 def test_open_rate_needs_five_tracked_recipients():
@@ -123,11 +124,12 @@ def test_automation_and_member_stats():
              for i in range(1, 7)]
     items += [sample_item("f", "failed", T, "m7@x.com", "<a1@mg>", severity="permanent")]
     st = recipient_states(match_recipients(provider(*items), recs).events)
-    [auto] = automation_stats(recs, st).to_pylist()
+    facts = recipient_facts(recs, st)
+    [auto] = automation_stats(facts).to_pylist()
     assert (auto["automation_id"], auto["sent_count"], auto["opened_count"],
             auto["failed_count"]) == (42, 12, 6, 1)
     assert auto["open_rate"] == 0.5
-    members = {r["member_id"]: r for r in member_stats(recs, st).to_pylist()}
+    members = {r["member_id"]: r for r in member_stats(facts).to_pylist()}
     assert sum(m["email_count"] for m in members.values()) == 12
     assert members[7000]["email_count"] == 4
     assert members[7000]["email_opened_count"] == 2  # m3 and m6

@@ -34,6 +34,7 @@ from analytics_pipeline.email import (
     email_stats,
     match_recipients,
     member_stats,
+    recipient_facts,
     recipient_states,
 )
 from analytics_pipeline.landing import ProviderEventLog
@@ -101,8 +102,8 @@ def project_states(n_events: int, n_recipients: int, out: mp.Queue) -> None:
     t0 = time.perf_counter()
     m = match_recipients(events, recipients)
     states = recipient_states(m.events)
-    stats = (email_stats(recipients, states), automation_stats(recipients, states),
-             member_stats(recipients, states))
+    facts = recipient_facts(recipients, states)
+    stats = (email_stats(facts), automation_stats(facts), member_stats(facts))
     elapsed = time.perf_counter() - t0
     out.put({"seconds": elapsed, "states": states.num_rows, "emails": stats[0].num_rows,
              "matched": m.events.num_rows, "peak_mb": peak_rss_mb(), "data_mb": base})
