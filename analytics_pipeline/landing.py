@@ -16,8 +16,10 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -264,8 +266,8 @@ class ProviderEventLog:
     """Append-only landing of provider events, one folder per stream and UTC date.
 
     Every fetch appends whole files (written aside and renamed, or one object PUT), so a
-    crash never leaves half a file; an event fetched twice is stored twice and
-    de-duplicated by event id when read, which makes re-fetching a window always safe.
+    crash never leaves half a file; an event stored twice (a window re-fetched after a
+    crash) is de-duplicated by event id when read, which makes re-fetching always safe.
     """
 
     root: str
@@ -277,15 +279,13 @@ class ProviderEventLog:
         self.base = posixpath.join(self._store.base, *(_segment(s) for s in
                                                        self.stream.split("/")))
 
-    def date_dir(self, day) -> str:  # noqa: ANN001 - date
+    def date_dir(self, day: date) -> str:
         return posixpath.join(self.base, f"date={day.isoformat()}")
 
     def append(self, table: pa.Table, fetch_id: str, time_column: str = "timestamp") -> int:
         """Write ``table``'s rows under the UTC date of ``time_column``; returns files."""
         if table.num_rows == 0:
             return 0
-        import pyarrow.compute as pc
-
         days = pc.cast(pc.cast(table[time_column], pa.timestamp("us")), pa.date32())
         files = 0
         for day in pc.unique(days).to_pylist():
@@ -303,10 +303,8 @@ class ProviderEventLog:
             files += 1
         return files
 
-    def days(self) -> list:
+    def days(self) -> list[date]:
         """Every UTC date with landed events, ascending."""
-        from datetime import date
-
         if self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
             return []
         out = []
@@ -340,14 +338,10 @@ class ProviderEventLog:
 
 def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_at") -> pa.Table:
     """One row per ``id_column`` (the earliest by ``order_column``), vectorized."""
-    import pyarrow.compute as pc
-
     if table.num_rows == 0:
         return table
     if order_column and order_column in table.column_names:
         table = table.sort_by([(order_column, "ascending")])
-    import numpy as np
-
     rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
     first = (
         pa.table({"k": table[id_column], "row": rows})
@@ -357,10 +351,8 @@ def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_
     return table.take(pc.take(first, pc.sort_indices(first)))  # first rows, in order
 
 
-def utc_dates_between(start, end) -> list:  # noqa: ANN001 - aware datetimes
+def utc_dates_between(start: datetime, end: datetime) -> list[date]:
     """The UTC dates that the half-open instant range [start, end) touches."""
-    from datetime import timedelta, timezone
-
     first = start.astimezone(timezone.utc).date()
     last = (end - timedelta(microseconds=1)).astimezone(timezone.utc).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
