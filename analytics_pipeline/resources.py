@@ -13,7 +13,7 @@ from analytics_pipeline.mailgun import MailgunClient
 from analytics_pipeline.partitions import zone
 from analytics_pipeline.settings import DEFAULTS
 from analytics_pipeline.sources import EmailSource, ReportingEventsSource
-from analytics_pipeline.warehouse import ensure_schema, make_engine, redact
+from analytics_pipeline.warehouse import redact, warehouse_engine
 
 
 class SourceDatabase(ConfigurableResource):
@@ -38,9 +38,9 @@ class Warehouse(ConfigurableResource):
     url: str = Field(description="SQLAlchemy URL of the warehouse")
 
     def engine(self) -> Engine:
-        engine = make_engine(self.url)
-        ensure_schema(engine)
-        return engine
+        """The process's engine for this URL, schema ensured once: sensors call this every
+        tick, so it must not build a new pool and re-inspect the catalog each time."""
+        return warehouse_engine(self.url)
 
     @property
     def display_url(self) -> str:

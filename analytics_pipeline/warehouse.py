@@ -7,6 +7,7 @@ never double counts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Iterable, Sequence
@@ -179,6 +180,14 @@ def make_engine(url: str | sa.URL) -> Engine:
 
         return engine
     return sa.create_engine(u, pool_pre_ping=True)
+
+
+@functools.lru_cache(maxsize=32)
+def warehouse_engine(url: str) -> Engine:
+    """One engine per warehouse URL and process, with the schema created on first use."""
+    engine = make_engine(url)
+    ensure_schema(engine)
+    return engine
 
 
 def ensure_schema(engine: Engine) -> None:
