@@ -13,6 +13,7 @@ from dagster import (
     AssetSpec,
     BackfillPolicy,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -24,6 +25,7 @@ from analytics_pipeline import warehouse as wh
 from analytics_pipeline.checks import (
     NON_NEGATIVE,
     RECONCILES,
+    VALID_SOURCE_ACCOUNTS,
     VALID_TIMEZONES,
     accounts_check_specs,
     rollup_check_specs,
@@ -45,9 +47,11 @@ from analytics_pipeline.resources import (
 )
 from analytics_pipeline.steps import (
     RollupResult,
+    email_landing_source,
     extract_email_partition,
     extract_partition,
     fetch_provider_events,
+    landed_accounts,
     refresh_email_stats,
     rollup_email_partition,
     rollup_partition,
@@ -76,30 +80,58 @@ def _md_table(rows: list[dict], limit: int = 20) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
+class AccountsConfig(Config):
+    """Run config of the accounts snapshot."""
+
+    confirm_account_loss: bool = Field(
+        default=False,
+        description="Accept a snapshot that drops more of the previous snapshot's accounts "
+        "than ANALYTICS_MAX_ACCOUNT_LOSS allows (e.g. a real mass deletion).",
+    )
+
+
 @asset(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"sql", "python"},
     check_specs=accounts_check_specs,
     description="Snapshot of the application's accounts with their effective reporting "
-    "timezone; registers every timezone in use as a key of the `timezones` partitions.",
+    "timezone; registers every timezone in use as a key of the `timezones` partitions. "
+    "Refuses a snapshot that suddenly loses most accounts (an emptied or truncated source) "
+    "unless the run config confirms it.",
 )
 def accounts(
     context: AssetExecutionContext,
+    config: AccountsConfig,
     source_db: SourceDatabase,
     warehouse: Warehouse,
     settings: PipelineSettings,
 ) -> MaterializeResult:
     default_tz = settings.validated_default_timezone()
-    rows = source_db.reporting_events(settings.first_date).read_accounts()
-    resolved = resolve_account_timezones(rows, default_tz)
-    wh.replace_accounts(warehouse.engine(), [a.__dict__ for a in resolved])
+    read = source_db.reporting_events(settings.first_date).read_accounts()
+    resolved = resolve_account_timezones(read.accounts, default_tz)
+    engine = warehouse.engine()
+    previous = set(wh.known_account_ids(engine))
+    lost = previous - {a.id for a in resolved}
+    loss = account_loss_problem(len(previous), len(lost), settings.max_account_loss)
+    if loss and not config.confirm_account_loss:
+        raise Failure(
+            description=f"refusing the accounts snapshot: {loss} (sample of lost ids: "
+            f"{sorted(lost)[:20]}). If the source is right, re-run `accounts` with run "
+            "config `confirm_account_loss: true`; otherwise fix ANALYTICS_SOURCE_URL. "
+            "The previous snapshot is kept.",
+            metadata={"previous_accounts": len(previous), "accounts_read": len(resolved),
+                      "accounts_lost": len(lost)},
+        )
+    wh.replace_accounts(engine, [a.__dict__ for a in resolved])
     invalid = [a for a in resolved if not a.timezone_valid]
     for a in invalid:
         context.log.warning(
             f"account {a.id} has invalid reporting timezone {a.reporting_timezone!r}: "
             "left out of the rollups until it is fixed"
         )
+    for r in read.rejected:
+        context.log.warning(f"source account row skipped ({r['reason']}): id={r['id']!r}")
     in_use = sorted({a.timezone for a in resolved if a.timezone} | {default_tz})
     existing = set(context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME))
     new = [tz for tz in in_use if tz not in existing]
@@ -110,6 +142,8 @@ def accounts(
     return MaterializeResult(
         metadata={
             "accounts": len(resolved),
+            "accounts_lost_since_previous_snapshot": len(lost),
+            "source_rows_rejected": len(read.rejected),
             "timezones_in_use": len(in_use),
             "timezones_registered": MetadataValue.json(new),
             "accounts_per_timezone": MetadataValue.json(dict(sorted(per_tz.items()))),
@@ -123,14 +157,36 @@ def accounts(
                 severity=AssetCheckSeverity.ERROR,
                 metadata={
                     "invalid_accounts": MetadataValue.json(
-                        [{"id": a.id, "reporting_timezone": a.reporting_timezone}
+                        [{"id": a.id, "name": a.name,
+                          "reporting_timezone": a.reporting_timezone}
                          for a in invalid[:100]]
                     ),
                     "invalid_count": len(invalid),
                 },
-            )
+            ),
+            AssetCheckResult(
+                check_name=VALID_SOURCE_ACCOUNTS,
+                passed=not read.rejected,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={
+                    "rejected_rows": MetadataValue.json(read.rejected[:100]),
+                    "rejected_count": len(read.rejected),
+                },
+            ),
         ],
     )
+
+
+def account_loss_problem(previous: int, lost: int, max_fraction: float) -> str | None:
+    """Why a snapshot losing ``lost`` of ``previous`` accounts must not replace the old
+    one, or None. An emptied or truncated source would otherwise make every partition
+    drop its accounts' days and quarantine their events as unknown."""
+    if previous == 0 or lost == 0:
+        return None
+    if lost / previous > max_fraction:
+        return (f"it would drop {lost} of the {previous} accounts of the previous snapshot "
+                f"({lost / previous:.0%} > ANALYTICS_MAX_ACCOUNT_LOSS {max_fraction:.0%})")
+    return None
 
 
 @asset(
@@ -160,11 +216,16 @@ def raw_reporting_events(
         r = extract_partition(source, store, engine, LocalDay.from_key(key), default_tz,
                               config.account_ids)
         context.log.info(f"{r.key}: landed {r.rows} events of {r.accounts} accounts ({r.window})")
+        if r.duplicates_dropped:
+            context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
+                                "already read and were dropped")
         results.append(r)
     return MaterializeResult(
         metadata={
             "partitions": len(results),
             "rows": sum(r.rows for r in results),
+            "duplicate_ids_dropped": sum(r.duplicates_dropped for r in results),
+            "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
             "accounts_processed": sum(r.accounts for r in results),
             "per_partition": _md_table(
                 [{"partition": r.key, "rows": r.rows, "accounts": r.accounts,
@@ -195,10 +256,11 @@ def reporting_rollups(
     landing: Landing,
 ) -> MaterializeResult:
     store, engine = landing.store(), warehouse.engine()
+    days = [LocalDay.from_key(k) for k in context.partition_keys]
+    require_current_landings(store, engine, days, "reporting_events", config.account_ids)
     results = []
-    for key in context.partition_keys:
-        r = rollup_partition(store, engine, LocalDay.from_key(key),
-                             only_accounts=config.account_ids)
+    for day in days:
+        r = rollup_partition(store, engine, day, only_accounts=config.account_ids)
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
         context.log.info(
@@ -221,6 +283,22 @@ def reporting_rollups(
         "accounts_processed": sum(r.accounts for r in results),
         "warehouse": warehouse.display_url,
     })
+
+
+def require_current_landings(
+    store, engine, days: list[LocalDay], source: str, only_accounts: list[int] | None = None
+) -> None:
+    """Fail before writing anything when a partition's landing no longer matches the
+    accounts of its timezone, naming every partition to re-extract."""
+    problems = [p for d in days
+                if (p := landed_accounts(store, engine, d, source, only_accounts)[1])]
+    if problems:
+        raise Failure(
+            description=f"{len(problems)} partition(s) must be re-extracted before their "
+            "rollups can run; nothing was written:\n" + "\n".join(problems[:50]),
+            metadata={"partitions_to_re_extract": MetadataValue.json(
+                [p.split(":", 1)[0] for p in problems])},
+        )
 
 
 def rollup_result(results: list[RollupResult], metadata: dict) -> MaterializeResult:
@@ -369,8 +447,9 @@ def email_assets(pipeline: EmailPipeline) -> list:
         context: AssetExecutionContext, warehouse: Warehouse, landing: Landing
     ) -> MaterializeResult:
         store, engine = landing.store(), warehouse.engine()
-        results = [rollup_email_partition(store, engine, pipeline, LocalDay.from_key(k))
-                   for k in context.partition_keys]
+        days = [LocalDay.from_key(k) for k in context.partition_keys]
+        require_current_landings(store, engine, days, email_landing_source(pipeline))
+        results = [rollup_email_partition(store, engine, pipeline, d) for d in days]
         return rollup_result(results, {"warehouse": warehouse.display_url})
 
     states_key, stats_key = f"{p}_recipient_states", f"{p}_email_stats"

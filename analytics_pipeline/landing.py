@@ -213,6 +213,13 @@ class LandingStore:
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read())
 
+    def partition_meta(self, source: str, day: LocalDay) -> dict:
+        """The ``meta`` given to the partition's last successful write, plus ``rows``."""
+        if not self.has_partition(source, day):
+            raise FileNotFoundError(
+                f"no landed data for {source} {day.key}: materialize its raw asset first")
+        return self._manifest(source, day)
+
     def _data_files(self, source: str, day: LocalDay) -> list[str]:
         if not self.has_partition(source, day):
             raise FileNotFoundError(

@@ -62,6 +62,10 @@ class PipelineSettings(ConfigurableResource):
     close_grace_minutes: int = Field(
         default=30, description="minutes after local midnight before a day is rolled up"
     )
+    max_account_loss_percent: int = Field(
+        default=50, description="an accounts snapshot dropping more than this percentage "
+        "of the previous snapshot's accounts is refused unless confirmed in run config"
+    )
 
     def validated_default_timezone(self) -> str:
         zone(self.default_timezone)  # raises a clear ValueError if misconfigured
@@ -70,6 +74,10 @@ class PipelineSettings(ConfigurableResource):
     @property
     def grace(self) -> timedelta:
         return timedelta(minutes=self.close_grace_minutes)
+
+    @property
+    def max_account_loss(self) -> float:
+        return self.max_account_loss_percent / 100.0
 
     @property
     def first_date(self) -> date:
@@ -133,5 +141,6 @@ def default_resources() -> dict[str, ConfigurableResource]:
             default_timezone=_env("ANALYTICS_DEFAULT_TIMEZONE"),
             start_date=_env("ANALYTICS_START_DATE"),
             close_grace_minutes=_env_int("ANALYTICS_CLOSE_GRACE_MINUTES"),
+            max_account_loss_percent=_env_int("ANALYTICS_MAX_ACCOUNT_LOSS_PERCENT"),
         ),
     }

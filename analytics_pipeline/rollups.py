@@ -7,6 +7,7 @@ runs per event: validation is a handful of compute kernels and the rollup is one
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ RAW_REPORTING_SCHEMA = pa.schema(
         ("inbox_id", pa.int64()),
         ("conversation_id", pa.int64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
-        # The source text of a timestamp that could not be parsed, kept for quarantine.
-        ("created_at_raw", pa.string()),
+        # Set when the row did not fit the contract as read (``coerce``): the first rule
+        # it broke, and its raw values as JSON for the quarantine. Null for good rows.
+        ("invalid_reason", pa.string()),
+        ("raw", pa.string()),
     ]
 )
 
@@ -64,6 +67,9 @@ REASON_TIMESTAMP = "unparseable_created_at"
 REASON_ACCOUNT = "unknown_account"
 REASON_VALUE = "invalid_value"
 REASON_NAME = "missing_name"
+# A duration above this (about 31,700 years in seconds) is not a measurement: refusing it
+# also keeps every sum of a day finite (a billion events × 1e12 is far from overflow).
+MAX_VALUE = 1e12
 
 
 @dataclass
@@ -105,16 +111,30 @@ def conform(table: pa.Table, schema: pa.Schema = RAW_REPORTING_SCHEMA) -> pa.Tab
 
 
 def _invalid_number(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """True where a duration is negative, NaN or infinite (null is valid: it counts as 0)."""
-    bad = pc.or_(pc.less(col, 0.0), pc.invert(pc.is_finite(col)))
+    """True where a duration is negative, NaN, infinite or beyond MAX_VALUE (null is
+    valid: it counts as 0)."""
+    bad = pc.or_(pc.or_(pc.less(col, 0.0), pc.invert(pc.is_finite(col))),
+                 pc.greater(col, MAX_VALUE))
     return pc.fill_null(bad, False)
 
 
-def _payload_json(rows: pa.Table) -> pa.Array:
-    # Only quarantined rows get here: a small set by construction, so row dicts are fine.
-    return pa.array(
-        [json.dumps(r, default=str, sort_keys=True) for r in rows.to_pylist()], pa.string()
-    )
+def _quarantine_ids_and_payloads(rows: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Event ids and payloads of quarantined rows: the raw values as read when the row did
+    not fit the contract, else the landed row. Only quarantined rows get here (a small
+    set by construction), so row dicts are fine."""
+    ids, payloads = [], []
+    for r in rows.to_pylist():
+        raw = r.pop("raw", None)
+        r.pop("invalid_reason", None)
+        payload = raw if raw is not None else json.dumps(r, default=str, sort_keys=True)
+        ident = r.get("id")
+        if ident is None and raw is not None:
+            ident = json.loads(raw).get("id")
+        if ident is None or ident == "":
+            ident = "sha1:" + hashlib.sha1(payload.encode()).hexdigest()
+        ids.append(str(ident))
+        payloads.append(payload)
+    return pa.array(ids, pa.string()), pa.array(payloads, pa.string())
 
 
 def validate(
@@ -135,6 +155,7 @@ def validate(
     events = conform(events)
     accounts = pa.array(sorted(set(known_accounts)), pa.int64())
     rules = [
+        (None, pc.is_valid(events["invalid_reason"])),  # its own reason, set on landing
         (REASON_TIMESTAMP, pc.is_null(events["created_at"])),
         (REASON_ACCOUNT,
          pc.invert(pc.fill_null(pc.is_in(events["account_id"], accounts), False))),
@@ -151,13 +172,15 @@ def validate(
         reason = pa.nulls(n_bad, pa.string())
         for why, mask in rules:
             hit = mask.filter(bad)
-            reason = pc.if_else(pc.and_(pc.is_null(reason), hit), pa.scalar(why), reason)
+            value = bad_rows["invalid_reason"] if why is None else pa.scalar(why)
+            reason = pc.if_else(pc.and_(pc.is_null(reason), hit), value, reason)
+        ids, payloads = _quarantine_ids_and_payloads(bad_rows)
         quarantine = pa.Table.from_arrays(
             [
                 pa.repeat(pa.scalar(source, pa.string()), n_bad),
-                pc.cast(bad_rows["id"], pa.string()),
+                ids,
                 reason.cast(pa.string()),
-                _payload_json(bad_rows),
+                payloads,
             ],
             schema=QUARANTINE_SCHEMA,
         )
@@ -323,46 +346,69 @@ def _rollup_piece(g: pa.Table, day: date, dim: Dimension, m: Metric) -> pa.Table
 
 
 class TotalsAccumulator:
-    """Independent recomputation of per-metric totals on the account dimension.
+    """Independent recomputation of per-account, per-metric totals of the valid events.
 
-    Used by the reconciliation check: it sums the valid events directly (no group-by per
-    account), so a bug in the rollup or in the warehouse write shows up as a mismatch.
+    Used by the reconciliation check: it aggregates the events by account and raw event
+    directly (no dimension handling, no merge of partials), so a bug in the rollup or in
+    the warehouse write, or rows of an account removed by another writer, show up as a
+    mismatch of that account.
     """
 
     def __init__(self, metrics: Sequence[Metric]):
         self.metrics = list(metrics)
-        self._totals = {m.name: [0, 0.0, 0.0] for m in self.metrics}
+        self._sums: list[pa.Table] = []
         self._pairs: dict[str, list[pa.Table]] = {}
 
     def add(self, events: pa.Table) -> None:
+        if events.num_rows == 0:
+            return
+        t = events.select(["account_id", "name", "value", "value_in_business_hours"])
+        self._sums.append(t.group_by(["account_id", "name"], use_threads=False).aggregate(
+            [("name", "count", pc.CountOptions(mode="all")), ("value", "sum"),
+             ("value_in_business_hours", "sum")]))
         for m in self.metrics:
-            rows = events.filter(pc.equal(events["name"], m.raw_event))
-            if rows.num_rows == 0:
+            if m.aggregation is not Aggregation.COUNT_DISTINCT:
                 continue
-            if m.aggregation is Aggregation.COUNT_DISTINCT:
-                pairs = rows.select(["account_id", m.distinct_of]).rename_columns(
-                    ["account_id", "counted"])
-                pairs = pairs.filter(pc.is_valid(pairs["counted"]))
+            rows = events.filter(pc.equal(events["name"], m.raw_event))
+            pairs = rows.select(["account_id", m.distinct_of]).rename_columns(
+                ["account_id", "counted"])
+            pairs = pairs.filter(pc.is_valid(pairs["counted"]))
+            if pairs.num_rows:
                 self._pairs.setdefault(m.name, []).append(
                     pairs.group_by(["account_id", "counted"]).aggregate([]))
-                continue
-            t = self._totals[m.name]
-            t[0] += rows.num_rows
-            if m.aggregation is Aggregation.COUNT_AND_SUMS:
-                t[1] += pc.sum(rows["value"]).as_py() or 0.0
-                t[2] += pc.sum(rows["value_in_business_hours"]).as_py() or 0.0
 
-    def finish(self) -> dict[str, tuple[int, float, float]]:
-        out = {k: (int(v[0]), float(v[1]), float(v[2])) for k, v in self._totals.items()}
+    def finish(self) -> dict[tuple[int, str], tuple[int, float, float]]:
+        out: dict[tuple[int, str], tuple[int, float, float]] = {}
+        if self._sums:
+            g = pa.concat_tables(self._sums).group_by(["account_id", "name"]).aggregate(
+                [("name_count", "sum"), ("value_sum", "sum"),
+                 ("value_in_business_hours_sum", "sum")])
+            by_raw: dict[str, list[dict]] = {}
+            for r in g.to_pylist():  # one row per account × raw event: small
+                by_raw.setdefault(r["name"], []).append(r)
+            for m in self.metrics:
+                if m.aggregation is Aggregation.COUNT_DISTINCT:
+                    continue
+                sums = m.aggregation is Aggregation.COUNT_AND_SUMS
+                for r in by_raw.get(m.raw_event, []):
+                    out[(int(r["account_id"]), m.name)] = (
+                        int(r["name_count_sum"]),
+                        float(r["value_sum_sum"] or 0.0) if sums else 0.0,
+                        float(r["value_in_business_hours_sum_sum"] or 0.0) if sums else 0.0,
+                    )
         for name, parts in self._pairs.items():
-            n = pa.concat_tables(parts).group_by(["account_id", "counted"]) \
-                .aggregate([]).num_rows
-            out[name] = (n, 0.0, 0.0)
+            n = pa.concat_tables(parts).group_by(["account_id", "counted"]).aggregate([]) \
+                .group_by("account_id").aggregate([("counted", "count")])
+            for a, c in zip(n["account_id"].to_pylist(), n["counted_count"].to_pylist(),
+                            strict=True):
+                out[(int(a), name)] = (int(c), 0.0, 0.0)
         return out
 
 
-def expected_account_totals(events: pa.Table, metrics: Sequence[Metric]) -> dict[str, tuple]:
-    """Metric → (count, sum_value, sum_value_business_hours) from valid events."""
+def expected_account_totals(
+    events: pa.Table, metrics: Sequence[Metric]
+) -> dict[tuple[int, str], tuple[int, float, float]]:
+    """(account, metric) → (count, sum_value, sum_value_business_hours) of valid events."""
     acc = TotalsAccumulator(metrics)
     acc.add(events)
     return acc.finish()

@@ -8,17 +8,27 @@ streamed, column-wise fetch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from analytics_pipeline.coerce import false_mask, to_float64, to_int64, to_text, to_timestamp_utc
 from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA, conform
+from analytics_pipeline.rollups import (
+    RAW_REPORTING_SCHEMA,
+    REASON_TIMESTAMP,
+    REASON_VALUE,
+    conform,
+)
 from analytics_pipeline.warehouse import make_engine, normalize_url, redact, scrub
 
 # The source contract (DESIGN.md): tables as the support-desk app keeps them.
@@ -54,27 +64,126 @@ class EventSource(Protocol):
 
     name: str
 
-    def extract(
-        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
-    ) -> pa.Table: ...
-
     def extract_batches(
-        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+        self, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None = None, stats: ExtractStats | None = None,
     ) -> Iterator[pa.RecordBatch]: ...
 
 
-def _ts_literal(instant: datetime) -> str:
-    """A naive-UTC timestamp literal that sorts like the normalized SQLite text."""
-    return instant.strftime("%Y-%m-%d %H:%M:%S.000")
+@dataclass
+class ExtractStats:
+    """What an extraction saw besides the rows it returned (filled while streaming)."""
+
+    rows_read: int = 0
+    duplicates_dropped: int = 0  # rows whose id was already read (a table without a key)
+    invalid_rows: int = 0  # rows landed with an ``invalid_reason``, for quarantine
+
+
+def source_engine(url: str | sa.URL) -> sa.Engine:
+    """An engine on an existing source database: unlike the warehouse, a source is never
+    created on first use, so a mistyped SQLite path is an error naming it."""
+    u = normalize_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+        if not Path(u.database).is_file():
+            raise FileNotFoundError(
+                f"the source database {u.database} does not exist "
+                "(check ANALYTICS_SOURCE_URL)")
+    return make_engine(u)
+
+
+# How a source column is typed, which decides how it is compared and converted:
+# 'int' / 'float' / 'timestamp' (typed PostgreSQL columns, compared natively), 'text'
+# (compared as canonical text) and 'loose' (SQLite: whatever was written, cast to text to
+# compare and read as bytes so that invalid UTF-8 never breaks the driver).
+ColumnKinds = dict[str, str]
+
+
+def _kind_of(type_: sa.types.TypeEngine) -> str:
+    if isinstance(type_, sa.Integer):
+        return "int"
+    if isinstance(type_, (sa.Float, sa.Numeric)):
+        return "float"
+    if isinstance(type_, sa.DateTime):
+        return "timestamp"
+    if isinstance(type_, (sa.String, sa.Text)):
+        return "text"
+    return "other"
+
+
+def column_kinds(url: str | sa.URL, table: str = "reporting_events") -> ColumnKinds:
+    """Column name → kind, from the source's own catalog (SQLite: every column is loose)."""
+    u = normalize_url(url)
+    engine = source_engine(u)
+    try:
+        cols = sa.inspect(engine).get_columns(table)
+    except Exception as exc:  # noqa: BLE001 - name the database, never its password
+        raise ConnectionError(
+            f"cannot read table {table!r} of the source database {redact(u)}: "
+            f"{scrub(str(exc), u)}") from None
+    finally:
+        engine.dispose()
+    if not cols:
+        raise LookupError(f"the source database {redact(u)} has no table {table!r}")
+    if u.get_backend_name() == "sqlite":
+        return {c["name"]: "loose" for c in cols}
+    return {c["name"]: _kind_of(c["type"]) for c in cols}
+
+
+_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
+_DATE_REGEX = "^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+
+
+def _ids_match(col: sa.ColumnElement, kind: str, ids: Sequence[int]) -> sa.ColumnElement:
+    """``col`` is one of ``ids``, compared the way the conversion reads the column: typed
+    columns numerically (``124.0`` is 124, ``125.7`` is no id), text as the canonical
+    decimal text (``'124x'`` and ``'007'`` are no id), so an id the conversion would
+    reject is never picked up by an account's partition (it is an orphan instead)."""
+    if not ids:
+        return sa.false()
+    if kind in ("int", "float"):
+        return col.in_([int(i) for i in ids])
+    texts = [str(int(i)) for i in ids]
+    return (col if kind == "text" else sa.cast(col, sa.Text)).in_(texts)
+
+
+def _instant(col: sa.ColumnElement, kind: str, dialect: str):
+    """(comparable expression, is-dated condition) of a timestamp column.
+
+    Text timestamps compare as text once ``T`` is read as a space: for the naive ISO
+    spelling of the contract that is chronological, and any other text that starts with
+    a date still falls in exactly one window, where the conversion quarantines it.
+    """
+    if kind == "timestamp":
+        return col, col.is_not(None)
+    text = sa.func.replace(sa.cast(col, sa.Text), "T", " ")
+    if dialect == "sqlite":
+        dated = sa.cast(col, sa.Text).op("GLOB")(_DATE_GLOB)
+    else:
+        dated = sa.cast(col, sa.Text).op("~")(_DATE_REGEX)
+    return text, sa.and_(col.is_not(None), dated)
+
+
+def _window_literal(instant: datetime) -> sa.ColumnElement:
+    # Whole seconds, no fraction: '2026-02-11 05:00:00' sorts before every text spelling
+    # of that second ('... 05:00:00', '... 05:00:00.000', '... 05:00:00.5').
+    return sa.literal_column(f"'{instant.strftime('%Y-%m-%d %H:%M:%S')}'")
+
+
+_ID_COLUMNS = ("id", "account_id", "user_id", "inbox_id", "conversation_id")
+_VALUE_COLUMNS = ("value", "value_in_business_hours")
+_READ_COLUMNS = ("id", "name", *_VALUE_COLUMNS, "account_id", "user_id", "inbox_id",
+                 "conversation_id", "created_at")
 
 
 @dataclass
 class ReportingEventsSource:
     """``reporting_events`` of the application database (DESIGN.md source contract).
 
-    ``fallback_date`` dates events whose ``created_at`` and ``updated_at`` are both
-    unusable, so every such event lands in exactly one partition (where it is
-    quarantined) instead of in none or in all of them.
+    Rows are read as the database holds them and converted strictly in Arrow
+    (``coerce``): a row that does not fit the contract is landed with its
+    ``invalid_reason`` and its raw values, to be quarantined by the rollup, never coerced
+    or dropped. ``fallback_date`` dates events whose ``created_at`` and ``updated_at`` are
+    both unusable, so every such event lands in exactly one partition.
     """
 
     url: str
@@ -82,89 +191,219 @@ class ReportingEventsSource:
     name: str = "reporting_events"
 
     def _query(
-        self, dialect: str, day: LocalDay, account_ids: Sequence[int], include_orphans: bool
+        self, kinds: ColumnKinds, dialect: str, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None,
     ) -> sa.Select:
         e = src_reporting_events.c
-        start, end = _ts_literal(day.start_utc), _ts_literal(day.end_utc)
-        fallback = f"{self.fallback_date.isoformat()} 00:00:00.000"
-        if dialect == "sqlite":
-            # SQLite keeps timestamps as text in several spellings; strftime normalizes
-            # them (and yields NULL for text that is not a timestamp).
-            def norm(col):
-                return sa.func.strftime("%Y-%m-%d %H:%M:%f", col)
-
-            created, updated = norm(e.created_at), norm(e.updated_at)
-            raw_created = sa.case(
-                (created.is_(None), sa.cast(e.created_at, sa.Text)), else_=sa.null()
-            )
-            numeric = {
-                c: sa.cast(getattr(e, c), sa.Float) if c.startswith("value")
-                else sa.cast(getattr(e, c), sa.BigInteger)
-                for c in ("value", "value_in_business_hours", "account_id", "user_id",
-                          "inbox_id", "conversation_id")
-            }
-            created_out = created
+        missing = [c for c in _READ_COLUMNS if c not in kinds]
+        if missing:
+            raise LookupError(f"source table reporting_events lacks columns {missing}")
+        created, dated = _instant(e.created_at, kinds["created_at"], dialect)
+        if "updated_at" in kinds:
+            updated, updated_dated = _instant(e.updated_at, kinds["updated_at"], dialect)
         else:
-            created, updated = e.created_at, e.updated_at
-            raw_created = sa.null()
-            numeric = {c: getattr(e, c) for c in ("value", "value_in_business_hours",
-                                                   "account_id", "user_id", "inbox_id",
-                                                   "conversation_id")}
-            created_out = e.created_at
-        lo, hi, fb = (sa.literal_column(f"'{v}'") for v in (start, end, fallback))
-        undated_at = sa.func.coalesce(updated, fb)
+            updated, updated_dated = sa.null(), sa.false()
+        lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
+        fb = _window_literal(datetime.combine(self.fallback_date, datetime.min.time()))
+        undated_at = sa.case((updated_dated, updated), else_=fb)
         in_window = sa.or_(
-            sa.and_(created >= lo, created < hi),
-            sa.and_(created.is_(None), undated_at >= lo, undated_at < hi),
+            sa.and_(dated, created >= lo, created < hi),
+            sa.and_(sa.not_(dated), undated_at >= lo, undated_at < hi),
         )
-        ids = [int(a) for a in account_ids]
-        who = e.account_id.in_(ids) if ids else sa.false()
-        if include_orphans:
-            known = sa.exists().where(src_accounts.c.id == e.account_id)
-            who = sa.or_(who, ~known)
-        return sa.select(
-            e.id,
-            e.name,
-            numeric["value"].label("value"),
-            numeric["value_in_business_hours"].label("value_in_business_hours"),
-            numeric["account_id"].label("account_id"),
-            numeric["user_id"].label("user_id"),
-            numeric["inbox_id"].label("inbox_id"),
-            numeric["conversation_id"].label("conversation_id"),
-            created_out.label("created_at"),
-            raw_created.label("created_at_raw"),
-        ).where(who, in_window)
+        who = _ids_match(e.account_id, kinds["account_id"], account_ids)
+        if orphans_of is not None:
+            # Events of no known account (null, unknown or not an exact id) are swept by
+            # the default timezone's partitions, to be quarantined once, never lost.
+            known = _ids_match(e.account_id, kinds["account_id"], orphans_of)
+            who = sa.or_(who, e.account_id.is_(None), sa.not_(known))
+        if dialect == "sqlite":
+            # bytes, not text: a value that is not UTF-8 must reach the conversion, which
+            # quarantines it, instead of failing the driver for the whole partition
+            cols = [sa.cast(getattr(e, c), sa.LargeBinary).label(c) for c in _READ_COLUMNS]
+        else:
+            cols = [getattr(e, c) for c in _READ_COLUMNS]
+        return sa.select(*cols).where(who, in_window)
 
     def extract(
-        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+        self, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None = None, stats: ExtractStats | None = None,
     ) -> pa.Table:
         """Events of ``account_ids`` over the UTC window of ``day`` (RAW_REPORTING_SCHEMA).
 
-        ``include_orphans`` also returns events whose account is missing from the
-        source's ``accounts`` (the default-timezone partition sweeps them to quarantine).
+        ``orphans_of`` (every known account) also returns the events of no known account,
+        for the default timezone's partitions to quarantine.
         """
-        batches = list(self.extract_batches(day, account_ids, include_orphans))
+        batches = list(self.extract_batches(day, account_ids, orphans_of, stats))
         return pa.Table.from_batches(batches, schema=RAW_REPORTING_SCHEMA)
 
     def extract_batches(
-        self, day: LocalDay, account_ids: Sequence[int], include_orphans: bool = False
+        self, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None = None, stats: ExtractStats | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """The same rows as ``extract``, streamed in record batches (bounded memory)."""
+        """The same rows as ``extract``, streamed in record batches (bounded memory);
+        ``stats`` is filled as the batches go by (complete once the stream is consumed)."""
+        stats = stats if stats is not None else ExtractStats()
         url = normalize_url(self.url)
-        query = self._query(url.get_backend_name(), day, account_ids, include_orphans)
+        dialect = url.get_backend_name()
+        query = self._query(column_kinds(url), dialect, day, account_ids, orphans_of)
+        seen = SeenIds()
         with arrow_batches(url, query) as reader:
             for batch in reader:
-                if batch.num_rows:
-                    yield from conform(pa.Table.from_batches([batch])).to_batches()
+                if not batch.num_rows:
+                    continue
+                stats.rows_read += batch.num_rows
+                out = land_reporting_batch(batch)
+                fresh = seen.first_time(out.column("id"))
+                if fresh is not None:
+                    stats.duplicates_dropped += out.num_rows - pc.sum(fresh).as_py()
+                    out = out.filter(fresh)
+                stats.invalid_rows += out.num_rows - out.column("invalid_reason").null_count
+                if out.num_rows:
+                    yield from out.combine_chunks().to_batches()
 
-    def read_accounts(self) -> list[dict]:
-        engine = make_engine(self.url)
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(sa.select(src_accounts).order_by(src_accounts.c.id))
-                return [dict(r._mapping) for r in rows]
-        finally:
-            engine.dispose()
+    def read_accounts(self) -> AccountsRead:
+        """The source's accounts; rows that cannot be an account are reported, not read."""
+        url = normalize_url(self.url)
+        a = src_accounts.c
+        if url.get_backend_name() == "sqlite":
+            cols = [sa.cast(c, sa.LargeBinary).label(c.name) for c in (a.id, a.name,
+                                                                        a.reporting_timezone)]
+        else:
+            cols = [a.id, a.name, a.reporting_timezone]
+        with arrow_batches(url, sa.select(*cols)) as reader:
+            batches = [pa.Table.from_batches([b]) for b in reader if b.num_rows]
+        if not batches:
+            return AccountsRead([], [])
+        return check_accounts(pa.concat_tables(batches, promote_options="permissive"))
+
+
+@dataclass
+class AccountsRead:
+    accounts: list[dict]  # id, name, reporting_timezone
+    rejected: list[dict]  # raw id, name, timezone and the reason
+
+
+def check_accounts(table: pa.Table) -> AccountsRead:
+    """Accounts whose id is a unique exact integer and whose texts are clean UTF-8 without
+    NUL; every other row is rejected with its reason (an account table is small: the
+    reasons are built per rejected row)."""
+    n = table.num_rows
+    ids, bad_id = to_int64(table["id"].combine_chunks())
+    name, name_utf8, name_nul = to_text(table["name"].combine_chunks())
+    tz, tz_utf8, tz_nul = to_text(table["reporting_timezone"].combine_chunks())
+    counts = pc.value_counts(ids.drop_null())
+    dup_ids = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    rules = [
+        ("null account id", pc.is_null(table["id"].combine_chunks())),
+        ("account id is not an integer", bad_id),
+        ("duplicate account id", pc.fill_null(pc.is_in(ids, dup_ids), False)),
+        ("name is not valid UTF-8", name_utf8),
+        ("NUL byte in name", name_nul),
+        ("reporting_timezone is not valid UTF-8", tz_utf8),
+        ("NUL byte in reporting_timezone", tz_nul),
+    ]
+    reason = pa.nulls(n, pa.string())
+    for why, mask in rules:
+        reason = pc.if_else(pc.and_(pc.is_null(reason), pc.fill_null(mask, False)),
+                            pa.scalar(why), reason)
+    ok = pc.is_null(reason)
+    good = pa.table({"id": ids, "name": name, "reporting_timezone": tz}).filter(ok)
+    bad = table.filter(pc.invert(ok))
+    rejected = [{**{k: _printable(v) for k, v in r.items()}, "reason": why}
+                for r, why in zip(bad.to_pylist(), reason.filter(pc.invert(ok)).to_pylist(),
+                                  strict=True)]
+    accounts = sorted(good.to_pylist(), key=lambda r: r["id"])
+    return AccountsRead(accounts, rejected)
+
+
+def _printable(value: object) -> object:
+    """A raw source value for reports and quarantine payloads: bytes become text with
+    invalid UTF-8 escaped, NUL bytes visible."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    return value
+
+
+class SeenIds:
+    """Event ids already read in one extraction, as sorted NumPy chunks merged now and
+    then: membership is a binary search per batch, never a Python set of every id."""
+
+    def __init__(self, merge_at: int = 8) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._merge_at = merge_at
+
+    def first_time(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+        """Mask of rows whose id was not seen before (in earlier batches or earlier in
+        this one); None when every row is new. Null ids (invalid rows) always pass."""
+        valid = pc.is_valid(ids)
+        values = np.asarray(pc.fill_null(ids, 0).to_numpy(zero_copy_only=False),
+                            dtype=np.int64)
+        order = np.argsort(values, kind="stable")
+        sorted_vals = values[order]
+        first_in_batch = np.ones(len(values), dtype=bool)
+        if len(values) > 1:
+            repeat = np.empty(len(values), dtype=bool)
+            repeat[0] = False
+            repeat[1:] = sorted_vals[1:] == sorted_vals[:-1]
+            first_in_batch[order[repeat]] = False
+        fresh = first_in_batch
+        for chunk in self._chunks:
+            pos = np.searchsorted(chunk, values)
+            hit = (pos < len(chunk)) & (chunk[np.minimum(pos, len(chunk) - 1)] == values)
+            fresh &= ~hit
+        valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
+        fresh |= ~valid_np
+        self._chunks.append(np.unique(values[valid_np]))
+        if len(self._chunks) >= self._merge_at:
+            self._chunks = [np.unique(np.concatenate(self._chunks))]
+        return None if fresh.all() else pa.array(fresh)
+
+
+def land_reporting_batch(batch: pa.RecordBatch) -> pa.Table:
+    """One batch as read from the source → RAW_REPORTING_SCHEMA, strictly converted.
+
+    A row that cannot be converted exactly keeps the columns that could be, gets the first
+    failing rule as its ``invalid_reason`` and its raw values as JSON in ``raw``.
+    """
+    t = pa.Table.from_batches([batch]).combine_chunks()
+    n = t.num_rows
+    col = {c: t[c].chunk(0) if t[c].num_chunks else pa.nulls(0) for c in t.column_names}
+    out: dict[str, pa.Array] = {}
+    rules: list[tuple[str, pa.Array]] = []
+    utf8_bad = false_mask(n)
+    name, name_utf8, name_nul = to_text(col["name"])
+    out["name"] = name
+    utf8_bad = pc.or_(utf8_bad, name_utf8)
+    for c in _ID_COLUMNS:
+        out[c], bad = to_int64(col[c])
+        rules.append((f"invalid_{c}" if c != "account_id" else "invalid_account_id", bad))
+    for c in _VALUE_COLUMNS:
+        out[c], bad = to_float64(col[c])
+        rules.append((REASON_VALUE, bad))
+    out["created_at"], bad_ts = to_timestamp_utc(col["created_at"])
+    rules.insert(1, (REASON_TIMESTAMP, pc.or_(bad_ts, pc.is_null(col["created_at"]))))
+    rules = [("invalid_utf8", utf8_bad), ("nul_byte", name_nul), *rules]
+    reason = pa.nulls(n, pa.string())
+    any_bad = false_mask(n)
+    for why, mask in rules:
+        mask = pc.fill_null(mask, False)
+        reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(why), reason)
+        any_bad = pc.or_(any_bad, mask)
+    out["invalid_reason"] = reason
+    raw = pa.nulls(n, pa.string())
+    if pc.any(any_bad).as_py():
+        idx = np.flatnonzero(np.asarray(any_bad.to_numpy(zero_copy_only=False)))
+        bad_rows = t.take(pa.array(idx)).to_pylist()
+        payloads = [json.dumps({k: _printable(v) for k, v in r.items()}, default=str,
+                               sort_keys=True) for r in bad_rows]
+        values = np.full(n, None, dtype=object)
+        values[idx] = payloads
+        raw = pa.array(values, pa.string())
+    out["raw"] = raw
+    return pa.Table.from_arrays([out[f.name] if f.name in out else pa.nulls(n, f.type)
+                                 for f in RAW_REPORTING_SCHEMA], schema=RAW_REPORTING_SCHEMA)
 
 
 def _compile(url: sa.URL, query: sa.Select) -> str:
@@ -191,12 +430,15 @@ def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.R
                 f"{scrub(str(exc), url)}"
             ) from None
         with conn, conn.cursor() as cur:
+            # timestamptz values and the window's literals are read as UTC, whatever
+            # the server's or the role's default time zone
+            cur.execute("SET TIME ZONE 'UTC'")
             cur.execute(sql)
             yield iter(cur.fetch_record_batch())
     else:
         # SQLite (and any other dialect): typed per value, not per column, so ADBC's
         # per-batch type inference could fail mid-stream; fetch column-wise instead.
-        engine = make_engine(url)
+        engine = source_engine(url)
         try:
             yield _sqlalchemy_batches(engine, query)
         finally:
@@ -292,7 +534,7 @@ class EmailSource:
                 batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA)
                            for b in reader if b.num_rows]
         else:  # provider-supplied values: executed with bound parameters, never inlined
-            engine = make_engine(url)
+            engine = source_engine(url)
             try:
                 batches = [conform(pa.Table.from_batches([b]), RECIPIENT_SCHEMA)
                            for b in _sqlalchemy_batches(engine, query) if b.num_rows]

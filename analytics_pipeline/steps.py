@@ -41,7 +41,7 @@ from analytics_pipeline.rollups import (
     validate,
     value_counts,
 )
-from analytics_pipeline.sources import EmailSource, EventSource
+from analytics_pipeline.sources import EmailSource, EventSource, ExtractStats
 
 
 @dataclass
@@ -51,6 +51,8 @@ class ExtractResult:
     accounts: int
     window: str
     path: str
+    duplicates_dropped: int = 0
+    invalid_rows: int = 0
 
 
 def extract_partition(
@@ -61,25 +63,41 @@ def extract_partition(
     default_tz: str,
     only_accounts: Sequence[int] | None = None,
 ) -> ExtractResult:
-    """Land the source's events of one partition (or of some of its accounts)."""
+    """Land the source's events of one partition (or of some of its accounts).
+
+    The landing records the accounts it holds (``account_ids``): the rollup rebuilds
+    exactly those accounts' rows, whatever the accounts snapshot says later.
+    """
     in_tz = wh.account_ids_in_timezone(engine, day.tz)
-    if only_accounts is not None:
-        targets = sorted(set(in_tz) & {int(a) for a in only_accounts})
-    else:
-        targets = in_tz
-    # Events of accounts missing from the source are swept by the default timezone's
-    # partitions, so that they are quarantined once instead of vanishing.
-    orphans = only_accounts is None and day.tz == default_tz
-    meta = {
+    stats = ExtractStats()
+    meta: dict = {
         "window_start_utc": day.start_utc.isoformat(),
         "window_end_utc": day.end_utc.isoformat(),
-        "accounts": len(targets),
     }
     if only_accounts is None:
-        batches = source.extract_batches(day, targets, include_orphans=orphans)
-        path = store.write_partition(source.name, day, batches, meta, RAW_REPORTING_SCHEMA)
+        targets = in_tz
+        # Events of no known account are swept by the default timezone's partitions, so
+        # that they are quarantined once instead of vanishing.
+        orphans_of = wh.known_account_ids(engine) if day.tz == default_tz else None
+        meta.update(accounts=len(targets), account_ids=targets,
+                    orphans_swept=orphans_of is not None)
+
+        def batches():
+            yield from source.extract_batches(day, targets, orphans_of, stats)
+            # the manifest is written after the data: complete the counts before it
+            meta.update(rows_read=stats.rows_read, invalid_rows=stats.invalid_rows,
+                        duplicates_dropped=stats.duplicates_dropped)
+
+        path = store.write_partition(source.name, day, batches(), meta, RAW_REPORTING_SCHEMA)
     else:
-        table = source.extract(day, targets)
+        targets = sorted(set(in_tz) & {int(a) for a in only_accounts})
+        prior = (store.partition_meta(source.name, day)
+                 if store.has_partition(source.name, day) else {})
+        landed = sorted(set(prior.get("account_ids") or []) | set(targets))
+        table = source.extract(day, targets, stats=stats)
+        meta.update({k: v for k, v in prior.items() if k not in ("rows", "version")})
+        meta.update(accounts=len(landed), account_ids=landed,
+                    duplicates_dropped=stats.duplicates_dropped)
         path = store.replace_accounts(
             source.name, day, table, targets, RAW_REPORTING_SCHEMA, meta
         )
@@ -87,7 +105,46 @@ def extract_partition(
     return ExtractResult(
         key=day.key, rows=rows, accounts=len(targets),
         window=f"{day.start_utc.isoformat()} → {day.end_utc.isoformat()}", path=path,
+        duplicates_dropped=stats.duplicates_dropped, invalid_rows=stats.invalid_rows,
     )
+
+
+class LandingOutOfDate(RuntimeError):
+    """The accounts a partition landed are not the accounts its timezone has now."""
+
+
+def landed_accounts(
+    store: LandingStore, engine: Engine, day: LocalDay, source: str,
+    only_accounts: Sequence[int] | None = None,
+) -> tuple[list[int] | None, str | None]:
+    """The accounts whose rows a rollup of ``day`` rebuilds, or why it must not run.
+
+    The slice follows what was landed, never a later snapshot: rolling up a landing
+    that lacks an account which moved in would delete that account's day, and one that
+    still holds an account which moved away would overwrite the day its new timezone
+    cut. When the two disagree the partition must be re-extracted first.
+    """
+    meta = store.partition_meta(source, day)
+    landed = meta.get("account_ids")
+    current = set(wh.account_ids_in_timezone(engine, day.tz))
+    if landed is None:
+        return None, (f"{day.key}: landed before landings recorded their accounts; "
+                      "re-materialize its raw events asset first")
+    landed_set = {int(a) for a in landed}
+    if only_accounts is not None:
+        scope = current & {int(a) for a in only_accounts}
+        missing = sorted(scope - landed_set)
+        if missing:
+            return None, (f"{day.key}: accounts {missing} are not in this partition's "
+                          "landing; re-materialize its raw events asset for them first")
+        return sorted(scope), None
+    if landed_set != current:
+        gone, new = sorted(landed_set - current), sorted(current - landed_set)
+        return None, (
+            f"{day.key}: the landing holds the accounts of an older accounts snapshot "
+            f"(since then left this timezone: {gone[:20]}, joined it: {new[:20]}); "
+            "re-materialize its raw events asset, then the rollups")
+    return sorted(landed_set), None
 
 
 @dataclass
@@ -119,10 +176,11 @@ def rollup_partition(
     The landed Parquet is read in batches and pre-aggregated per batch, so memory does
     not grow with the number of events.
     """
+    scope, problem = landed_accounts(store, engine, day, source, only_accounts)
+    if problem:
+        raise LandingOutOfDate(problem)
     known = wh.known_account_ids(engine)
-    in_tz = set(wh.account_ids_in_timezone(engine, day.tz))
-    scope = in_tz if only_accounts is None else in_tz & {int(a) for a in only_accounts}
-    scope_ids = pa.array(sorted(scope), pa.int64())
+    scope_ids = pa.array(scope, pa.int64())
     metrics = metrics_for_source(source)
     registered = raw_events_for_source(source)
     rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
@@ -133,8 +191,6 @@ def rollup_partition(
         if only_accounts is not None:
             events = events.filter(pc.fill_null(pc.is_in(events["account_id"], scope_ids),
                                                 False))
-        # Known accounts that moved to another timezone since landing are cut by that
-        # timezone's partitions now: left out here and counted, not quarantined.
         checked = validate(events, known, registered, source, scope=scope)
         rollup.add(checked.valid)
         totals.add(checked.valid)
@@ -146,8 +202,8 @@ def rollup_partition(
     bad = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
     result.ignored_by_name = dict(ignored)
     result.quarantined_by_reason = value_counts(bad["reason"])
-    return _write_and_check(result, engine, day, source, rollup, totals, bad,
-                            None if only_accounts is None else sorted(scope))
+    return _write_and_check(result, engine, day, source, rollup, totals, bad, scope,
+                            partial=only_accounts is not None)
 
 
 def _write_and_check(
@@ -158,17 +214,23 @@ def _write_and_check(
     rollup: RollupAccumulator,
     totals: TotalsAccumulator,
     quarantined: pa.Table,
-    account_ids: Sequence[int] | None = None,
+    account_ids: Sequence[int],
+    partial: bool = False,
 ) -> RollupResult:
-    """Replace the partition's slice with the rollup's rows, then check what was written
-    against the independently accumulated totals."""
+    """Replace the partition's slice with the rollup's rows, then check what was written,
+    account by account, against the independently accumulated totals."""
     rows = rollup.finish()
+    sums = pc.min_max(pc.is_finite(pa.concat_arrays(
+        [rows["sum_value"].combine_chunks(),
+         rows["sum_value_business_hours"].combine_chunks()])))
+    if rows.num_rows and not sums["min"].as_py():
+        raise ValueError(f"{day.key}: a rollup sum overflowed; nothing was written")
     result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
-                                                quarantined, account_ids=account_ids)
+                                                quarantined, account_ids, partial=partial)
     result.rows_written = rows.num_rows
-    actual = wh.account_totals(engine, day.day, day.tz, source, account_ids)
+    actual = wh.account_totals(engine, day.day, source, account_ids)
     result.mismatches = totals_mismatches(totals.finish(), actual)
-    result.negative_rows = wh.negative_rows(engine, day.day, day.tz)
+    result.negative_rows = wh.negative_rows(engine, day.day, source, account_ids)
     result.preview = rows.slice(0, 10).to_pylist()
     return result
 
@@ -273,7 +335,7 @@ def fetch_provider_events(
 # --- email: daily extraction, rollups and statistics ----------------------------------------
 
 
-def _email_landing_source(pipeline: EmailPipeline) -> str:
+def email_landing_source(pipeline: EmailPipeline) -> str:
     return f"email_events_{pipeline.name}"
 
 
@@ -310,13 +372,15 @@ def extract_email_partition(
     recipients = emails.recipients(
         pipeline.name, message_ids=pc.unique(events["message_id"]).drop_null().to_pylist())
     m = match_recipients(events, recipients)
-    in_tz = pa.array(wh.account_ids_in_timezone(engine, day.tz), pa.int64())
+    accounts_here = wh.account_ids_in_timezone(engine, day.tz)
+    in_tz = pa.array(accounts_here, pa.int64())
     known = pa.array(wh.known_account_ids(engine), pa.int64())
     mine = m.events.filter(pc.is_in(m.events["account_id"], in_tz))
     result = EmailExtractResult(key=day.key, events=events.num_rows, matched=mine.num_rows,
                                 other_timezone=m.events.num_rows - mine.num_rows)
-    store.write_partition(_email_landing_source(pipeline), day, mine,
-                          {"window_start_utc": day.start_utc.isoformat()})
+    store.write_partition(email_landing_source(pipeline), day, mine,
+                          {"window_start_utc": day.start_utc.isoformat(),
+                           "accounts": len(accounts_here), "account_ids": accounts_here})
     source = f"mailgun:{pipeline.name}:match"
     if day.tz == default_tz:
         unknown = m.events.filter(pc.invert(pc.is_in(m.events["account_id"], known)))
@@ -349,13 +413,15 @@ def rollup_email_partition(
 ) -> RollupResult:
     """Roll one partition's landed email events up into daily_rollups (one transaction)."""
     source = f"email:{pipeline.name}"
+    landing_source = email_landing_source(pipeline)
+    accounts, problem = landed_accounts(store, engine, day, landing_source)
+    if problem:
+        raise LandingOutOfDate(problem)
     metrics = metrics_for_source(source)
     rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
-    in_tz = set(wh.account_ids_in_timezone(engine, day.tz))
-    result = RollupResult(key=day.key, accounts=len(in_tz))
-    scope = pa.array(sorted(in_tz), pa.int64())
-    for events in store.iter_partition(_email_landing_source(pipeline), day,
-                                       EMAIL_EVENT_SCHEMA):
+    result = RollupResult(key=day.key, accounts=len(accounts))
+    scope = pa.array(accounts, pa.int64())
+    for events in store.iter_partition(landing_source, day, EMAIL_EVENT_SCHEMA):
         here = pc.is_in(events["account_id"], scope)
         rows = email_rollup_input(events.filter(here))
         rollup.add(rows)
@@ -364,7 +430,7 @@ def rollup_email_partition(
         result.rolled_up += rows.num_rows
         result.other_timezone += events.num_rows - rows.num_rows
     return _write_and_check(result, engine, day, source, rollup, totals,
-                            QUARANTINE_SCHEMA.empty_table())
+                            QUARANTINE_SCHEMA.empty_table(), accounts)
 
 
 @dataclass

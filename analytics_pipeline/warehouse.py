@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -179,7 +180,10 @@ def make_engine(url: str | sa.URL) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(u, pool_pre_ping=True)
+    # UTC sessions: timestamptz values and literals mean the instants they are, whatever
+    # the server's or the role's default time zone
+    args = {"options": "-c timezone=UTC"} if u.get_backend_name() == "postgresql" else {}
+    return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
 
 
 @functools.lru_cache(maxsize=32)
@@ -242,20 +246,21 @@ def accounts_snapshot(engine: Engine) -> list[dict]:
 # --- rollups ------------------------------------------------------------------------------
 
 
-def _rollup_slice(day: date, tz: str, source: str, account_ids: Sequence[int] | None):
-    """WHERE clause of a partition's slice of daily_rollups.
+# Account ids go to IN lists in chunks: SQLite binds at most 32,766 parameters.
+ID_CHUNK = 10_000
 
-    Without an account subset the slice is every row of the date written for this
-    timezone plus every row of the timezone's current accounts (whatever timezone wrote
-    them), so an account that moved timezone is rebuilt cleanly.
-    """
-    base = sa.and_(daily_rollups.c.date == day, daily_rollups.c.source == source)
-    if account_ids is not None:
-        return sa.and_(base, daily_rollups.c.account_id.in_(list(account_ids)))
-    in_tz = sa.select(accounts.c.id).where(accounts.c.timezone == tz).scalar_subquery()
-    return sa.and_(
-        base, sa.or_(daily_rollups.c.timezone == tz, daily_rollups.c.account_id.in_(in_tz))
-    )
+
+def _chunks(ids: Sequence[int]) -> list[list[int]]:
+    ids = sorted({int(i) for i in ids})
+    return [ids[i:i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+
+
+def _rollup_slice(day: date, source: str, account_ids: Sequence[int]):
+    """WHERE clause of a partition's slice of daily_rollups: the date's rows of the
+    accounts the partition landed, whatever timezone wrote them (an account that moved
+    timezone is rebuilt cleanly), and nothing of any other account."""
+    r = daily_rollups.c
+    return sa.and_(r.date == day, r.source == source, r.account_id.in_(list(account_ids)))
 
 
 def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> None:
@@ -335,20 +340,30 @@ def replace_partition(
     source: str,
     rollups: pa.Table,
     quarantined: pa.Table,
-    account_ids: Sequence[int] | None = None,
+    account_ids: Sequence[int],
+    partial: bool = False,
 ) -> int:
     """Atomically replace one partition's rollups and quarantine rows; returns rows deleted.
 
-    ``account_ids`` restricts the replace to those accounts (an operator re-running
-    single accounts); quarantine rows are then only added, never removed.
+    ``account_ids`` are the accounts whose rows the partition rebuilds: those it landed
+    (or, ``partial``, the accounts an operator re-runs). Rows of any other account are
+    never touched. A ``partial`` replace only adds quarantine rows, never removes them.
     """
+    stray = rollups.num_rows and pc.any(pc.invert(pc.is_in(
+        rollups["account_id"], pa.array(sorted({int(a) for a in account_ids}), pa.int64())
+    ))).as_py()
+    if stray:
+        raise ValueError(f"rollups of {source} {day} {tz} hold accounts outside the slice "
+                         "being replaced")
     with engine.begin() as conn:
         _lock_partition(conn, source, day, tz)
-        deleted = conn.execute(
-            daily_rollups.delete().where(_rollup_slice(day, tz, source, account_ids))
-        ).rowcount
+        deleted = 0
+        for chunk in _chunks(account_ids):
+            deleted += conn.execute(
+                daily_rollups.delete().where(_rollup_slice(day, source, chunk))
+            ).rowcount or 0
         _insert_rollups(conn, rollups, tz, source)
-        if account_ids is None:
+        if not partial:
             conn.execute(
                 quarantine.delete().where(
                     quarantine.c.source == source,
@@ -357,37 +372,42 @@ def replace_partition(
                 )
             )
         _upsert_quarantine(conn, day, tz, quarantined)
-    return int(deleted or 0)
+    return int(deleted)
 
 
 def account_totals(
-    engine: Engine, day: date, tz: str, source: str, account_ids: Iterable[int] | None = None
-) -> dict[str, tuple[int, float, float]]:
-    """Per-metric totals of the account dimension written for one partition."""
+    engine: Engine, day: date, source: str, account_ids: Sequence[int]
+) -> dict[tuple[int, str], tuple[int, float, float]]:
+    """(account, metric) → totals of the account dimension stored for ``day``, whatever
+    timezone wrote them: what the reconciliation compares with the landed events."""
     r = daily_rollups.c
-    q = (
-        sa.select(r.metric, sa.func.sum(r.count), sa.func.sum(r.sum_value),
-                  sa.func.sum(r.sum_value_business_hours))
-        .where(r.date == day, r.timezone == tz, r.source == source, r.dimension_type == "account")
-        .group_by(r.metric)
-    )
-    if account_ids is not None:
-        q = q.where(r.account_id.in_(list(account_ids)))
+    out: dict[tuple[int, str], tuple[int, float, float]] = {}
     with engine.connect() as conn:
-        return {
-            m: (int(c or 0), float(s or 0.0), float(b or 0.0)) for m, c, s, b in conn.execute(q)
-        }
+        for chunk in _chunks(account_ids):
+            q = (
+                sa.select(r.account_id, r.metric, sa.func.sum(r.count),
+                          sa.func.sum(r.sum_value), sa.func.sum(r.sum_value_business_hours))
+                .where(r.date == day, r.source == source, r.dimension_type == "account",
+                       r.account_id.in_(chunk))
+                .group_by(r.account_id, r.metric)
+            )
+            for a, m, c, s_, b in conn.execute(q):
+                out[(int(a), m)] = (int(c or 0), float(s_ or 0.0), float(b or 0.0))
+    return out
 
 
-def negative_rows(engine: Engine, day: date, tz: str) -> int:
+def negative_rows(engine: Engine, day: date, source: str, account_ids: Sequence[int]) -> int:
+    """Rows of the slice with a negative count or sum (the table's check forbids negative
+    counts; sums are checked here)."""
     r = daily_rollups.c
-    q = sa.select(sa.func.count()).where(
-        r.date == day,
-        r.timezone == tz,
-        sa.or_(r.count < 0, r.sum_value < 0, r.sum_value_business_hours < 0),
-    )
+    n = 0
     with engine.connect() as conn:
-        return int(conn.execute(q).scalar_one())
+        for chunk in _chunks(account_ids):
+            n += int(conn.execute(sa.select(sa.func.count()).where(
+                r.date == day, r.source == source, r.account_id.in_(chunk),
+                sa.or_(r.count < 0, r.sum_value < 0, r.sum_value_business_hours < 0),
+            )).scalar_one())
+    return n
 
 
 def rollup_rows(engine: Engine, where: sa.ColumnElement | None = None) -> list[dict]:

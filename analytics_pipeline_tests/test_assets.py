@@ -37,8 +37,9 @@ def test_accounts_registers_timezones_and_reports_invalid(env, instance):
     assert set(instance.get_dynamic_partitions("timezones")) == {
         "America/New_York", "Asia/Kolkata", "UTC"}
     result = env.materialize_accounts()
-    [check] = result.get_asset_check_evaluations()
-    assert check.check_name == "every_account_has_valid_timezone" and not check.passed
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    check = checks["every_account_has_valid_timezone"]
+    assert not check.passed and checks["every_source_account_row_is_valid"].passed
     assert check.metadata["invalid_count"].value == 1
     mat = result.get_asset_materialization_events()[0].materialization
     assert mat.metadata["accounts"].value == 4

@@ -30,7 +30,7 @@ def engine(warehouse_url):
     for d in sorted({r[1] for r in rows}):
         part = table.filter(pa.compute.equal(table["date"], pa.scalar(d, pa.date32())))
         wh.replace_partition(e, d, "UTC", "reporting_events", part,
-                             QUARANTINE_SCHEMA.empty_table())
+                             QUARANTINE_SCHEMA.empty_table(), account_ids=[1])
     yield e
     e.dispose()
 

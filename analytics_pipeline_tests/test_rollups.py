@@ -107,7 +107,9 @@ def test_quarantine_reasons_and_payload():
         {"id": 2, "name": "first_response", "value": float("nan")},
         {"id": 3, "name": "reply_time", "value": 1.0, "value_in_business_hours": float("inf")},
         {"id": 4, "name": "first_response", "value": 1.0, "account_id": 999},
-        {"id": 5, "name": "first_response", "created_at": None, "created_at_raw": "yesterday"},
+        {"id": 5, "name": "first_response", "created_at": None,
+         "invalid_reason": REASON_TIMESTAMP,
+         "raw": '{"created_at": "yesterday", "id": 5, "name": "first_response"}'},
         {"id": 6, "name": "first_response", "value": 2.0},
     )
     v = validate(t, [1], raw_events_for_source("reporting_events"))
@@ -115,7 +117,7 @@ def test_quarantine_reasons_and_payload():
                        strict=True))
     assert reasons == {"1": REASON_VALUE, "2": REASON_VALUE, "3": REASON_VALUE,
                        "4": REASON_ACCOUNT, "5": REASON_TIMESTAMP}
-    assert '"created_at_raw": "yesterday"' in v.quarantine["payload"][4].as_py()
+    assert '"created_at": "yesterday"' in v.quarantine["payload"][4].as_py()
     assert v.valid["id"].to_pylist() == [6]
     assert v.quarantined_by_reason == {REASON_VALUE: 3, REASON_ACCOUNT: 1, REASON_TIMESTAMP: 1}
 
@@ -129,10 +131,10 @@ def test_expected_totals_match_rollups():
     )
     v = validate(t, [1, 2], raw_events_for_source("reporting_events"))
     exp = expected_account_totals(v.valid, REPORTING_METRICS)
-    assert exp["first_response"] == (1, 10.0, 5.0)
-    assert exp["resolution_time"] == (1, 7.0, 0.0)
-    assert exp["resolutions_count"] == (1, 0.0, 0.0)
-    assert exp["bot_handoffs_count"] == (1, 0.0, 0.0)
+    assert exp[(1, "first_response")] == (1, 10.0, 5.0)
+    assert exp[(2, "resolution_time")] == (1, 7.0, 0.0)
+    assert exp[(2, "resolutions_count")] == (1, 0.0, 0.0)
+    assert exp[(1, "bot_handoffs_count")] == (1, 0.0, 0.0)
 
 
 def test_empty_input_gives_empty_rollups():
@@ -174,8 +176,8 @@ def test_streamed_batches_give_the_same_rollups_as_one_batch():
     assert {k: (v[0], round(v[1], 6)) for k, v in exp.items()} == {
         k: (v[0], round(v[1], 6)) for k, v in got.items()}
     # the account dimension of the rollups adds up to the independent totals
-    for m, (count, s, _) in got.items():
-        rows_m = [r for r in whole.to_pylist()
-                  if r["metric"] == m and r["dimension_type"] == "account"]
+    for (account, m), (count, s, _) in got.items():
+        rows_m = [r for r in whole.to_pylist() if r["metric"] == m
+                  and r["dimension_type"] == "account" and r["account_id"] == account]
         assert sum(r["count"] for r in rows_m) == count
         assert round(sum(r["sum_value"] for r in rows_m), 6) == round(s, 6)

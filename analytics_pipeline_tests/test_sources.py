@@ -28,7 +28,7 @@ def test_window_boundaries_and_accounts(source_url):
     assert sorted(t["id"].to_pylist()) == [2, 3]
     assert str(t.schema.field("created_at").type) == "timestamp[us, tz=UTC]"
     assert t.sort_by("id")["value"].to_pylist() == [2.0, 3.0]
-    with_orphans = src.extract(NY, [1], include_orphans=True)
+    with_orphans = src.extract(NY, [1], orphans_of=[1, 2])
     assert sorted(with_orphans["id"].to_pylist()) == [2, 3, 6]
     assert src.extract(NY, []).num_rows == 0
 
@@ -57,10 +57,13 @@ def test_sqlite_unparseable_timestamps_land_once_with_raw_text(tmp_path):
     src = ReportingEventsSource(url, fallback_date=date(2026, 2, 11))
     t = src.extract(NY, [1]).sort_by("id")
     # id 2 is dated by its updated_at, id 4 by the fallback date (NY: 2026-02-11 00:00Z is
-    # in NY's 2026-02-10, so it is not here), id 3 is an ISO spelling that parses.
+    # in NY's 2026-02-10, so it is not here); id 3 carries a zone suffix, outside the
+    # contract (naive UTC): it lands in the window of its text, for quarantine.
     assert t["id"].to_pylist() == [1, 2, 3]
     assert t["created_at"][1].as_py() is None
-    assert t["created_at_raw"][1].as_py() == "not a date"
+    assert t["invalid_reason"].to_pylist() == [None, "unparseable_created_at",
+                                               "unparseable_created_at"]
+    assert '"created_at": "not a date"' in t["raw"][1].as_py()
     prev = src.extract(LocalDay(date(2026, 2, 10), "America/New_York"), [1])
     assert prev["id"].to_pylist() == [4]
 
@@ -68,7 +71,7 @@ def test_sqlite_unparseable_timestamps_land_once_with_raw_text(tmp_path):
 def test_read_accounts(source_url):
     write_source(source_url, ACCOUNTS, [])
     src = ReportingEventsSource(source_url, fallback_date=date(2024, 1, 1))
-    assert [a["reporting_timezone"] for a in src.read_accounts()] == [
+    assert [a["reporting_timezone"] for a in src.read_accounts().accounts] == [
         "America/New_York", "Asia/Kolkata"]
     assert sa.make_url(source_url)  # url unchanged
 

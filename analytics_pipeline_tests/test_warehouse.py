@@ -48,10 +48,11 @@ def snapshot(engine):
 def test_replace_is_idempotent(engine):
     rows = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0),
                    (1, "agent", 7, "first_response", 2, 10.0, 5.0))
-    wh.replace_partition(engine, D, "America/New_York", "reporting_events", rows, quarantined(9))
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", rows, quarantined(9),
+                         account_ids=[1])
     first = snapshot(engine)
     deleted = wh.replace_partition(engine, D, "America/New_York", "reporting_events", rows,
-                                   quarantined(9))
+                                   quarantined(9), account_ids=[1])
     assert deleted == 2
     assert snapshot(engine) == first
     assert len(first) == 2
@@ -63,7 +64,7 @@ def test_replace_is_idempotent(engine):
 def test_failure_during_write_leaves_previous_rows(engine, monkeypatch):
     old = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0))
     wh.replace_partition(engine, D, "America/New_York", "reporting_events", old,
-                         quarantined())
+                         quarantined(), account_ids=[1])
     before = snapshot(engine)
 
     def boom(*a, **k):
@@ -73,34 +74,38 @@ def test_failure_during_write_leaves_previous_rows(engine, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         wh.replace_partition(engine, D, "America/New_York", "reporting_events",
                              rollups((1, "account", 1, "first_response", 5, 1.0, 1.0)),
-                             quarantined())
+                             quarantined(), account_ids=[1])
     assert snapshot(engine) == before
 
 
 def test_unique_key_violation_rolls_back(engine):
     old = rollups((1, "account", 1, "first_response", 2, 10.0, 5.0))
-    wh.replace_partition(engine, D, "America/New_York", "reporting_events", old, quarantined())
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events", old, quarantined(),
+                         account_ids=[1])
     dup = rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0),
                   (1, "account", 1, "reply_time", 1, 1.0, 1.0))
     with pytest.raises(Exception):  # noqa: B017 - driver-specific IntegrityError
         wh.replace_partition(engine, D, "America/New_York", "reporting_events", dup,
-                             quarantined())
+                             quarantined(), account_ids=[1])
     assert [r["metric"] for r in snapshot(engine)] == ["first_response"]
 
 
 def test_replace_touches_only_its_partition(engine):
     wh.replace_partition(engine, D, "Asia/Kolkata", "reporting_events",
-                         rollups((2, "account", 2, "reply_time", 1, 3.0, 3.0)), quarantined())
+                         rollups((2, "account", 2, "reply_time", 1, 3.0, 3.0)), quarantined(),
+                         account_ids=[2])
     wh.replace_partition(engine, D, "America/New_York", "reporting_events",
-                         rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0)), quarantined())
+                         rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0)), quarantined(),
+                         account_ids=[1])
     wh.replace_partition(engine, D, "America/New_York", "reporting_events", rollups(),
-                         quarantined())
+                         quarantined(), account_ids=[1])
     assert [r["account_id"] for r in snapshot(engine)] == [2]
 
 
 def test_account_moving_timezone_is_replaced_whatever_timezone_wrote_it(engine):
     wh.replace_partition(engine, D, "America/New_York", "reporting_events",
-                         rollups((1, "account", 1, "reply_time", 4, 4.0, 4.0)), quarantined())
+                         rollups((1, "account", 1, "reply_time", 4, 4.0, 4.0)), quarantined(),
+                         account_ids=[1])
     # Account 1 moves to Kolkata; the Kolkata partition now owns its day.
     wh.replace_accounts(engine, [
         {"id": 1, "name": "a", "reporting_timezone": "Asia/Kolkata", "timezone": "Asia/Kolkata",
@@ -109,7 +114,8 @@ def test_account_moving_timezone_is_replaced_whatever_timezone_wrote_it(engine):
          "timezone_valid": True},
     ])
     wh.replace_partition(engine, D, "Asia/Kolkata", "reporting_events",
-                         rollups((1, "account", 1, "reply_time", 3, 3.0, 3.0)), quarantined())
+                         rollups((1, "account", 1, "reply_time", 3, 3.0, 3.0)), quarantined(),
+                         account_ids=[1, 2])
     rows = snapshot(engine)
     assert [(r["account_id"], r["timezone"], r["count"]) for r in rows] == [
         (1, "Asia/Kolkata", 3)]
@@ -121,10 +127,11 @@ def test_account_subset_replace_keeps_other_accounts(engine):
          "timezone_valid": True} for i in (1, 2)])
     wh.replace_partition(engine, D, "UTC", "reporting_events",
                          rollups((1, "account", 1, "reply_time", 1, 1.0, 1.0),
-                                 (2, "account", 2, "reply_time", 1, 1.0, 1.0)), quarantined())
+                                 (2, "account", 2, "reply_time", 1, 1.0, 1.0)), quarantined(),
+                                 account_ids=[1, 2])
     wh.replace_partition(engine, D, "UTC", "reporting_events",
                          rollups((2, "account", 2, "reply_time", 9, 9.0, 9.0)), quarantined(),
-                         account_ids=[2])
+                         account_ids=[2], partial=True)
     assert [(r["account_id"], r["count"]) for r in snapshot(engine)] == [(1, 1), (2, 9)]
 
 
@@ -144,7 +151,7 @@ def test_concurrent_writers_of_one_partition_serialize(engine):
         try:
             wh.replace_partition(engine, D, "America/New_York", "reporting_events",
                                  rollups((1, "account", 1, "reply_time", count, 1.0, 1.0)),
-                                 quarantined())
+                                 quarantined(), account_ids=[1])
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -123,7 +123,7 @@ def project_run(src_url: str, wh_url: str, landing: str, out: mp.Queue) -> None:
     wh.replace_accounts(engine, [
         {"id": a["id"], "name": a["name"], "reporting_timezone": TZ, "timezone": TZ,
          "timezone_valid": True}
-        for a in ReportingEventsSource(src_url, date(2024, 1, 1)).read_accounts()])
+        for a in ReportingEventsSource(src_url, date(2024, 1, 1)).read_accounts().accounts])
     store = LandingStore(landing)
     t0 = time.perf_counter()
     extract_partition(ReportingEventsSource(src_url, date(2024, 1, 1)), store, engine, DAY, "UTC")
