@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from analytics_pipeline.coerce import false_mask, to_float64, to_int64, to_text, to_timestamp_utc
+from analytics_pipeline.coerce import (
+    decode_utf8,
+    false_mask,
+    to_float64,
+    to_int64,
+    to_text,
+    to_timestamp_utc,
+)
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.rollups import (
     RAW_REPORTING_SCHEMA,
@@ -370,15 +377,19 @@ def land_reporting_batch(batch: pa.RecordBatch) -> pa.Table:
     t = pa.Table.from_batches([batch]).combine_chunks()
     n = t.num_rows
     col = {c: t[c].chunk(0) if t[c].num_chunks else pa.nulls(0) for c in t.column_names}
+    utf8_bad = false_mask(n)
+    for c, arr in col.items():  # bytes (SQLite, bytea): decoded once, whatever the column
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            col[c], bad = decode_utf8(arr)
+            utf8_bad = pc.or_(utf8_bad, bad)
     out: dict[str, pa.Array] = {}
     rules: list[tuple[str, pa.Array]] = []
-    utf8_bad = false_mask(n)
-    name, name_utf8, name_nul = to_text(col["name"])
-    out["name"] = name
-    utf8_bad = pc.or_(utf8_bad, name_utf8)
+    out["name"], _, name_nul = to_text(col["name"])
     for c in _ID_COLUMNS:
         out[c], bad = to_int64(col[c])
-        rules.append((f"invalid_{c}" if c != "account_id" else "invalid_account_id", bad))
+        if c == "id":
+            bad = pc.or_(bad, pc.is_null(out[c]))  # an event without an id is no event
+        rules.append((f"invalid_{c}", bad))
     for c in _VALUE_COLUMNS:
         out[c], bad = to_float64(col[c])
         rules.append((REASON_VALUE, bad))
