@@ -117,12 +117,24 @@ def _kind_of(type_: sa.types.TypeEngine) -> str:
     return "other"
 
 
-def column_kinds(url: str | sa.URL, table: str = "reporting_events") -> ColumnKinds:
-    """Column name → kind, from the source's own catalog (SQLite: every column is loose)."""
+@dataclass(frozen=True)
+class SourceTable:
+    """What the source's own catalog says of a table."""
+
+    kinds: ColumnKinds  # column name → kind
+    unique_id: bool  # ``id`` is a primary key or unique: duplicates cannot occur
+
+
+def inspect_table(url: str | sa.URL, table: str = "reporting_events") -> SourceTable:
+    """Column kinds (SQLite: every column is loose) and whether ``id`` is a key."""
     u = normalize_url(url)
     engine = source_engine(u)
     try:
-        cols = sa.inspect(engine).get_columns(table)
+        insp = sa.inspect(engine)
+        cols = insp.get_columns(table)
+        keys = [insp.get_pk_constraint(table).get("constrained_columns") or []]
+        keys += [c["column_names"] for c in insp.get_unique_constraints(table)]
+        keys += [i["column_names"] for i in insp.get_indexes(table) if i.get("unique")]
     except Exception as exc:  # noqa: BLE001 - name the database, never its password
         raise ConnectionError(
             f"cannot read table {table!r} of the source database {redact(u)}: "
@@ -132,8 +144,11 @@ def column_kinds(url: str | sa.URL, table: str = "reporting_events") -> ColumnKi
     if not cols:
         raise LookupError(f"the source database {redact(u)} has no table {table!r}")
     if u.get_backend_name() == "sqlite":
-        return {c["name"]: "loose" for c in cols}
-    return {c["name"]: _kind_of(c["type"]) for c in cols}
+        kinds = {c["name"]: "loose" for c in cols}
+    else:
+        kinds = {c["name"]: _kind_of(c["type"]) for c in cols}
+    # An INTEGER PRIMARY KEY in SQLite is the rowid: unique and always an integer.
+    return SourceTable(kinds, unique_id=["id"] in keys)
 
 
 _DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
@@ -252,15 +267,17 @@ class ReportingEventsSource:
         stats = stats if stats is not None else ExtractStats()
         url = normalize_url(self.url)
         dialect = url.get_backend_name()
-        query = self._query(column_kinds(url), dialect, day, account_ids, orphans_of)
-        seen = SeenIds()
+        table = inspect_table(url)
+        query = self._query(table.kinds, dialect, day, account_ids, orphans_of)
+        # a keyed table cannot repeat an id: skip the check (no cost on proper tables)
+        seen = None if table.unique_id else SeenIds()
         with arrow_batches(url, query) as reader:
             for batch in reader:
                 if not batch.num_rows:
                     continue
                 stats.rows_read += batch.num_rows
                 out = land_reporting_batch(batch)
-                fresh = seen.first_time(out.column("id"))
+                fresh = seen.first_time(out.column("id")) if seen else None
                 if fresh is not None:
                     stats.duplicates_dropped += out.num_rows - pc.sum(fresh).as_py()
                     out = out.filter(fresh)
@@ -334,37 +351,39 @@ def _printable(value: object) -> object:
 
 
 class SeenIds:
-    """Event ids already read in one extraction, as sorted NumPy chunks merged now and
-    then: membership is a binary search per batch, never a Python set of every id."""
+    """Event ids already read in one extraction, as sorted NumPy runs merged like a
+    binary counter (a run merges with the previous one once it is as large): membership
+    is a binary search in O(log n) runs per batch, and each id is merged O(log n) times.
+    Never a Python set of every id."""
 
-    def __init__(self, merge_at: int = 8) -> None:
-        self._chunks: list[np.ndarray] = []
-        self._merge_at = merge_at
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
 
     def first_time(self, ids: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         """Mask of rows whose id was not seen before (in earlier batches or earlier in
         this one); None when every row is new. Null ids (invalid rows) always pass."""
-        valid = pc.is_valid(ids)
+        valid = np.asarray(pc.is_valid(ids).to_numpy(zero_copy_only=False), dtype=bool)
         values = np.asarray(pc.fill_null(ids, 0).to_numpy(zero_copy_only=False),
                             dtype=np.int64)
         order = np.argsort(values, kind="stable")
         sorted_vals = values[order]
-        first_in_batch = np.ones(len(values), dtype=bool)
+        fresh = np.ones(len(values), dtype=bool)
         if len(values) > 1:
-            repeat = np.empty(len(values), dtype=bool)
-            repeat[0] = False
+            repeat = np.zeros(len(values), dtype=bool)
             repeat[1:] = sorted_vals[1:] == sorted_vals[:-1]
-            first_in_batch[order[repeat]] = False
-        fresh = first_in_batch
-        for chunk in self._chunks:
-            pos = np.searchsorted(chunk, values)
-            hit = (pos < len(chunk)) & (chunk[np.minimum(pos, len(chunk) - 1)] == values)
-            fresh &= ~hit
-        valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
-        fresh |= ~valid_np
-        self._chunks.append(np.unique(values[valid_np]))
-        if len(self._chunks) >= self._merge_at:
-            self._chunks = [np.unique(np.concatenate(self._chunks))]
+            fresh[order[repeat]] = False
+        seen = np.zeros(len(values), dtype=bool)
+        for run in self._runs:  # sorted queries: a cache-friendly merge-like search
+            pos = np.minimum(np.searchsorted(run, sorted_vals), len(run) - 1)
+            seen |= run[pos] == sorted_vals
+        fresh[order[seen]] = False
+        fresh |= ~valid
+        new = np.sort(values[fresh & valid], kind="stable")
+        if len(new):
+            self._runs.append(new)
+        while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+            b, a = self._runs.pop(), self._runs.pop()
+            self._runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
         return None if fresh.all() else pa.array(fresh)
 
 

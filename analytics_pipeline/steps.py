@@ -200,6 +200,10 @@ def rollup_partition(
         result.rolled_up += checked.valid.num_rows
         result.other_timezone += checked.out_of_scope
     bad = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
+    if bad.num_rows:  # the same bad row read twice is stored once: count it once
+        bad = bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
+            [("payload", "first")]).rename_columns(["source", "event_id", "reason",
+                                                    "payload"])
     result.ignored_by_name = dict(ignored)
     result.quarantined_by_reason = value_counts(bad["reason"])
     return _write_and_check(result, engine, day, source, rollup, totals, bad, scope,

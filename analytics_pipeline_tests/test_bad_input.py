@@ -53,6 +53,8 @@ class Case:
 
 CASES = {
     "text id": Case({"id": "abc"}, "invalid_id", event_id="abc"),
+    "text id twice": Case({"id": "abc"}, "invalid_id", event_id="abc",
+                          extra_rows=({"id": "abc"},)),
     "fractional id": Case({"id": 1000.5}, "invalid_id", event_id="1000.5"),
     "impossible date": Case({"created_at": "2026-02-31 10:00:00"}, "unparseable_created_at"),
     "impossible hour": Case({"created_at": "2026-02-11 25:00:00"}, "unparseable_created_at"),
@@ -159,15 +161,15 @@ def run_pipeline(source_url: str, tmp_path) -> tuple[list[dict], list[dict], dic
     wh.replace_accounts(engine, [a.__dict__ for a in
                                  resolve_account_timezones(read.accounts, "UTC")])
     store = LandingStore(str(tmp_path / "landing"))
-    duplicates = 0
+    duplicates = counted = 0
     for day in PARTITIONS:
         duplicates += extract_partition(source, store, engine, day, "UTC").duplicates_dropped
-        rollup_partition(store, engine, day)
+        counted += sum(rollup_partition(store, engine, day).quarantined_by_reason.values())
     with engine.connect() as c:
         quarantined = [dict(r._mapping) for r in c.execute(wh.quarantine.select())]
     rows = wh.rollup_rows(engine)
     engine.dispose()
-    return rows, quarantined, {"duplicates": duplicates}
+    return rows, quarantined, {"duplicates": duplicates, "quarantined": counted}
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -200,6 +202,7 @@ def test_bad_row_is_quarantined_once_and_the_rest_rolls_up(case_id, dialect, tmp
                                  10.0 + float(bad["value"]))]
     else:
         expected_ids = {case.event_id} | {str(e["id"]) for e in case.extra_rows}
+        assert stats["quarantined"] == len(quarantined)  # counted as stored
         got = {(q["event_id"], q["reason"]) for q in quarantined}
         assert got == {(i, case.reason) for i in expected_ids}
         assert len(quarantined) == len(expected_ids)  # once, across all partitions
