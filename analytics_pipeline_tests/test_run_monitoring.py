@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,11 @@ from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster._daemon.monitoring import run_monitoring
 from sqlalchemy import make_url
 
-from analytics_pipeline.run_launcher import LocalProcessRunLauncher, worker_alive
+from analytics_pipeline.run_launcher import (
+    LocalProcessRunLauncher,
+    process_started_at,
+    worker_alive,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("test_run_monitoring")
@@ -139,3 +144,98 @@ def test_worker_alive_rejects_a_recycled_pid():
         proc.kill()
         proc.wait()
     assert not worker_alive(proc.pid, time.time())
+
+
+def wait_for(predicate, what: str, seconds: float = 180) -> None:
+    """Poll ``predicate`` (a deadline against hanging, not a speed assertion)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.5)
+
+
+def worker_pid(instance: DagsterInstance, run_id: str) -> int:
+    started = [e for e in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+               if (e.message or "").startswith("Started process for run")]
+    return int(started[-1].dagster_event.engine_event_data.metadata["pid"].value)
+
+
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def test_queued_runs_survive_a_daemon_restart_and_a_killed_worker_frees_its_timezone(
+    pg_database, tmp_path, monkeypatch
+):
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    from analytics_pipeline_tests.monitoring_location import hold_job
+
+    target = ModuleTarget(module_name="analytics_pipeline_tests.monitoring_location",
+                          attribute=None, working_directory=str(REPO),
+                          location_name="monitoring_test")
+    tz_tag = {"analytics/timezone": "America/New_York"}
+    home = tmp_path / "home"
+
+    def submit(instance: DagsterInstance, ctx) -> str:
+        request = ctx.create_request_context()
+        remote = request.get_code_location("monitoring_test").get_repository(
+            "__repository__").get_full_job("hold_job")
+        run = instance.create_run_for_job(
+            job_def=hold_job, remote_job_origin=remote.get_remote_origin(),
+            job_code_origin=remote.get_python_origin(), tags=tz_tag)
+        return instance.submit_run(run.run_id, request).run_id
+
+    def dequeue(ctx) -> None:
+        list(QueuedRunCoordinatorDaemon(interval_seconds=1).run_iteration(ctx))
+
+    # 1. the webserver queues a run; then the daemon/webserver tree goes away
+    with repo_instance(pg_database, home, monkeypatch) as instance, \
+            create_test_daemon_workspace_context(target, instance) as ctx:
+        first = submit(instance, ctx)
+        assert status(instance, first) == DagsterRunStatus.QUEUED
+
+    # 2. a restarted daemon's first dequeue iteration launches the queued run; while it runs,
+    #    a second run of its timezone waits; then the whole tree is killed: the run worker
+    #    and the code server that started it (which alone could have noticed the worker die)
+    doomed: list[int] = []
+    with repo_instance(pg_database, home, monkeypatch) as instance:
+        with create_test_daemon_workspace_context(target, instance) as ctx:
+            try:
+                dequeue(ctx)
+                wait_for(lambda: status(instance, first) == DagsterRunStatus.STARTED, "start")
+                pid = worker_pid(instance, first)
+                doomed += [pid, parent_pid(pid)]
+                second = submit(instance, ctx)
+                dequeue(ctx)
+                assert status(instance, second) == DagsterRunStatus.QUEUED  # one per timezone
+                monitor_once(instance)
+                assert status(instance, first) == DagsterRunStatus.STARTED  # alive: left alone
+            finally:
+                for p in doomed:
+                    os.kill(p, signal.SIGKILL)
+        wait_for(lambda: not worker_alive(doomed[0], time.time()), "the worker to die")
+
+    # 3. the next daemon: the dead run still holds the timezone until monitoring fails it
+    with repo_instance(pg_database, home, monkeypatch) as instance:
+        with create_test_daemon_workspace_context(target, instance) as ctx:
+            dequeue(ctx)
+            assert status(instance, second) == DagsterRunStatus.QUEUED
+            assert status(instance, first) == DagsterRunStatus.STARTED
+            monitor_once(instance)
+            assert status(instance, first) == DagsterRunStatus.FAILURE
+            dequeue(ctx)  # the timezone's slot is free again
+            assert status(instance, second) != DagsterRunStatus.QUEUED
+            try:
+                wait_for(lambda: status(instance, second) == DagsterRunStatus.STARTED, "start")
+                server = parent_pid(worker_pid(instance, second))
+            finally:
+                instance.run_launcher.terminate(second)
+                wait_for(lambda: instance.get_run_by_id(second).is_finished, "the run to stop")
+        # the code server finishes its bookkeeping in the database before that is dropped
+        wait_for(lambda: process_started_at(server) is None, "the code server to exit")
