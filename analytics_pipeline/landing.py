@@ -142,20 +142,25 @@ class LandingStore:
         self.fs.create_dir(folder, recursive=True)
         try:
             rows = self._write_parquet(posixpath.join(folder, DATA_FILE), data, schema)
-            previous = self._read_manifest(final)
-            if previous is not None:  # stamped before it stops being current: see module doc
-                self._retire(final, previous)
-            self._write_manifest(final, {
-                "version": version, "files": [DATA_FILE], "rows": rows,
-                "meta": meta or {}, "written_at": time.time(),
-            })
         except BaseException:
             try:  # best effort: unreferenced, it would be collected after the grace age
                 self.fs.delete_dir(folder)
             except OSError:
                 pass
             raise
-        self._collect(final)
+        previous = self._read_manifest(final)
+        if previous is not None:  # stamped before it stops being current: see module doc
+            self._retire(final, previous)
+        # If this fails, the version stays (an object store may have applied a PUT that
+        # reported an error); unless it became current, it is collected after the grace age.
+        self._write_manifest(final, {
+            "version": version, "files": [DATA_FILE], "rows": rows,
+            "meta": meta or {}, "written_at": time.time(),
+        })
+        try:
+            self._collect(final)
+        except OSError:  # collection is best effort (e.g. a concurrent writer collected first)
+            pass
         return final
 
     def _retire(self, final: str, manifest: dict) -> None:
@@ -210,7 +215,7 @@ class LandingStore:
         cutoff = time.time() - self.gc_grace_seconds
         entries: dict[str, list[pafs.FileInfo]] = {}
         for info in self.fs.get_file_info(pafs.FileSelector(final, recursive=True)):
-            head = posixpath.relpath(info.path, final).split("/", 1)[0]
+            head = info.path[len(final) + 1:].split("/", 1)[0]
             entries.setdefault(head, []).append(info)
         deleted = 0
         for head, infos in entries.items():
@@ -376,14 +381,18 @@ class ProviderEventLog:
             else:
                 pq.write_table(part, final, filesystem=self.fs, compression="zstd")
             files += 1
-            self._collect_temporary(folder)
+            if self._store._local:  # only local appends write temporary files
+                self._collect_temporary(folder)
         return files
 
     def _collect_temporary(self, folder: str) -> None:
         cutoff = time.time() - self.gc_grace_seconds
         for info in self.fs.get_file_info(pafs.FileSelector(folder)):
             if info.base_name.startswith(".tmp-") and (_newest_mtime([info]) or 0) <= cutoff:
-                self.fs.delete_file(info.path)
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:  # best effort: another append may have collected it
+                    pass
 
     def days(self) -> list[date]:
         """Every UTC date with landed events, ascending."""
