@@ -1,10 +1,19 @@
 """Landing: Parquet written with pyarrow, one directory per source × partition.
 
-A partition directory is replaced atomically: the new files are written to a sibling
-staging directory, then swapped in by rename. Readers see the old or the new data,
-never a mix. Any pyarrow filesystem URI works (local path, s3://, gs://); object stores
-have no directory rename, so there each write lands in a new version folder and the
-partition's ``_SUCCESS`` manifest, replaced last in one PUT, names the current version.
+Every write of a partition lands in a new, immutable version folder inside the partition's
+directory (``v-<token>/part-0.parquet``); only then is the partition's manifest
+(``_SUCCESS``: version, files, rows, the writer's meta) replaced in one atomic step, a
+rename on a local disk and a single PUT on an object store. Nothing is ever moved. A reader
+resolves the manifest once and reads that version's files, so it sees the old or the new
+complete data whatever a writer does meanwhile, and readers never change anything. A writer
+killed at any point leaves the previous version current and its own files unreferenced.
+
+Superseded versions, and what killed writers left, are deleted by later writes of the same
+partition (or ``collect_garbage``) once their newest file is older than a grace age (one hour
+by default): the writer that supersedes a version stamps it (``_RETIRED``) first, so a
+reader that resolved it just before has the whole grace age to finish, and a writer still
+writing keeps its files fresh. The current version is never deleted. Any pyarrow filesystem
+URI works (local path, s3://, gs://).
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import json
 import posixpath
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -28,6 +39,9 @@ import pyarrow.parquet as pq
 from analytics_pipeline.partitions import LocalDay
 
 MANIFEST = "_SUCCESS"
+RETIRED = "_RETIRED"
+DATA_FILE = "part-0.parquet"
+GC_GRACE_SECONDS = 3600.0
 
 
 def prefetched(batches: Iterable[pa.RecordBatch], depth: int = 4) -> Iterable[pa.RecordBatch]:
@@ -75,25 +89,26 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _newest_mtime(infos: Iterable[pafs.FileInfo]) -> float | None:
+    """Epoch seconds of the newest entry among ``infos``; None when none has a time."""
+    times = [i.mtime_ns for i in infos if i.mtime_ns is not None]
+    return max(times) / 1e9 if times else None
+
+
 @dataclass
 class LandingStore:
     """Parquet landing under ``root`` (a local path or a pyarrow filesystem URI)."""
 
     root: str
+    gc_grace_seconds: float = GC_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         fs, path = pafs.FileSystem.from_uri(self.root) if "://" in self.root else (
-            pafs.LocalFileSystem(), self._local_root(self.root)
+            pafs.LocalFileSystem(), str(Path(self.root).resolve())
         )
         self.fs: pafs.FileSystem = fs
         self.base: str = path.rstrip("/")
         self._local = isinstance(fs, pafs.LocalFileSystem)
-
-    @staticmethod
-    def _local_root(root: str) -> str:
-        from pathlib import Path
-
-        return str(Path(root).resolve())
 
     def partition_dir(self, source: str, day: LocalDay) -> str:
         return posixpath.join(
@@ -105,25 +120,7 @@ class LandingStore:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def has_partition(self, source: str, day: LocalDay) -> bool:
-        final = self.partition_dir(source, day)
-        self._recover(final)
-        return self._exists(posixpath.join(final, MANIFEST))
-
-    def _recover(self, final: str) -> None:
-        """Undo a local swap interrupted between its two renames: the previous
-        directory, moved aside, is put back (a failed write changes nothing)."""
-        if not self._local or self._exists(final):
-            return
-        parent, base = posixpath.split(final)
-        if not self._exists(parent):
-            return
-        aside = sorted(
-            (i for i in self.fs.get_file_info(pafs.FileSelector(parent))
-             if posixpath.basename(i.path).startswith(f".old-{base}-")),
-            key=lambda i: i.mtime_ns or 0,
-        )
-        if aside:
-            self.fs.move(aside[-1].path, final)
+        return self._exists(posixpath.join(self.partition_dir(source, day), MANIFEST))
 
     def write_partition(
         self,
@@ -133,64 +130,63 @@ class LandingStore:
         meta: dict | None = None,
         schema: pa.Schema | None = None,
     ) -> str:
-        """Replace the partition's data atomically; returns the directory.
+        """Replace the partition's data atomically; returns the partition's directory.
 
         ``data`` is a table or a stream of record batches (written as they come, so a
         large partition never sits in memory whole; ``schema`` is then required).
+        ``meta`` is kept in the manifest (``partition_meta``).
         """
         final = self.partition_dir(source, day)
-        self._recover(final)
-        parent = posixpath.dirname(final)
-        token = uuid.uuid4().hex[:12]
-        staging = posixpath.join(parent, f".staging-{posixpath.basename(final)}-{token}")
-        self.fs.create_dir(staging, recursive=True)
+        version = f"v-{uuid.uuid4().hex[:12]}"
+        folder = posixpath.join(final, version)
+        self.fs.create_dir(folder, recursive=True)
         try:
-            rows = self._write_parquet(posixpath.join(staging, "part-0.parquet"), data, schema)
+            rows = self._write_parquet(posixpath.join(folder, DATA_FILE), data, schema)
         except BaseException:
-            self.fs.delete_dir(staging)
+            try:  # best effort: unreferenced, it would be collected after the grace age
+                self.fs.delete_dir(folder)
+            except OSError:
+                pass
             raise
-        manifest = {"rows": rows, **(meta or {})}
-        self._write_manifest(posixpath.join(staging, MANIFEST), manifest)
+        previous = self._read_manifest(final)
+        if previous is not None:  # stamped before it stops being current: see module doc
+            self._retire(final, previous)
+        # If this fails, the version stays (an object store may have applied a PUT that
+        # reported an error); unless it became current, it is collected after the grace age.
+        self._write_manifest(final, {
+            "version": version, "files": [DATA_FILE], "rows": rows,
+            "meta": meta or {}, "written_at": time.time(),
+        })
         try:
-            if self._local:
-                # rename(2) cannot replace a non-empty directory: move the old one aside first,
-                # then the new one in, then drop the old one. A crash between the two renames
-                # is undone by _recover on the next read or write.
-                old = posixpath.join(parent, f".old-{posixpath.basename(final)}-{token}")
-                if self._exists(final):
-                    self._move(final, old)
-                self._move(staging, final)
-                if self._exists(old):
-                    self.fs.delete_dir(old)
-            else:
-                # Object stores cannot rename a directory, but replacing one object is atomic:
-                # the data goes to a fresh version folder, then the manifest (pointing at it)
-                # is overwritten, then older versions are removed. A crash at any point leaves
-                # the previous version readable.
-                version = posixpath.join(final, f"v-{token}")
-                for info in self.fs.get_file_info(pafs.FileSelector(staging)):
-                    name = posixpath.basename(info.path)
-                    if name != MANIFEST:
-                        self.fs.create_dir(version, recursive=True)
-                        self.fs.move(info.path, posixpath.join(version, name))
-                manifest["version"] = f"v-{token}"
-                self._write_manifest(posixpath.join(final, MANIFEST), manifest)
-                self.fs.delete_dir(staging)
-                for info in self.fs.get_file_info(pafs.FileSelector(final)):
-                    if info.type == pafs.FileType.Directory and info.path != version:
-                        self.fs.delete_dir(info.path)
-        except BaseException:
-            if self._exists(staging):  # best effort: the previous data stays readable
-                self.fs.delete_dir(staging)
-            raise
+            self._collect(final)
+        except OSError:  # collection is best effort (e.g. a concurrent writer collected first)
+            pass
         return final
 
-    def _move(self, src: str, dst: str) -> None:
-        self.fs.move(src, dst)
+    def _retire(self, final: str, manifest: dict) -> None:
+        version = manifest.get("version")
+        folder = posixpath.join(final, version) if version else final  # legacy: files at top
+        with self.fs.open_output_stream(posixpath.join(folder, RETIRED)) as f:
+            f.write(b"")
 
-    def _write_manifest(self, path: str, manifest: dict) -> None:
-        with self.fs.open_output_stream(path) as f:
-            f.write(json.dumps(manifest, sort_keys=True, default=str).encode())
+    def _write_manifest(self, final: str, manifest: dict) -> None:
+        body = json.dumps(manifest, sort_keys=True, default=str).encode()
+        path = posixpath.join(final, MANIFEST)
+        if not self._local:  # replacing one object is atomic
+            with self.fs.open_output_stream(path) as f:
+                f.write(body)
+            return
+        tmp = posixpath.join(final, f".{MANIFEST}-{uuid.uuid4().hex[:12]}")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(body)
+        self.fs.move(tmp, path)  # rename(2) replaces the old manifest atomically
+
+    def _read_manifest(self, final: str) -> dict | None:
+        try:
+            with self.fs.open_input_stream(posixpath.join(final, MANIFEST)) as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
 
     def _write_parquet(
         self, path: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None
@@ -208,27 +204,91 @@ class LandingStore:
                 rows += batch.num_rows
         return rows
 
+    def _collect(self, final: str) -> int:
+        """Delete what no reader can need any more under ``final``: versions other than the
+        current one, and temporary manifests, whose newest file is older than the grace age;
+        then what the previous (rename-swap) layout left beside it. Returns entries deleted."""
+        manifest = self._read_manifest(final)
+        if manifest is None:  # never published: nothing here is known to be stale
+            return 0
+        current = manifest.get("version")
+        cutoff = time.time() - self.gc_grace_seconds
+        entries: dict[str, list[pafs.FileInfo]] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(final, recursive=True)):
+            head = info.path[len(final) + 1:].split("/", 1)[0]
+            entries.setdefault(head, []).append(info)
+        deleted = 0
+        for head, infos in entries.items():
+            if head == current or head == MANIFEST:
+                continue
+            newest = _newest_mtime(infos)
+            if newest is not None and newest > cutoff:
+                continue
+            if head.startswith("v-"):
+                self.fs.delete_dir(posixpath.join(final, head))
+                deleted += 1
+            elif head.startswith(f".{MANIFEST}-"):
+                self.fs.delete_file(posixpath.join(final, head))
+                deleted += 1
+        legacy = entries.get(RETIRED, [])
+        if current and legacy and (_newest_mtime(legacy) or 0) <= cutoff:
+            # the previous layout kept its files directly in the partition directory
+            for head in entries:
+                if head.endswith(".parquet") or head == RETIRED:
+                    self.fs.delete_file(posixpath.join(final, head))
+                    deleted += 1
+        return deleted + self._collect_legacy_siblings(final, cutoff)
+
+    def _collect_legacy_siblings(self, final: str, cutoff: float) -> int:
+        """``.staging-*``/``.old-*`` directories of the previous layout's rename swap."""
+        parent, base = posixpath.split(final)
+        deleted = 0
+        for info in self.fs.get_file_info(pafs.FileSelector(parent)):
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.Directory or not (
+                name.startswith(f".staging-{base}-") or name.startswith(f".old-{base}-")
+            ):
+                continue
+            inside = self.fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+            if (_newest_mtime([info, *inside]) or 0) <= cutoff:
+                self.fs.delete_dir(info.path)
+                deleted += 1
+        return deleted
+
+    def collect_garbage(self, source: str | None = None) -> int:
+        """Collect every partition of ``source`` (or of all sources), as a write of each
+        would; for a periodic sweep of partitions that are not rewritten. Returns entries
+        deleted."""
+        top = pafs.FileSelector(self.base, allow_not_found=True)
+        sources = [posixpath.join(self.base, _segment(source))] if source else [
+            i.path for i in self.fs.get_file_info(top) if i.type == pafs.FileType.Directory]
+        deleted = 0
+        for src in sources:
+            for info in self.fs.get_file_info(pafs.FileSelector(src, recursive=True,
+                                                                allow_not_found=True)):
+                if info.base_name == MANIFEST and posixpath.basename(
+                        posixpath.dirname(info.path)).startswith("timezone="):
+                    deleted += self._collect(posixpath.dirname(info.path))
+        return deleted
+
     def _manifest(self, source: str, day: LocalDay) -> dict:
-        path = posixpath.join(self.partition_dir(source, day), MANIFEST)
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-
-    def partition_meta(self, source: str, day: LocalDay) -> dict:
-        """The ``meta`` given to the partition's last successful write, plus ``rows``."""
-        if not self.has_partition(source, day):
-            raise FileNotFoundError(
-                f"no landed data for {source} {day.key}: materialize its raw asset first")
-        return self._manifest(source, day)
-
-    def _data_files(self, source: str, day: LocalDay) -> list[str]:
-        if not self.has_partition(source, day):
+        manifest = self._read_manifest(self.partition_dir(source, day))
+        if manifest is None:
             raise FileNotFoundError(
                 f"no landed data for {source} {day.key}: materialize its raw asset first"
             )
+        return manifest
+
+    def partition_files(self, source: str, day: LocalDay) -> list[str]:
+        """The Parquet files of the partition's current version (resolved once: they are
+        never changed, and stay for the grace age after a rewrite)."""
         final = self.partition_dir(source, day)
-        version = self._manifest(source, day).get("version")
+        manifest = self._manifest(source, day)
+        version = manifest.get("version")
         folder = posixpath.join(final, version) if version else final
-        return sorted(
+        if "files" in manifest:
+            return [posixpath.join(folder, name) for name in manifest["files"]]
+        return sorted(  # manifests of the previous layout do not list their files
             i.path for i in self.fs.get_file_info(pafs.FileSelector(folder))
             if i.path.endswith(".parquet")
         )
@@ -237,7 +297,7 @@ class LandingStore:
         self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
     ) -> pa.Table:
         """The landed table of a partition; a partition never landed raises FileNotFoundError."""
-        files = self._data_files(source, day)
+        files = self.partition_files(source, day)
         if not files:
             return schema.empty_table()
         tables = [pq.read_table(f, filesystem=self.fs, columns=columns) for f in files]
@@ -247,7 +307,7 @@ class LandingStore:
         self, source: str, day: LocalDay, schema: pa.Schema, batch_rows: int = 1_000_000
     ) -> Iterable[pa.Table]:
         """The landed rows of a partition in tables of at most ``batch_rows`` rows."""
-        for path in self._data_files(source, day):
+        for path in self.partition_files(source, day):
             with self.fs.open_input_file(path) as f:
                 for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                     yield pa.Table.from_batches([batch])
@@ -267,21 +327,34 @@ class LandingStore:
         """Row count of a landed partition, from its manifest."""
         return int(self._manifest(source, day)["rows"])
 
+    def partition_meta(self, source: str, day: LocalDay) -> dict:
+        """The ``meta`` given to the partition's last successful write, plus ``rows``."""
+        manifest = self._manifest(source, day)
+        if "meta" in manifest:
+            meta = dict(manifest["meta"])
+        else:  # previous layout: meta keys stored beside rows (and the version)
+            meta = {k: v for k, v in manifest.items() if k not in ("rows", "version")}
+        meta["rows"] = int(manifest["rows"])
+        return meta
+
 
 @dataclass
 class ProviderEventLog:
     """Append-only landing of provider events, one folder per stream and UTC date.
 
     Every fetch appends whole files (written aside and renamed, or one object PUT), so a
-    crash never leaves half a file; an event stored twice (a window re-fetched after a
-    crash) is de-duplicated by event id when read, which makes re-fetching always safe.
+    crash never leaves half a file where readers look; the ``.tmp-*`` file a killed writer
+    left is deleted by a later append to the same date once older than the grace age. An
+    event stored twice (a window re-fetched after a crash) is de-duplicated by event id when
+    read, which makes re-fetching always safe.
     """
 
     root: str
     stream: str  # e.g. "mailgun/newsletter"
+    gc_grace_seconds: float = GC_GRACE_SECONDS
 
     def __post_init__(self) -> None:
-        self._store = LandingStore(self.root)
+        self._store = LandingStore(self.root, self.gc_grace_seconds)
         self.fs = self._store.fs
         self.base = posixpath.join(self._store.base, *(_segment(s) for s in
                                                        self.stream.split("/")))
@@ -308,7 +381,18 @@ class ProviderEventLog:
             else:
                 pq.write_table(part, final, filesystem=self.fs, compression="zstd")
             files += 1
+            if self._store._local:  # only local appends write temporary files
+                self._collect_temporary(folder)
         return files
+
+    def _collect_temporary(self, folder: str) -> None:
+        cutoff = time.time() - self.gc_grace_seconds
+        for info in self.fs.get_file_info(pafs.FileSelector(folder)):
+            if info.base_name.startswith(".tmp-") and (_newest_mtime([info]) or 0) <= cutoff:
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:  # best effort: another append may have collected it
+                    pass
 
     def days(self) -> list[date]:
         """Every UTC date with landed events, ascending."""

@@ -1,12 +1,21 @@
-from datetime import date
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import date, datetime
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analytics_pipeline import landing as landing_mod
-from analytics_pipeline.landing import LandingStore
+from analytics_pipeline.landing import LandingStore, ProviderEventLog
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA
+from analytics_pipeline_tests.landing_worker import check, expected_rows, version_table
 
 DAY = LocalDay(date(2026, 2, 11), "America/New_York")
 
@@ -80,7 +89,7 @@ def test_streamed_write_counts_rows(tmp_path):
 
 
 def test_object_store_path_writes_manifest_last_and_replaces():
-    # pyarrow's in-memory mock filesystem takes the non-local (object store) code path
+    # pyarrow's in-memory mock filesystem stands for an object store (no rename)
     store = LandingStore("mock:///bucket/landing")
     assert not store._local
     store.write_partition("reporting_events", DAY, table([1, 2]))
@@ -91,24 +100,29 @@ def test_object_store_path_writes_manifest_last_and_replaces():
     parent = store.partition_dir("reporting_events", DAY).rsplit("/", 1)[0]
     from pyarrow import fs as pafs
 
+    def inside() -> list[str]:
+        return sorted(i.base_name for i in store.fs.get_file_info(
+            pafs.FileSelector(store.partition_dir("reporting_events", DAY))))
+
     names = [i.base_name for i in store.fs.get_file_info(pafs.FileSelector(parent))]
     assert names == ["timezone=America%2FNew_York"]
-    inside = [i.base_name for i in store.fs.get_file_info(
-        pafs.FileSelector(store.partition_dir("reporting_events", DAY)))]
-    assert len(inside) == 2 and "_SUCCESS" in inside  # the manifest and one version
+    # the manifest, the current version and the one it replaced, kept for the grace age
+    assert len(inside()) == 3 and "_SUCCESS" in inside()
+    store.gc_grace_seconds = 0  # the grace age has passed
+    assert store.collect_garbage() == 1
+    assert len(inside()) == 2
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
+        .to_pylist() == [3]
 
 
 def test_object_store_crash_before_manifest_keeps_previous_version(monkeypatch):
     store = LandingStore("mock:///bucket/landing")
     store.write_partition("reporting_events", DAY, table([1, 2]))
-    real = store._write_manifest
 
-    def fail_on_final_manifest(path, manifest):
-        if ".staging-" not in path:
-            raise OSError("network down")
-        real(path, manifest)
+    def network_down(final, manifest):
+        raise OSError("network down")
 
-    monkeypatch.setattr(store, "_write_manifest", fail_on_final_manifest)
+    monkeypatch.setattr(store, "_write_manifest", network_down)
     with pytest.raises(OSError):
         store.write_partition("reporting_events", DAY, table([3]))
     assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
@@ -125,26 +139,177 @@ def test_dedupe_keeps_the_first_fetched_row_of_each_id():
         ("a", 20), ("b", 10), ("c", 50)]
 
 
-def test_crash_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
+def test_partition_of_the_previous_layout_is_read_replaced_and_collected(tmp_path):
+    # the rename-swap layout: files directly in the partition directory, a manifest without
+    # a version, and the .staging-/.old- directories that kills and races left beside it
+    store = LandingStore(str(tmp_path))
+    final = Path(store.partition_dir("reporting_events", DAY))
+    final.mkdir(parents=True)
+    pq.write_table(table([1, 2]), final / "part-0.parquet")
+    (final / "_SUCCESS").write_text(json.dumps({"rows": 2, "window": "w"}))
+    for name in (".staging-timezone=America%2FNew_York-aaa", ".old-timezone=America%2FNew_York-b"):
+        (final.parent / name).mkdir()
+        pq.write_table(table([9]), final.parent / name / "part-0.parquet")
+    assert ids(store) == [1, 2]
+    assert store.partition_meta("reporting_events", DAY) == {"window": "w", "rows": 2}
+
+    store.write_partition("reporting_events", DAY, table([3]))
+    assert ids(store) == [3]
+    age(tmp_path, 2 * HOUR)
+    store.write_partition("reporting_events", DAY, table([4]))
+    assert ids(store) == [4]
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    assert not (final / "part-0.parquet").exists()
+
+
+# --- faults: killed writers, concurrent readers, garbage collection -------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+HOUR = 3600
+
+
+def worker(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "analytics_pipeline_tests.landing_worker", *args], cwd=REPO,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(REPO), os.environ.get("PYTHONPATH")]))})
+
+
+def tree(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def age(root: Path, seconds: float) -> None:
+    """Make everything under ``root`` look ``seconds`` older (instead of waiting)."""
+    for p in [root, *root.rglob("*")]:
+        st = p.stat()
+        os.utime(p, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def ids(store: LandingStore) -> list[int]:
+    return sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
+                  .to_pylist())
+
+
+def test_killed_writer_keeps_previous_data_and_its_leftovers_are_collected(tmp_path):
     store = LandingStore(str(tmp_path))
     store.write_partition("reporting_events", DAY, table([1, 2]))
-    real_move = store._move
-    calls = []
+    before = tree(tmp_path)
+    writer = worker("write", str(tmp_path), "50000")
+    try:
+        assert writer.stdout.readline().strip() == "writing"  # mid-write: one batch written
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.wait()
+    leftovers = tree(tmp_path) - before
+    assert leftovers  # the killed writer left files behind
+    assert store.has_partition("reporting_events", DAY)
+    assert ids(store) == [1, 2]
+    assert store.partition_rows("reporting_events", DAY) == 2
 
-    def move(src, dst):  # the old directory goes aside, then the process "dies"
-        calls.append(src)
-        if len(calls) == 2:
-            raise OSError("power cut")
-        real_move(src, dst)
+    age(tmp_path, 2 * HOUR)  # past the grace age: no writer can still be working on them
+    store.write_partition("reporting_events", DAY, table([3]))
+    assert ids(store) == [3]
+    assert not leftovers & tree(tmp_path), "the killed writer's files were not collected"
 
-    monkeypatch.setattr(store, "_move", move)
-    with pytest.raises(OSError):
-        store.write_partition("reporting_events", DAY, table([3]))
-    monkeypatch.setattr(store, "_move", real_move)
-    assert sorted(store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"]
-                  .to_pylist()) == [1, 2]
-    store.write_partition("reporting_events", DAY, table([4]))
-    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
-        .to_pylist() == [4]
-    names = [p.name for p in (tmp_path / "reporting_events" / "date=2026-02-11").iterdir()]
-    assert names == ["timezone=America%2FNew_York"]
+
+def test_a_write_never_collects_the_files_of_a_writer_still_working(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+    writer = worker("write", str(tmp_path), "5000")
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        store.write_partition("reporting_events", DAY, table([3]))  # collects stale files only
+        assert ids(store) == [3]
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "done"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert store.partition_rows("reporting_events", DAY) == 5000  # the last write wins
+
+
+def test_reader_process_sees_one_complete_version_while_a_writer_rewrites(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, version_table(0))
+    reader = worker("read", str(tmp_path))
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        for v in range(1, 150):
+            store.write_partition("reporting_events", DAY, version_table(v))
+        out, _ = reader.communicate("", timeout=300)
+    finally:
+        reader.kill()
+        reader.wait()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["errors"] == []
+    assert len(result["sizes"]) >= 2  # the reads did overlap the rewrites
+    assert set(result["sizes"]) <= {expected_rows(v) for v in range(150)}
+
+
+@pytest.mark.parametrize("root", ["local", "mock:///bucket/landing"])
+def test_reader_thread_sees_one_complete_version_while_a_writer_rewrites(tmp_path, root):
+    store = LandingStore(str(tmp_path) if root == "local" else root)
+    store.write_partition("reporting_events", DAY, version_table(0))
+    stop, errors, reads = threading.Event(), [], []
+
+    def read_loop() -> None:
+        while not stop.is_set():
+            try:
+                n, problem = check(store.read_partition("reporting_events", DAY,
+                                                        RAW_REPORTING_SCHEMA))
+                m, problem2 = check(pa.concat_tables(list(store.iter_partition(
+                    "reporting_events", DAY, RAW_REPORTING_SCHEMA, batch_rows=500))))
+                reads.append(n)
+                if problem or problem2:
+                    errors.append(problem or problem2)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    try:
+        for v in range(1, 100):
+            store.write_partition("reporting_events", DAY, version_table(v))
+    finally:
+        stop.set()
+        reader.join()
+    assert errors[:5] == []
+    assert reads
+
+
+def test_partition_meta_is_the_last_successful_writes_meta(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]),
+                          meta={"account_ids": [1, 7], "window": "w1"})
+    assert store.partition_meta("reporting_events", DAY) == {
+        "account_ids": [1, 7], "window": "w1", "rows": 2}
+
+    def batches():
+        yield from table([3]).to_batches()
+        raise ConnectionError("source went away")
+
+    with pytest.raises(ConnectionError):
+        store.write_partition("reporting_events", DAY, batches(), meta={"account_ids": [9]},
+                              schema=RAW_REPORTING_SCHEMA)
+    assert store.partition_meta("reporting_events", DAY)["account_ids"] == [1, 7]
+    store.replace_accounts("reporting_events", DAY, table([4], account=7), [7],
+                           RAW_REPORTING_SCHEMA, meta={"account_ids": [7]})
+    assert store.partition_meta("reporting_events", DAY) == {"account_ids": [7], "rows": 3}
+
+
+def test_provider_log_collects_stale_temporary_files_only(tmp_path):
+    log = ProviderEventLog(str(tmp_path), "mailgun/newsletter")
+    events = pa.table({"event_id": ["a"], "timestamp": pa.array(
+        [datetime(2026, 2, 11, 12)], pa.timestamp("us", "UTC"))})
+    log.append(events, "f1")
+    folder = Path(log.date_dir(date(2026, 2, 11)))
+    stale, fresh = folder / ".tmp-f0-dead.parquet", folder / ".tmp-f9-busy.parquet"
+    stale.write_bytes(b"half a file")
+    age(folder, 2 * HOUR)
+    fresh.write_bytes(b"a writer is still on it")
+    log.append(events, "f2")
+    assert not stale.exists() and fresh.exists()
+    assert len([p for p in folder.iterdir() if not p.name.startswith(".")]) == 2

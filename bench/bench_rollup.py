@@ -195,7 +195,7 @@ def duckdb_rollup(landing: str) -> tuple[float, int]:
     """(c) DuckDB over the landed Parquet: the same three group-bys."""
     import duckdb
 
-    path = LandingStore(landing).partition_dir("reporting_events", DAY) + "/*.parquet"
+    files = LandingStore(landing).partition_files("reporting_events", DAY)
     con = duckdb.connect()
     con.execute(f"SET threads = {os.cpu_count() or 1}")
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def duckdb_rollup(landing: str) -> tuple[float, int]:
         res = con.sql(f"""
             SELECT name, account_id, {col}, count(*), sum(coalesce(value, 0)),
                    sum(coalesce(value_in_business_hours, 0)), count(DISTINCT conversation_id)
-            FROM read_parquet('{path}')
+            FROM read_parquet({files!r})
             WHERE {col} IS NOT NULL
             GROUP BY ALL""").to_arrow_table()
         total += res.num_rows
