@@ -4,7 +4,8 @@
 300 items followed through ``paging.next`` until a page comes back empty. 429 honours
 ``Retry-After`` (or ``X-RateLimit-Reset``) with a cap, 5xx and connection errors are
 retried with exponential backoff, 401/403/404 fail at once. The API key never appears in
-an error message, a log line or metadata.
+an error message, a log line or metadata, and is sent only to the API base's own origin:
+a paging link to another scheme, host or port is refused before any request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,6 +56,20 @@ KNOWN_EVENTS = frozenset({"accepted", "delivered", "opened", "clicked", "failed"
 
 class MailgunError(RuntimeError):
     """A Mailgun request that cannot succeed (auth, missing domain, retries exhausted)."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, with the scheme's default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: an origin that matches nothing
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
 class _RateLimitRetry(Retry):
@@ -152,15 +167,25 @@ class MailgunClient:
         if tags:
             params["tags"] = tags
         url: str | None = f"{self.api_base.rstrip('/')}/{self.domain}/events?{urlencode(params)}"
+        origin = _origin(self.api_base)
         for _ in range(MAX_PAGES_PER_WINDOW):
             page = self._get(url)
             items = page.get("items") or []
             if not items:
                 return
             yield items
-            url = (page.get("paging") or {}).get("next")
-            if not url:
+            nxt = (page.get("paging") or {}).get("next")
+            if not nxt:
                 return
+            url = urljoin(url, str(nxt))
+            if _origin(url) != origin:
+                # The basic-auth header goes with every request: never to another origin.
+                scheme, host, port = _origin(url)
+                raise MailgunError(
+                    f"Mailgun paging for domain {self.domain!r} points to another origin "
+                    f"({scheme}://{host}:{port}, API base is {origin[0]}://{origin[1]}:"
+                    f"{origin[2]}); not followed, no request sent"
+                )
         raise MailgunError(f"Mailgun paging for domain {self.domain!r} did not end")
 
 
