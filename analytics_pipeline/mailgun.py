@@ -54,6 +54,16 @@ KNOWN_EVENTS = frozenset({"accepted", "delivered", "opened", "clicked", "failed"
                           "unsubscribed", "complained", "rejected", "stored"})
 
 
+def normalize_message_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Message ids in one spelling: surrounding whitespace and one pair of angle brackets
+    stripped. Mailgun's send API returns ``<id@domain>`` (what applications store), its
+    Events API reports ``id@domain``."""
+    trimmed = pc.utf8_trim_whitespace(ids)
+    bracketed = pc.and_(pc.starts_with(trimmed, "<"), pc.ends_with(trimmed, ">"))
+    inner = pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(trimmed, 1, -1))
+    return pc.if_else(pc.fill_null(bracketed, False), inner, trimmed)
+
+
 class MailgunError(RuntimeError):
     """A Mailgun request that cannot succeed (auth, missing domain, retries exhausted)."""
 
@@ -266,7 +276,7 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
             pc.utf8_lower(pc.struct_field(arr, "event")),
             pc.cast(micros, pa.timestamp("us", tz="UTC")),
             pc.utf8_lower(pc.utf8_trim_whitespace(pc.struct_field(arr, "recipient"))),
-            pc.utf8_trim_whitespace(pc.struct_field(
+            normalize_message_ids(pc.struct_field(
                 pc.struct_field(pc.struct_field(arr, "message"), "headers"), "message-id")),
             pc.utf8_lower(pc.struct_field(arr, "severity")),
             pc.struct_field(arr, "tags"),

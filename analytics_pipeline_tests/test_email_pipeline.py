@@ -173,3 +173,54 @@ def test_email_pipeline_end_to_end(world):
     assert wh.get_cursor(engine, "mailgun:automation")[0] < wh.get_cursor(
         engine, "mailgun:newsletter")[0]
     engine.dispose()
+
+
+def test_bracketed_message_ids_of_the_app_match_bare_provider_ids(tmp_path, source_url):
+    """The app stores ``<id>`` (send API), Mailgun's events carry ``id``: the day's recipients
+    are found by the SQL filter (SQLite and PostgreSQL app databases) and matched, nothing is
+    quarantined as unmatched."""
+    from analytics_pipeline.landing import LandingStore, ProviderEventLog
+    from analytics_pipeline.mailgun import MailgunClient
+    from analytics_pipeline.partitions import LocalDay
+    from analytics_pipeline.registry import EMAIL_PIPELINES
+    from analytics_pipeline.sources import EmailSource
+    from analytics_pipeline.steps import (
+        extract_email_partition,
+        fetch_provider_events,
+        rollup_email_partition,
+    )
+
+    newsletter = EMAIL_PIPELINES[0]
+    write_source(source_url, [{"id": 1, "name": "Acme", "reporting_timezone": None}], [])
+    src = wh.make_engine(source_url)
+    with src.begin() as c:
+        c.execute(src_emails.insert(), [{"id": 100, "account_id": 1, "kind": "newsletter",
+                                         "automation_id": None, "subject": "s",
+                                         "track_opens": True}])
+        c.execute(src_email_recipients.insert(), [
+            {"id": 1, "account_id": 1, "email_id": 100, "member_id": 5,
+             "member_email": "ann@example.com",
+             "provider_message_id": "<20260224100000.1@mg.example.com>"}])
+    src.dispose()
+    engine = wh.make_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    wh.ensure_schema(engine)
+    wh.replace_accounts(engine, [{"id": 1, "name": "Acme", "reporting_timezone": None,
+                                  "timezone": "UTC", "timezone_valid": True}])
+    now = utc(2026, 2, 25, 2)
+    root = str(tmp_path / "landing")
+    log = ProviderEventLog(root, newsletter.stream)
+    with MailgunSimulator(clock=lambda: now) as sim:
+        sim.add(sample_item("d1", "delivered", utc(2026, 2, 24, 10), "ann@example.com",
+                            "20260224100000.1@mg.example.com", ["newsletter"]))
+        client = MailgunClient(sim.domain, sim.api_key, sim.base_url, backoff_factor=0.01)
+        fetch_provider_events(client, log, engine, newsletter, "newsletter", now - 60, now,
+                              settle_seconds=1800, initial_lookback_seconds=86400)
+    day = LocalDay(date(2026, 2, 24), "UTC")
+    store = LandingStore(root)
+    r = extract_email_partition(log, EmailSource(source_url), store, engine, newsletter, day,
+                                "UTC")
+    assert (r.events, r.matched, r.quarantined) == (1, 1, 0)
+    rollup_email_partition(store, engine, newsletter, day)
+    [p] = metric_series(engine, 1, "newsletter_delivered", day.day, day.day)
+    assert p.value == 1
+    engine.dispose()
