@@ -253,17 +253,22 @@ def fetch_provider_events(
             result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
             result.fetched += rows
     if malformed:
+        # One row per quarantine key: an item read by two passes is stored, and counted, once.
+        unique: dict[tuple[str, str], str] = {}
+        for ident, why, raw in malformed:
+            key = (ident or "sha1:" + hashlib.sha1(raw.encode()).hexdigest(),
+                   f"malformed_item: {why}")
+            unique.setdefault(key, raw)
         source = f"mailgun:{pipeline.name}"
         bad = pa.table({
-            "source": [source] * len(malformed),
-            "event_id": [i or "sha1:" + hashlib.sha1(raw.encode()).hexdigest()
-                         for i, _, raw in malformed],
-            "reason": [f"malformed_item: {why}" for _, why, _ in malformed],
-            "payload": [raw for _, _, raw in malformed],
+            "source": [source] * len(unique),
+            "event_id": [i for i, _ in unique],
+            "reason": [why for _, why in unique],
+            "payload": list(unique.values()),
         })
         fetched_day = datetime.fromtimestamp(now, timezone.utc).date()
         wh.add_quarantine(engine, fetched_day, "UTC", bad)
-        result.malformed = len(malformed)
+        result.malformed = bad.num_rows
     result.fresh_until = max(fresh_from, until)
     result.settled_until = max(settled_from, settle_to)
     wh.advance_cursor(engine, pipeline.cursor_name, result.fresh_until, result.settled_until)

@@ -256,3 +256,20 @@ def test_sensor_skips_when_not_configured_or_up_to_date(
         renamed = sensors.mailgun_sensor(NEWSLETTER, sensors.mailgun_jobs["newsletter"])
         assert isinstance(evaluate(renamed, instance, sim, warehouse_url, landing_root),
                           SkipReason)
+
+
+def test_malformed_item_seen_by_both_passes_is_counted_once(sim, engine, landing_root, clock):
+    """The first fetch's fresh and settling passes both read [start, now - settle): a
+    malformed item there (with an id, or without one: content hash) is reported as often
+    as it is stored, once."""
+    add(sim, 1, T0 - 2100)
+    sim.add({"id": "broken-1", "event": "opened", "timestamp": T0 - 2000, "recipient": "a@x",
+             "tags": ["newsletter"], "message": {"headers": {}}})
+    sim.add({"event": "opened", "timestamp": T0 - 1990, "recipient": "b@x",
+             "tags": ["newsletter"], "message": {"headers": {"message-id": "<m@mg>"}}})
+    r = fetch(sim, engine, landing_root, clock)
+    assert [w[0] for w in r.windows] == ["fresh", "settling"]
+    with engine.connect() as c:
+        stored = c.execute(sa.select(sa.func.count()).select_from(wh.quarantine)).scalar()
+    assert stored == 2
+    assert r.malformed == stored
