@@ -64,6 +64,49 @@ def normalize_message_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.Chun
     return pc.if_else(pc.fill_null(bracketed, False), inner, trimmed)
 
 
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+_JSON_NUL = "\\u0000"  # how json.dumps writes a NUL character
+_JSON_REPLACEMENT = "\\ufffd"
+
+
+def _clean_strings(arr: pa.Array, json_text: bool) -> pa.Array:
+    """``arr`` (string or list of strings) with NUL replaced; unchanged when it has none."""
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        values = _clean_strings(arr.values, json_text)
+        if values is arr.values:
+            return arr
+        return type(arr).from_arrays(arr.offsets, values, mask=arr.is_null())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return arr
+    needles = [NUL, _JSON_NUL] if json_text else [NUL]
+    for needle, repl in zip(needles, [REPLACEMENT, _JSON_REPLACEMENT], strict=False):
+        if pc.any(pc.match_substring(arr, needle)).as_py():
+            arr = pc.replace_substring(arr, needle, repl)
+    return arr
+
+
+def sanitize_text(table: pa.Table, json_columns: tuple[str, ...] = ("raw",)) -> pa.Table:
+    """Replace NUL characters in every text column (and lists of text) with U+FFFD.
+
+    PostgreSQL text cannot hold NUL (``invalid byte sequence ... 0x00`` in COPY), so a
+    provider field with one would fail every write of it. In ``json_columns`` (the raw
+    item) the JSON escape ``\\u0000`` is replaced too, so the record stays valid JSON that
+    PostgreSQL's json types accept. Vectorized; columns without NUL are left as they are.
+    """
+    for i, name in enumerate(table.column_names):
+        col = table.column(i)
+        chunks = [_clean_strings(c, name in json_columns) for c in col.chunks]
+        if any(a is not b for a, b in zip(chunks, col.chunks, strict=True)):
+            table = table.set_column(i, table.field(i), pa.chunked_array(chunks, col.type))
+    return table
+
+
+def sanitize_str(value: str) -> str:
+    """One string (a malformed item's id or JSON), as ``sanitize_text`` does a column."""
+    return value.replace(NUL, REPLACEMENT).replace(_JSON_NUL, _JSON_REPLACEMENT)
+
+
 class MailgunError(RuntimeError):
     """A Mailgun request that cannot succeed (auth, missing domain, retries exhausted)."""
 
@@ -265,7 +308,8 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
                 good.append(item)
             else:
                 ident = str(item.get("id", "")) if isinstance(item, dict) else ""
-                malformed.append((ident, why, json.dumps(item, default=str)))
+                malformed.append((sanitize_str(ident), why,
+                                  sanitize_str(json.dumps(item, default=str))))
         arr = pa.array(good, type=ITEM_TYPE)
     n = len(arr)
     ts = pc.struct_field(arr, "timestamp")
@@ -297,4 +341,4 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
         keep = pc.and_(pc.greater_equal(table["timestamp"], lo),
                        pc.less(table["timestamp"], hi))
         table = table.filter(keep)
-    return ParsedPage(table, malformed)
+    return ParsedPage(sanitize_text(table), malformed)

@@ -26,7 +26,12 @@ from analytics_pipeline.email import (
     recipient_states,
 )
 from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient, parse_items
+from analytics_pipeline.mailgun import (
+    PROVIDER_EVENT_SCHEMA,
+    MailgunClient,
+    parse_items,
+    sanitize_text,
+)
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.registry import (
     EmailPipeline,
@@ -307,7 +312,9 @@ def extract_email_partition(
     recipient, or a recipient of an unknown account, are quarantined by the default
     timezone's partitions only, so each is quarantined once.
     """
-    events = log.read(utc_dates_between(day.start_utc, day.end_utc), PROVIDER_EVENT_SCHEMA)
+    # sanitized on read too: logs landed before NUL was replaced on landing
+    events = sanitize_text(log.read(utc_dates_between(day.start_utc, day.end_utc),
+                                    PROVIDER_EVENT_SCHEMA))
     lo = pa.scalar(day.start_utc, pa.timestamp("us", tz="UTC"))
     hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
     events = events.filter(pc.and_(pc.greater_equal(events["timestamp"], lo),
@@ -392,9 +399,11 @@ def refresh_email_stats(
     often or in which order events arrived, and a failure leaves the previous tables.
     """
     # everything but the raw JSON and the tags: the fold needs only these
-    events = log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
+    # Sanitized on read as well as on landing: a NUL in a log landed before the fix would
+    # otherwise fail this refresh on PostgreSQL every time (it re-reads the whole log).
+    events = sanitize_text(log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
         "event", "timestamp", "recipient", "message_id", "severity", "delivery_status_code",
-        "delivery_status_message"])
+        "delivery_status_message"]))
     recipients = emails.recipients(pipeline.name)
     m = match_recipients(events, recipients)
     states = recipient_states(m.events)
