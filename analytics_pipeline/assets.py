@@ -289,15 +289,31 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             warehouse.engine(), pipeline, mailgun.tags_for(pipeline.name), until, now,
             settle_seconds=mailgun.settle_minutes * 60,
             initial_lookback_seconds=mailgun.initial_lookback_hours * 3600,
+            reconcile_every_seconds=mailgun.reconcile_every_minutes * 60,
+            retention_seconds=mailgun.retention_hours * 3600,
         )
         if r.malformed:
             context.log.warning(f"{r.malformed} malformed Mailgun items quarantined")
+        for label, stats in r.passes.items():
+            if label != "fresh" and stats.stored:
+                context.log.warning(
+                    f"the {label} pass stored {stats.stored} events the earlier passes had "
+                    f"missed (up to {stats.max_lateness_seconds / 60:.0f} minutes late)")
 
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
+        per_pass = {}
+        for label, stats in r.passes.items():
+            # flat numbers, so that the UI plots them run after run
+            per_pass[f"{label}_items_read"] = stats.items_read
+            per_pass[f"{label}_events_stored"] = stats.stored
+            per_pass[f"{label}_max_lateness_seconds"] = float(stats.max_lateness_seconds or 0.0)
         return MaterializeResult(metadata={
             "events_fetched": r.fetched,
+            **per_pass,
+            "reconciliation": "ran" if r.reconciled else "not due",
+            "last_reconciliation": iso(r.reconciled_at) if r.reconciled_at else "never",
             "files_landed": r.landed_files,
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),

@@ -86,6 +86,11 @@ class Mailgun(ConfigurableResource):
     newsletter_tags: str = Field(default="newsletter", description="tag filter expression")
     automation_tags: str = Field(default="automation", description="tag filter expression")
     settle_minutes: int = Field(default=30, description="events older than this are settled")
+    reconcile_every_minutes: int = Field(
+        default=360, description="how often a fetch also re-reads Mailgun's whole retention "
+        "(reconciliation pass, for events indexed later than the settling window)")
+    retention_hours: int = Field(
+        default=72, description="how far back Mailgun keeps events (the reconciliation window)")
     lag_seconds: int = Field(default=60, description="the fresh pass stops this far from now")
     initial_lookback_hours: int = Field(
         default=72, description="how far back the first fetch of a stream starts"
@@ -128,6 +133,8 @@ def default_resources() -> dict[str, ConfigurableResource]:
             newsletter_tags=_env("MAILGUN_NEWSLETTER_TAGS"),
             automation_tags=_env("MAILGUN_AUTOMATION_TAGS"),
             settle_minutes=_env_int("MAILGUN_SETTLE_MINUTES"),
+            reconcile_every_minutes=_env_int("MAILGUN_RECONCILE_EVERY_MINUTES"),
+            retention_hours=_env_int("MAILGUN_RETENTION_HOURS"),
         ),
         "settings": PipelineSettings(
             default_timezone=_env("ANALYTICS_DEFAULT_TIMEZONE"),

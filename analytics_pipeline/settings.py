@@ -26,6 +26,8 @@ DEFAULTS: dict[str, str] = {
     "MAILGUN_NEWSLETTER_TAGS": "newsletter",
     "MAILGUN_AUTOMATION_TAGS": "automation",
     "MAILGUN_SETTLE_MINUTES": "30",
+    "MAILGUN_RECONCILE_EVERY_MINUTES": "360",
+    "MAILGUN_RETENTION_HOURS": "72",
 }
 
 

@@ -179,6 +179,25 @@ def _write_and_check(
 
 
 @dataclass
+class PassStats:
+    """What one pass (fresh, settling, reconciliation) of a fetch read and stored."""
+
+    items_read: int = 0  # items Mailgun returned for the pass's window
+    stored: int = 0  # events landed: those the earlier passes had missed
+    max_lateness_seconds: float | None = None  # of the stored ones: fetched_at - timestamp
+
+    def note(self, stored: pa.Table, fetched_at: float) -> None:
+        if stored.num_rows == 0:
+            return
+        oldest = pc.min(stored["timestamp"]).as_py().timestamp()
+        lateness = fetched_at - oldest
+        self.max_lateness_seconds = max(self.max_lateness_seconds or 0.0, lateness)
+
+
+PASSES = ("fresh", "settling", "reconciliation")
+
+
+@dataclass
 class FetchResult:
     windows: list[tuple[str, float, float]]
     fetched: int = 0
@@ -188,6 +207,10 @@ class FetchResult:
     settled_until: float = 0.0
     event_time_min: float | None = None  # span of the landed events' timestamps
     event_time_max: float | None = None
+    passes: dict[str, PassStats] = field(
+        default_factory=lambda: {p: PassStats() for p in PASSES})
+    reconciled: bool = False  # this run was due for, and ran, the reconciliation pass
+    reconciled_at: float | None = None  # when the last reconciliation ran (epoch seconds)
 
     def note_times(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -209,19 +232,28 @@ def fetch_provider_events(
     settle_seconds: float,
     initial_lookback_seconds: float,
     flush_rows: int = 200_000,
+    reconcile_every_seconds: float | None = 6 * 3600,
+    retention_seconds: float = 72 * 3600,
 ) -> FetchResult:
     """Fetch a stream's new windows from Mailgun, land them, then advance its cursor.
 
-    Two windows: the fresh pass ``[fresh_until, until)`` for low latency, and the settling
-    pass ``[settled_until, now - settle)`` that reads every period once more after
-    Mailgun's late indexing has settled. The cursor moves only after the events are
-    landed, so a crash anywhere means a re-fetch, never a loss; a re-fetched event is
-    stored again and counted once (the landed log is de-duplicated by event id).
+    Up to three windows: the fresh pass ``[fresh_until, until)`` for low latency; the
+    settling pass ``[settled_until, now - settle)`` that reads every period once more
+    after Mailgun's late indexing has mostly settled; and, every ``reconcile_every_seconds``
+    (None: never), the reconciliation pass over the rest of Mailgun's retention,
+    ``[now - retention, settled_until)``, for events indexed later than the settling window.
+    The settling and reconciliation passes store only events not landed yet, so what they
+    store is what the earlier passes missed. The cursor (and the time of the last
+    reconciliation) move only after the events are landed, so a crash anywhere means a
+    re-fetch, never a loss; a re-fetched event is stored again and counted once (the
+    landed log is de-duplicated by event id).
     """
-    cursor = wh.get_cursor(engine, pipeline.cursor_name)
+    name = pipeline.cursor_name
+    cursor = wh.get_cursor(engine, name)
+    first_fetch_from = None
     if cursor is None:
-        start = until - initial_lookback_seconds
-        cursor = (start, start)
+        first_fetch_from = until - initial_lookback_seconds
+        cursor = (first_fetch_from, first_fetch_from)
     fresh_from, settled_from = cursor
     settle_to = min(until, now - settle_seconds)
     windows = []
@@ -229,34 +261,49 @@ def fetch_provider_events(
         windows.append(("fresh", fresh_from, until))
     if settle_to > settled_from:
         windows.append(("settling", settled_from, settle_to))
-    result = FetchResult(windows=windows)
+    state = wh.get_stream_state(engine, name)
+    last_reconciled = state.reconciled_at if state else None
+    reconcile = reconcile_every_seconds is not None and (
+        last_reconciled is None or now - last_reconciled >= reconcile_every_seconds)
+    if reconcile:
+        # up to where this run's settling pass starts: together they cover the retention
+        begin, end = now - retention_seconds, min(settled_from, settle_to)
+        if end > begin:
+            windows.append(("reconciliation", begin, end))
+    result = FetchResult(windows=windows, reconciled=reconcile,
+                         reconciled_at=now if reconcile else last_reconciled)
     fetch_id = f"{int(now)}-{uuid.uuid4().hex[:6]}"
     malformed: list[tuple[str, str, str]] = []
     for label, begin, end in windows:
+        stats = result.passes[label]
         buffered: list[pa.Table] = []
         rows = 0
         seen = None
-        if label == "settling":
-            # Most of a settling window was landed by the fresh pass: store only what is new.
+        if label != "fresh":
+            # Most of these windows was landed already: store only what is new.
             span = utc_dates_between(datetime.fromtimestamp(begin, timezone.utc),
                                      datetime.fromtimestamp(end, timezone.utc))
             seen = log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"]
         for items in client.pages(begin, end, tags=tags or None):
+            stats.items_read += len(items)
             parsed = parse_items(items, now, begin, end)
             if seen is not None and parsed.events.num_rows:
                 parsed.events = parsed.events.filter(
                     pc.invert(pc.is_in(parsed.events["event_id"], seen)))
             result.note_times(parsed.events)
+            stats.note(parsed.events, now)
             malformed.extend(parsed.malformed)
             buffered.append(parsed.events)
             rows += parsed.events.num_rows
             if rows >= flush_rows:
                 result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
                 result.fetched += rows
+                stats.stored += rows
                 buffered, rows = [], 0
         if buffered:
             result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
             result.fetched += rows
+            stats.stored += rows
     if malformed:
         # One row per quarantine key: an item read by two passes is stored, and counted, once.
         unique: dict[tuple[str, str], str] = {}
@@ -276,7 +323,10 @@ def fetch_provider_events(
         result.malformed = bad.num_rows
     result.fresh_until = max(fresh_from, until)
     result.settled_until = max(settled_from, settle_to)
-    wh.advance_cursor(engine, pipeline.cursor_name, result.fresh_until, result.settled_until)
+    if reconcile or first_fetch_from is not None:
+        wh.record_stream_state(engine, name, first_fetch_from=first_fetch_from,
+                               reconciled_at=now if reconcile else None)
+    wh.advance_cursor(engine, name, result.fresh_until, result.settled_until)
     return result
 
 

@@ -210,6 +210,9 @@ def test_fetch_asset_materializes(sim, warehouse_url, landing_root):
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
         assert meta["events_fetched"].value == 1
+        assert meta["fresh_events_stored"].value == 1 and meta["fresh_items_read"].value == 1
+        assert meta["reconciliation"].value == "ran"  # the stream's first run
+        assert meta["reconciliation_events_stored"].value == 0
         assert sim.api_key not in str(meta)
 
 
@@ -268,8 +271,50 @@ def test_malformed_item_seen_by_both_passes_is_counted_once(sim, engine, landing
     sim.add({"event": "opened", "timestamp": T0 - 1990, "recipient": "b@x",
              "tags": ["newsletter"], "message": {"headers": {"message-id": "<m@mg>"}}})
     r = fetch(sim, engine, landing_root, clock)
-    assert [w[0] for w in r.windows] == ["fresh", "settling"]
+    assert [w[0] for w in r.windows][:2] == ["fresh", "settling"]
     with engine.connect() as c:
         stored = c.execute(sa.select(sa.func.count()).select_from(wh.quarantine)).scalar()
     assert stored == 2
     assert r.malformed == stored
+
+
+def test_events_indexed_later_than_the_settling_window_land_by_reconciliation(
+        sim, engine, landing_root, clock):
+    """Polled every 5 minutes, the fresh and settling passes miss events that Mailgun
+    indexes more than ~30 minutes late; the 6-hourly reconciliation pass re-reads the
+    retention window, stores exactly the missed ones and reports how late they were."""
+    stamps = {}
+    for i in range(20):  # indexed 31 minutes late
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i], indexed_at=stamps[i] + 31 * 60)
+    for i in range(20, 80):  # indexed 35 to 90 minutes late
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i], indexed_at=stamps[i] + (35 + (i - 20) * 55 / 59) * 60)
+    for i in range(80, 100):  # on time
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i])
+    first = fetch(sim, engine, landing_root, clock)
+    assert first.reconciled  # the first run reconciles what its settling pass does not read
+    for _ in range(36):  # three hours of polling
+        clock.t += 300
+        r = fetch(sim, engine, landing_root, clock)
+        assert not r.reconciled and "reconciliation" not in [w[0] for w in r.windows]
+    before = set(landed(landing_root)["event_id"].to_pylist())
+    late = {f"ev-newsletter-{i}" for i in range(20, 80)}
+    assert not before & late  # the 35-90 minutes late events were all missed
+    missed = {f"ev-newsletter-{i}" for i in range(100)} - before
+    clock.t = T0 + 6 * 3600 + 60  # six hours after the last reconciliation
+    r = fetch(sim, engine, landing_root, clock)
+    assert r.reconciled and [w[0] for w in r.windows] == ["fresh", "settling", "reconciliation"]
+    after = landed(landing_root)["event_id"].to_pylist()
+    assert len(after) == 100 and set(after) == {f"ev-newsletter-{i}" for i in range(100)}
+    rec = r.passes["reconciliation"]
+    assert rec.stored == len(missed) and rec.items_read == 100
+    oldest = min(stamps[int(e.rsplit("-", 1)[1])] for e in missed)
+    assert rec.max_lateness_seconds == pytest.approx(clock.t - oldest)
+    assert r.passes["settling"].stored == 0 and r.passes["fresh"].stored == 0
+    assert r.fetched == len(missed)
+    # the last run is kept in the warehouse: a run ten minutes later does not reconcile
+    clock.t += 600
+    assert not fetch(sim, engine, landing_root, clock).reconciled
+    assert wh.get_stream_state(engine, NEWSLETTER.cursor_name).reconciled_at == T0 + 6 * 3600 + 60
