@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 from dagster import (
     AssetKey,
     AssetSelection,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     EventLogEntry,
@@ -22,7 +23,6 @@ from dagster import (
     define_asset_job,
     sensor,
 )
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from analytics_pipeline.partitions import (
     TIMEZONES_PARTITIONS_NAME,
@@ -156,6 +156,44 @@ def mailgun_fetch_job(pipeline: EmailPipeline):
     )
 
 
+# A fetch run in any of these states is in flight: a queued one too, or each tick would
+# queue another fetch behind it under the queued run coordinator.
+FETCH_IN_FLIGHT_STATUSES = (
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
+def fetch_runs_in_flight(
+    instance, job_name: str, now: datetime, stale_after: timedelta
+) -> tuple[list[tuple[str, str, timedelta]], list[tuple[str, str, timedelta]]]:
+    """(blocking, stale) fetch runs of ``job_name`` as (run id, status, age), newest first.
+
+    A run killed with kill -9 stays STARTED forever; one in flight for longer than
+    ``stale_after`` (since it started, or was created) no longer blocks. A QUEUED run always
+    blocks: it waits for a slot, and another fetch would only wait behind it.
+    """
+    blocking, stale = [], []
+    records = instance.get_run_records(
+        filters=RunsFilter(job_name=job_name, statuses=list(FETCH_IN_FLIGHT_STATUSES)),
+        limit=20)
+    for rec in records:
+        since = (datetime.fromtimestamp(rec.start_time, timezone.utc) if rec.start_time
+                 else rec.create_timestamp)
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        status = rec.dagster_run.status
+        entry = (rec.dagster_run.run_id, status.value, now - since)
+        if status != DagsterRunStatus.QUEUED and now - since > stale_after:
+            stale.append(entry)
+        else:
+            blocking.append(entry)
+    return blocking, stale
+
+
 def mailgun_sensor(pipeline: EmailPipeline, job):
     """A light sensor: it decides the window end and launches a run; the run fetches,
     lands and advances the durable cursor kept in the warehouse."""
@@ -171,12 +209,19 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
     def _sensor(context: SensorEvaluationContext, mailgun: Mailgun, warehouse: Warehouse):
         if not mailgun.configured:
             return SkipReason("Mailgun is not configured: set MAILGUN_DOMAIN and MAILGUN_API_KEY")
-        in_flight = context.instance.get_runs(
-            filters=RunsFilter(job_name=job.name, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
-        )
-        if in_flight:
-            return SkipReason(f"run {in_flight[0].run_id} is still fetching")
-        now = _utcnow().timestamp()
+        now_dt = _utcnow()
+        blocking, stale = fetch_runs_in_flight(
+            context.instance, job.name, now_dt, timedelta(minutes=mailgun.fetch_stale_minutes))
+        if blocking:
+            run_id, status, age = blocking[0]
+            return SkipReason(f"run {run_id} is still fetching ({status}, for "
+                              f"{age.total_seconds() / 60:.0f} minutes)")
+        if stale:
+            context.log.warning(
+                f"fetch run(s) {', '.join(r for r, _, _ in stale)} in flight for longer than "
+                f"MAILGUN_FETCH_STALE_MINUTES ({mailgun.fetch_stale_minutes}): presumed dead "
+                "(run monitoring marks them failed), no longer blocking this stream")
+        now = now_dt.timestamp()
         until = float(int(now - mailgun.lag_seconds))
         cursor = get_cursor(warehouse.engine(), pipeline.cursor_name)
         if cursor is not None:
@@ -184,10 +229,13 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
             settle_gap = (now - mailgun.settle_minutes * 60) - cursor[1]
             if fresh_gap < MIN_WINDOW_SECONDS and settle_gap < MIN_WINDOW_SECONDS:
                 return SkipReason("nothing new to fetch yet")
+        tags = {"analytics/stream": pipeline.stream}
+        if stale:
+            tags["analytics/stale_fetch_runs"] = ",".join(r for r, _, _ in stale)
         return RunRequest(
             run_key=f"{pipeline.cursor_name}:{int(until)}",
             run_config={"ops": {f"mailgun_{pipeline.name}_events": {"config": {"until": until}}}},
-            tags={"analytics/stream": pipeline.stream},
+            tags=tags,
         )
 
     return _sensor

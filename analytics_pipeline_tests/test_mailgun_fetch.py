@@ -1,6 +1,6 @@
 """Polling Mailgun into landing: cursors, settling pass, crash safety, quarantine, sensors."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -318,3 +318,60 @@ def test_events_indexed_later_than_the_settling_window_land_by_reconciliation(
     clock.t += 600
     assert not fetch(sim, engine, landing_root, clock).reconciled
     assert wh.get_stream_state(engine, NEWSLETTER.cursor_name).reconciled_at == T0 + 6 * 3600 + 60
+
+
+def fetch_run(instance, status):
+    """A fetch run of the newsletter pipeline in ``status`` (a queued run needs an origin)."""
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="analytics_pipeline.definitions")), "__repository__"),
+        "mailgun_newsletter_fetch")
+    return create_run_for_test(instance, job_name="mailgun_newsletter_fetch", status=status,
+                               remote_job_origin=origin)
+
+
+@pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED,
+                                    DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING])
+def test_sensor_counts_queued_and_starting_fetches_as_in_flight(
+        sim, warehouse_url, landing_root, monkeypatch, status):
+    """Under the queued run coordinator a fetch waits QUEUED: the next tick must not queue
+    another one behind it."""
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime.now(timezone.utc))
+    with instance_for_test() as instance:
+        run = fetch_run(instance, status)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and run.run_id in skip.skip_message
+
+
+def test_sensor_stops_waiting_for_a_fetch_in_flight_too_long(
+        sim, warehouse_url, landing_root, monkeypatch):
+    """A fetch killed with kill -9 stays STARTED forever: past MAILGUN_FETCH_STALE_MINUTES it
+    no longer blocks the stream (reported in the new request's tags and the log), while a
+    queued one still does, whatever its age."""
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    with instance_for_test() as instance:
+        dead = create_run_for_test(instance, job_name="mailgun_newsletter_fetch",
+                                   status=DagsterRunStatus.STARTED)
+        later = datetime.now(timezone.utc) + timedelta(minutes=59)
+        monkeypatch.setattr(sensors, "_utcnow", lambda: later)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and dead.run_id in skip.skip_message
+        later = datetime.now(timezone.utc) + timedelta(minutes=61)
+        req = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(req, RunRequest)
+        assert req.tags["analytics/stale_fetch_runs"] == dead.run_id
+        # a shorter limit from the environment's setting
+        later = datetime.now(timezone.utc) + timedelta(minutes=11)
+        assert isinstance(evaluate(sensor_def, instance, sim, warehouse_url, landing_root,
+                                   fetch_stale_minutes=10), RunRequest)
+        queued = fetch_run(instance, DagsterRunStatus.QUEUED)
+        later = datetime.now(timezone.utc) + timedelta(hours=5)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and queued.run_id in skip.skip_message
