@@ -262,6 +262,10 @@ class MailgunFetchConfig(Config):
     )
 
 
+# 3,000 buckets = a month of events in every quarter hour; beyond, the span is used.
+MAX_BUCKETS_IN_METADATA = 3000
+
+
 def mailgun_events_asset(pipeline: EmailPipeline):
     """The landed Mailgun events of one pipeline, appended by each polling run."""
 
@@ -303,6 +307,7 @@ def mailgun_events_asset(pipeline: EmailPipeline):
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
+        buckets = r.buckets
         per_pass = {}
         for label, stats in r.passes.items():
             # flat numbers, so that the UI plots them run after run
@@ -318,7 +323,10 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
             "fresh_until": iso(r.fresh_until),
-            # epoch seconds, read by the late-events sensor
+            # read by the late-events sensor: the 15-minute UTC buckets of the events this
+            # run stored (epoch // 900; left out when too many) and their span (epoch seconds)
+            **({"event_buckets_15m": MetadataValue.json(buckets)}
+               if len(buckets) <= MAX_BUCKETS_IN_METADATA else {}),
             "event_time_min": r.event_time_min if r.event_time_min is not None else 0.0,
             "event_time_max": r.event_time_max if r.event_time_max is not None else 0.0,
             "settled_until": iso(r.settled_until),

@@ -3,23 +3,22 @@ and refresh accounts so new timezones get partitions without manual steps."""
 
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     AssetSelection,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
-    EventLogEntry,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    asset_sensor,
     define_asset_job,
     sensor,
 )
@@ -270,14 +269,9 @@ email_stats_schedules = {
 }
 
 
-def affected_partitions(
-    time_min: float, time_max: float, timezones: Iterable[str], materialized: set[str]
-) -> list[LocalDay]:
-    """Partitions whose local day overlaps [time_min, time_max] and that were already
-    materialized (the closed-days sensor takes care of the others)."""
+def _local_days(lo: datetime, hi: datetime, timezones: Iterable[str]) -> list[LocalDay]:
+    """Every local day, per timezone, that the instants [lo, hi] touch."""
     out = []
-    lo = datetime.fromtimestamp(time_min, timezone.utc)
-    hi = datetime.fromtimestamp(time_max, timezone.utc)
     for tz in sorted(timezones):
         try:
             first, last = local_date_of(lo, tz), local_date_of(hi, tz)
@@ -285,43 +279,126 @@ def affected_partitions(
             continue
         d = first
         while d <= last:
-            day = LocalDay(d, tz)
-            if day.key in materialized:
-                out.append(day)
+            out.append(LocalDay(d, tz))
             d += timedelta(days=1)
     return out
 
 
+def affected_partitions(
+    time_min: float, time_max: float, timezones: Iterable[str], materialized: set[str]
+) -> list[LocalDay]:
+    """Partitions whose local day overlaps [time_min, time_max] and that were already
+    materialized (the closed-days sensor takes care of the others)."""
+    lo = datetime.fromtimestamp(time_min, timezone.utc)
+    hi = datetime.fromtimestamp(time_max, timezone.utc)
+    return [d for d in _local_days(lo, hi, timezones) if d.key in materialized]
+
+
+def days_of_buckets(buckets: Iterable[int], timezones: Iterable[str]) -> list[LocalDay]:
+    """The local days (per timezone) of 15-minute UTC buckets (epoch seconds // 900).
+
+    Local midnights fall on quarter hours (every offset in use is a multiple of 15 minutes),
+    so a run of consecutive buckets touches exactly the dates that its buckets lie in.
+    """
+    runs: list[list[int]] = []
+    for b in sorted(set(buckets)):
+        if runs and b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    tzs = sorted(timezones)
+    days: set[LocalDay] = set()
+    for lo, hi in runs:
+        days.update(_local_days(datetime.fromtimestamp(lo * 900, timezone.utc),
+                                datetime.fromtimestamp((hi + 1) * 900 - 1, timezone.utc), tzs))
+    return sorted(days, key=lambda d: (d.tz, d.day))
+
+
+def days_of_fetch(metadata: Mapping, timezones: Iterable[str]) -> list[LocalDay]:
+    """The local days a fetch stored events for, from its materialization's metadata:
+    its 15-minute buckets, or (older fetches, or too many buckets) its [min, max] span."""
+    buckets = metadata.get("event_buckets_15m")
+    if buckets is not None and buckets.value is not None:
+        return days_of_buckets((int(b) for b in buckets.value), timezones)
+    lo, hi = metadata.get("event_time_min"), metadata.get("event_time_max")
+    if lo is None or hi is None or not lo.value:
+        return []  # the fetch stored no events
+    return _local_days(datetime.fromtimestamp(float(lo.value), timezone.utc),
+                       datetime.fromtimestamp(float(hi.value), timezone.utc), timezones)
+
+
+LATE_REQUESTS_PER_TICK = 100
+LATE_FETCHES_PER_TICK = 2000  # materializations read in one tick; the rest the next one
+
+
+def _late_cursor(raw: str | None) -> tuple[int | None, dict[str, int]]:
+    """(last fetch storage id seen, {partition key: storage id of the newest fetch that
+    touched it} still to request). The former asset sensor kept a bare storage id."""
+    if not raw:
+        return None, {}
+    try:
+        return int(raw), {}
+    except ValueError:
+        state = json.loads(raw)
+        return state.get("after"), {k: int(v) for k, v in state.get("pending", {}).items()}
+
+
 def late_email_events_sensor(pipeline: EmailPipeline):
-    """When a fetch lands events for days already rolled up, re-materialize those days."""
+    """When fetches land events for days already rolled up, re-materialize those days."""
     job = email_daily_jobs[pipeline.name]
+    fetch_key = AssetKey(f"mailgun_{pipeline.name}_events")
     raw_key = AssetKey(f"raw_{pipeline.name}_email_events")
 
-    @asset_sensor(
+    @sensor(
         name=f"late_{pipeline.name}_email_events_sensor",
-        asset_key=AssetKey(f"mailgun_{pipeline.name}_events"),
         job=job,
         default_status=DefaultSensorStatus.RUNNING,
         description="Re-materializes the date|timezone partitions of already rolled-up days "
-        f"that a Mailgun fetch of {pipeline.name} events added events to.",
+        f"that Mailgun fetches of {pipeline.name} events added events to: every fetch since "
+        f"the last tick, at most {LATE_REQUESTS_PER_TICK} requests per tick (the rest follow).",
     )
-    def _sensor(context: SensorEvaluationContext, asset_event: EventLogEntry):
-        mat = asset_event.asset_materialization
-        meta = mat.metadata if mat else {}
-        lo = meta.get("event_time_min")
-        hi = meta.get("event_time_max")
-        if lo is None or hi is None or not lo.value:
-            return SkipReason("the fetch landed no events")
+    def _sensor(context: SensorEvaluationContext):
+        after, pending = _late_cursor(context.cursor)
+        if after is None:
+            # A fresh sensor starts with the newest fetch (older ones are the backfill's).
+            newest = context.instance.fetch_materializations(fetch_key, limit=1).records
+            after = newest[0].storage_id - 1 if newest else 0
         timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
-        done = set(context.instance.get_materialized_partitions(raw_key))
-        days = affected_partitions(float(lo.value), float(hi.value), timezones, done)
-        if not days:
-            return SkipReason("no rolled-up day was touched")
-        return [
-            RunRequest(run_key=f"{asset_event.run_id}:{d.key}", partition_key=d.multi_key(),
-                       tags={"analytics/timezone": d.tz, "analytics/reason": "late-events"})
-            for d in days
-        ]
+        done: set[str] | None = None
+        fetches = 0
+        while fetches < LATE_FETCHES_PER_TICK:
+            page = context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=fetch_key, after_storage_id=after),
+                limit=min(200, LATE_FETCHES_PER_TICK - fetches), ascending=True)
+            for record in page.records:
+                mat = record.event_log_entry.asset_materialization
+                days = days_of_fetch(mat.metadata if mat else {}, timezones)
+                if days and done is None:
+                    done = set(context.instance.get_materialized_partitions(raw_key))
+                for day in days:
+                    if day.key in done:
+                        pending[day.key] = record.storage_id  # the newest fetch wins
+                after = record.storage_id
+            fetches += len(page.records)
+            if not page.has_more:
+                break
+        # Oldest fetch first; the run key names the newest fetch that touched the day, so a
+        # later fetch that brings more events of the same day gets its own run.
+        order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
+        now, rest = order[:LATE_REQUESTS_PER_TICK], dict(order[LATE_REQUESTS_PER_TICK:])
+        cursor = json.dumps({"after": after, "pending": rest}, sort_keys=True)
+        if not now:
+            return SensorResult(skip_reason="no rolled-up day was touched by a new fetch",
+                                cursor=cursor)
+        if rest:
+            context.log.info(f"{len(rest)} late-event partitions left for the next ticks")
+        requests = []
+        for key, storage_id in now:
+            day = LocalDay.from_key(key)
+            requests.append(RunRequest(
+                run_key=f"late:{storage_id}:{key}", partition_key=day.multi_key(),
+                tags={"analytics/timezone": day.tz, "analytics/reason": "late-events"}))
+        return SensorResult(run_requests=requests, cursor=cursor)
 
     return _sensor
 

@@ -195,6 +195,10 @@ class PassStats:
 
 
 PASSES = ("fresh", "settling", "reconciliation")
+# Every UTC offset in use is a multiple of 15 minutes, so a 15-minute UTC bucket lies in
+# exactly one local date of any timezone: the buckets of a fetch's new events name the
+# partitions it touched precisely, where a [min, max] span can cover weeks.
+BUCKET_SECONDS = 900
 
 
 @dataclass
@@ -211,14 +215,24 @@ class FetchResult:
         default_factory=lambda: {p: PassStats() for p in PASSES})
     reconciled: bool = False  # this run was due for, and ran, the reconciliation pass
     reconciled_at: float | None = None  # when the last reconciliation ran (epoch seconds)
+    _buckets: list[pa.Array] = field(default_factory=list, repr=False)
 
     def note_times(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        micros = pc.cast(pc.cast(table["timestamp"], pa.timestamp("us")), pa.int64())
+        self._buckets.append(pc.unique(pc.divide(micros, BUCKET_SECONDS * 1_000_000)))
         lo, hi = pc.min_max(table["timestamp"]).values()
         lo, hi = lo.as_py().timestamp(), hi.as_py().timestamp()
         self.event_time_min = lo if self.event_time_min is None else min(self.event_time_min, lo)
         self.event_time_max = hi if self.event_time_max is None else max(self.event_time_max, hi)
+
+    @property
+    def buckets(self) -> list[int]:
+        """The distinct 15-minute UTC buckets (epoch seconds // 900) of the stored events."""
+        if not self._buckets:
+            return []
+        return sorted(pc.unique(pa.chunked_array(self._buckets, pa.int64())).to_pylist())
 
 
 def fetch_provider_events(

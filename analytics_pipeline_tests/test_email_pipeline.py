@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from dagster import build_sensor_context, instance_for_test, materialize
+from dagster import AssetKey, build_sensor_context, instance_for_test, materialize
 
 from analytics_pipeline import assets as assets_mod
 from analytics_pipeline import warehouse as wh
@@ -172,7 +172,7 @@ def test_email_pipeline_end_to_end(world):
     from analytics_pipeline.definitions import defs
 
     ctx = build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
-    reqs = list(late_email_sensors["newsletter"](ctx))
+    reqs = late_email_sensors["newsletter"](ctx).run_requests
     # the landed span (23:55Z on the 24th) touches the 24th of both timezones, both
     # already rolled up; the 25th was never materialized and is left to the day-close sensor
     assert sorted(str(r.partition_key) for r in reqs) == [
@@ -186,6 +186,37 @@ def test_email_pipeline_end_to_end(world):
     assert wh.get_cursor(engine, "mailgun:automation")[0] < wh.get_cursor(
         engine, "mailgun:newsletter")[0]
     engine.dispose()
+
+
+def test_late_events_sensor_sees_every_fetch_since_its_cursor(world):
+    """Two fetches between two ticks: the first lands a late event of an already rolled-up
+    day, the second only events of a day not rolled up yet. The day of the first fetch is
+    re-materialized (the sensor used to look at the newest fetch only)."""
+    from analytics_pipeline.definitions import defs
+
+    clock, sim, instance, res = world
+    newsletter_raw, newsletter_rollups, _ = email_pipeline_assets["newsletter"]
+    run([accounts], instance, res)
+    run([mailgun_event_assets["newsletter"]], instance, res)
+    clock.t = utc(2026, 2, 25, 5, 40)
+    for key in ("2026-02-24|UTC", "2026-02-24|America/New_York"):
+        run([newsletter_raw, newsletter_rollups], instance, res, partition_key=key)
+    # the last tick saw the first fetch (a cursor as the former asset sensor kept it)
+    [first] = instance.fetch_materializations(
+        AssetKey("mailgun_newsletter_events"), limit=10).records
+    cursor = str(first.storage_id)
+    clock.t = utc(2026, 2, 25, 5, 45)  # the settling pass finds the late open of the 24th
+    run([mailgun_event_assets["newsletter"]], instance, res)
+    sim.add(sample_item("o-25", "opened", utc(2026, 2, 25, 5, 50), "member5@example.com",
+                        "<b100@mg>", ["newsletter"]))
+    clock.t = utc(2026, 2, 25, 6, 0)  # lands an open of the 25th only
+    run([mailgun_event_assets["newsletter"]], instance, res)
+    ctx = build_sensor_context(instance=instance, cursor=cursor,
+                               repository_def=defs.get_repository_def())
+    result = late_email_sensors["newsletter"](ctx)
+    reqs = result.run_requests
+    assert sorted(str(r.partition_key) for r in reqs) == [
+        "2026-02-24|America/New_York", "2026-02-24|UTC"]
 
 
 def one_recipient_world(tmp_path, source_url: str, warehouse_url: str, message_id: str):

@@ -81,6 +81,7 @@ def test_fresh_pass_lands_and_advances_cursor(sim, engine, landing_root, clock):
     add(sim, 99, T0 - 30)  # inside the lag: the next run's
     r = fetch(sim, engine, landing_root, clock)
     assert r.fetched == 5
+    assert r.buckets == sorted({int(T0 - 600 + i) // 900 for i in range(5)})
     assert wh.get_cursor(engine, NEWSLETTER.cursor_name) == (T0 - 60, T0 - SETTLE)
     assert sorted(landed(landing_root)["event_id"].to_pylist()) == [
         f"ev-newsletter-{i}" for i in range(5)]

@@ -140,3 +140,98 @@ def test_affected_partitions_are_only_already_materialized_days():
             "2026-02-10|America/New_York"}
     days = affected_partitions(lo, hi, ["America/New_York", "Asia/Kolkata"], done)
     assert [d.key for d in days] == ["2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata"]
+
+
+# --- late email events: every fetch since the cursor, precise days, bounded ticks ----------
+
+
+def _fetch_done(instance, buckets=None, lo=None, hi=None):
+    """A fetch's materialization as the Mailgun asset records it."""
+    from dagster import AssetMaterialization
+
+    meta = {"event_time_min": lo or 0.0, "event_time_max": hi or 0.0}
+    if buckets is not None:
+        meta["event_buckets_15m"] = sorted(buckets)
+        meta["event_time_min"] = float(min(buckets) * 900)
+        meta["event_time_max"] = float(max(buckets) * 900 + 899)
+    instance.report_runless_asset_event(
+        AssetMaterialization("mailgun_newsletter_events", metadata=meta))
+
+
+def _rolled_up(instance, *keys):
+    from dagster import AssetMaterialization
+
+    for k in keys:
+        instance.report_runless_asset_event(
+            AssetMaterialization("raw_newsletter_email_events", partition=k))
+
+
+def _late_tick(instance, cursor):
+    ctx = build_sensor_context(instance=instance, cursor=cursor)
+    result = sensors.late_email_sensors["newsletter"](ctx)
+    return result, result.cursor
+
+
+def _bucket(*a) -> int:
+    return int(datetime(*a, tzinfo=UTC).timestamp()) // 900
+
+
+def test_days_of_buckets_are_exact_per_timezone():
+    from analytics_pipeline.sensors import days_of_buckets
+
+    # 23:45Z on the 24th and 10:00Z on the 26th: the 25th lies between, but has no event
+    b = [_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)]
+    assert [d.key for d in days_of_buckets(b, ["UTC", "Asia/Kathmandu",
+                                               "America/New_York"])] == [
+        "2026-02-24|America/New_York", "2026-02-26|America/New_York",
+        # Kathmandu is UTC+05:45: 23:45Z is already 05:30 on the 25th
+        "2026-02-25|Asia/Kathmandu", "2026-02-26|Asia/Kathmandu",
+        "2026-02-24|UTC", "2026-02-26|UTC"]
+    # Kathmandu's midnight is 18:15Z: the buckets before and after it fall on two dates
+    b = [_bucket(2026, 2, 24, 18), _bucket(2026, 2, 24, 18, 15)]
+    assert [d.key for d in days_of_buckets(b, ["Asia/Kathmandu"])] == [
+        "2026-02-24|Asia/Kathmandu", "2026-02-25|Asia/Kathmandu"]
+
+
+def test_late_events_sensor_requests_only_days_with_new_events(instance):
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    _rolled_up(instance, "2026-02-24|UTC", "2026-02-25|UTC", "2026-02-26|UTC")
+    _fetch_done(instance, buckets=[_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)])
+    result, _ = _late_tick(instance, None)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == [
+        "2026-02-24|UTC", "2026-02-26|UTC"]  # not the 25th in between
+    # a fetch recorded before buckets existed: its [min, max] span
+    _fetch_done(instance, lo=datetime(2026, 2, 24, 23, tzinfo=UTC).timestamp(),
+                hi=datetime(2026, 2, 25, 1, tzinfo=UTC).timestamp())
+    result, _ = _late_tick(instance, result.cursor)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == [
+        "2026-02-24|UTC", "2026-02-25|UTC"]
+
+
+def test_late_events_sensor_caps_a_tick_and_carries_the_rest(instance):
+    """One tick once produced 679 requests: at most 100 per tick, the rest carried in the
+    cursor; a later fetch touching a day already requested gets a new run key."""
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    days = [date(2025, 10, 1) + timedelta(days=i) for i in range(130)]
+    _rolled_up(instance, *[f"{d.isoformat()}|UTC" for d in days])
+    [first] = instance.fetch_materializations(
+        sensors.AssetKey("raw_newsletter_email_events"), limit=1).records
+    cursor = str(first.storage_id)  # former format: the last storage id seen
+    _fetch_done(instance, buckets=[_bucket(d.year, d.month, d.day, 12) for d in days[:70]])
+    _fetch_done(instance, buckets=[_bucket(d.year, d.month, d.day, 12) for d in days[60:]])
+    r1, cursor = _late_tick(instance, cursor)
+    assert len(r1.run_requests) == 100
+    r2, cursor = _late_tick(instance, cursor)
+    assert len(r2.run_requests) == 30
+    keys = [str(r.partition_key) for r in r1.run_requests + r2.run_requests]
+    assert sorted(keys) == sorted(f"{d.isoformat()}|UTC" for d in days)  # each day once
+    r3, cursor = _late_tick(instance, cursor)
+    assert not r3.run_requests
+    # another fetch brings more events of a day requested already: requested again
+    _fetch_done(instance, buckets=[_bucket(2025, 10, 1, 12)])
+    r4, cursor = _late_tick(instance, cursor)
+    [again] = r4.run_requests
+    assert str(again.partition_key) == "2025-10-01|UTC"
+    earlier = next(r for r in r1.run_requests if str(r.partition_key) == "2025-10-01|UTC")
+    assert again.run_key != earlier.run_key
+    assert again.tags["analytics/reason"] == "late-events"
