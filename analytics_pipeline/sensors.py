@@ -3,7 +3,8 @@ and refresh accounts so new timezones get partitions without manual steps."""
 
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from dagster import (
@@ -32,7 +33,7 @@ from analytics_pipeline.partitions import (
 )
 from analytics_pipeline.registry import EMAIL_PIPELINES, EmailPipeline
 from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
-from analytics_pipeline.warehouse import get_cursor
+from analytics_pipeline.warehouse import get_cursor, get_stream_state
 
 accounts_job = define_asset_job(
     "refresh_accounts",
@@ -108,36 +109,126 @@ def email_daily_job(pipeline: EmailPipeline):
 email_daily_jobs = {p.name: email_daily_job(p) for p in EMAIL_PIPELINES}
 
 
+REPORTING_STREAM = "reporting"
+
+
+def email_stream_name(pipeline: EmailPipeline) -> str:
+    return f"email:{pipeline.name}"
+
+
+@dataclass(frozen=True)
+class StreamClock:
+    """How far a stream of partitions may be rolled up.
+
+    ``closed_until``: a day is due once its end plus the grace is at or before this instant
+    (now for reporting; for an email stream the earlier of now and its settled watermark,
+    so a day is rolled up only once Mailgun's late indexing of it has settled).
+    ``starts_at``: where a stream seen for the first time starts (its first fetch's
+    window), instead of the last ``lookback_days`` closed days.
+    """
+
+    name: str
+    closed_until: datetime
+    starts_at: datetime | None = None
+
+
+def read_progress(raw: str | None) -> dict[str, dict[str, str]]:
+    """The closed-days sensor's cursor: ``{stream: {timezone: last date requested}}``.
+    The former cursor, one flat ``{timezone: date}`` shared by every stream, is read as
+    the reporting stream's progress."""
+    if not raw:
+        return {}
+    state = json.loads(raw)
+    if isinstance(state.get("streams"), dict):
+        return {k: dict(v) for k, v in state["streams"].items()}
+    return {REPORTING_STREAM: dict(state)}
+
+
+def due_stream_partitions(
+    streams: Sequence[StreamClock],
+    timezones: Iterable[str],
+    progress: dict[str, dict[str, str]],
+    grace: timedelta,
+    first_date: date,
+    lookback_days: int = FIRST_LOOKBACK_DAYS,
+    limit: int = MAX_REQUESTS_PER_TICK,
+) -> tuple[dict[str, list[LocalDay]], dict[str, dict[str, str]]]:
+    """Each stream's due days (its own progress and clock), oldest first, within one shared
+    per-tick ``limit``; and the advanced progress of every stream."""
+    tzs = sorted(timezones)
+    new_progress = {k: dict(v) for k, v in progress.items()}
+    due: dict[str, list[LocalDay]] = {}
+    remaining = limit
+    for stream in streams:
+        cursor = progress.get(stream.name)
+        if cursor is None:
+            cursor = {}
+            if stream.starts_at is not None:
+                for tz in tzs:
+                    try:
+                        start = max(first_date, local_date_of(stream.starts_at, tz))
+                    except ValueError:
+                        continue  # not a valid zone: the accounts check reports it
+                    cursor[tz] = (start - timedelta(days=1)).isoformat()
+        days, advanced = due_partitions(stream.closed_until, tzs, cursor, grace, first_date,
+                                        lookback_days, max(remaining, 0))
+        due[stream.name] = days
+        new_progress[stream.name] = advanced
+        remaining -= len(days)
+    return due, new_progress
+
+
 @sensor(
     jobs=[reporting_job, *email_daily_jobs.values()],
     minimum_interval_seconds=300,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requests each date|timezone partition once that local day has closed "
-    "plus the grace period (ANALYTICS_CLOSE_GRACE_MINUTES).",
+    "plus the grace period (ANALYTICS_CLOSE_GRACE_MINUTES); email days only once their "
+    "Mailgun stream's settled watermark has passed it too. Each stream keeps its own progress.",
 )
 def closed_days_sensor(
-    context: SensorEvaluationContext, settings: PipelineSettings, mailgun: Mailgun
+    context: SensorEvaluationContext, settings: PipelineSettings, mailgun: Mailgun,
+    warehouse: Warehouse,
 ):
     timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
     if not timezones:
         return SkipReason("no timezone partitions yet: materialize `accounts` first")
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    due, new_cursor = due_partitions(
-        _utcnow(), timezones, cursor, settings.grace, settings.first_date
-    )
-    if not due:
-        return SkipReason("no local day has closed since the last tick")
+    now = _utcnow()
+    streams = [StreamClock(REPORTING_STREAM, now)]
+    jobs = {REPORTING_STREAM: reporting_job}
+    if mailgun.configured:  # email days only once events can be fetched
+        engine = warehouse.engine()
+        for pipeline in EMAIL_PIPELINES:
+            cursor = get_cursor(engine, pipeline.cursor_name)
+            if cursor is None:
+                continue  # not fetched yet: its days start with its first fetch
+            state = get_stream_state(engine, pipeline.cursor_name)
+            first = state.first_fetch_from if state else None
+            name = email_stream_name(pipeline)
+            streams.append(StreamClock(
+                name, min(now, datetime.fromtimestamp(cursor[1], timezone.utc)),
+                datetime.fromtimestamp(first, timezone.utc) if first is not None else None))
+            jobs[name] = email_daily_jobs[pipeline.name]
+    previous = read_progress(context.cursor)
+    due, progress = due_stream_partitions(
+        streams, timezones, previous, settings.grace, settings.first_date)
+    cursor = json.dumps({"streams": progress}, sort_keys=True)
     requests = []
-    for day in due:
-        requests.append(RunRequest(run_key=day.key, job_name=reporting_job.name,
-                                   partition_key=day.multi_key(),
-                                   tags={"analytics/timezone": day.tz}))
-        if mailgun.configured:  # email days only once events can be fetched
-            for job in email_daily_jobs.values():
-                requests.append(RunRequest(run_key=f"{job.name}:{day.key}", job_name=job.name,
-                                           partition_key=day.multi_key(),
-                                           tags={"analytics/timezone": day.tz}))
-    return SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True))
+    for stream, days in due.items():
+        job = jobs[stream]
+        for day in days:
+            # reporting keeps its bare key, email jobs theirs: the keys the former sensor
+            # used, so a day it requested already is not requested twice
+            key = day.key if stream == REPORTING_STREAM else f"{job.name}:{day.key}"
+            requests.append(RunRequest(run_key=key, job_name=job.name,
+                                       partition_key=day.multi_key(),
+                                       tags={"analytics/timezone": day.tz}))
+    if not requests:
+        skip = "no local day has closed (or settled) since the last tick"
+        if progress == previous:
+            return SkipReason(skip)
+        return SensorResult(skip_reason=skip, cursor=cursor)  # e.g. a new stream's start
+    return SensorResult(run_requests=requests, cursor=cursor)
 
 
 # --- email: Mailgun polling -----------------------------------------------------------------
