@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin, urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import urllib3
@@ -76,14 +77,29 @@ def _clean_strings(arr: pa.Array, json_text: bool) -> pa.Array:
         values = _clean_strings(arr.values, json_text)
         if values is arr.values:
             return arr
+        if arr.offset:  # from_arrays takes no null bitmap with sliced offsets: unslice
+            arr = pa.concat_arrays([arr])
+            values = _clean_strings(arr.values, json_text)
         return type(arr).from_arrays(arr.offsets, values, mask=arr.is_null())
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return arr
-    needles = [NUL, _JSON_NUL] if json_text else [NUL]
-    for needle, repl in zip(needles, [REPLACEMENT, _JSON_REPLACEMENT], strict=False):
-        if pc.any(pc.match_substring(arr, needle)).as_py():
-            arr = pc.replace_substring(arr, needle, repl)
+    if _has_nul_byte(arr):
+        arr = pc.replace_substring(arr, NUL, REPLACEMENT)
+    if json_text and pc.any(pc.match_substring(arr, _JSON_NUL)).as_py():
+        arr = pc.replace_substring(arr, _JSON_NUL, _JSON_REPLACEMENT)
     return arr
+
+
+def _has_nul_byte(arr: pa.Array) -> bool:
+    """Whether a string array's characters include NUL: a min over its UTF-8 bytes (a
+    0 byte is only ever the NUL character), without copying them."""
+    _, offsets, data = arr.buffers()[:3]
+    if data is None or len(arr) == 0:
+        return False
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    bounds = np.frombuffer(offsets, width)[arr.offset:arr.offset + len(arr) + 1]
+    lo, hi = int(bounds[0]), int(bounds[-1])
+    return hi > lo and int(np.frombuffer(data, np.uint8)[lo:hi].min()) == 0
 
 
 def sanitize_text(table: pa.Table, json_columns: tuple[str, ...] = ("raw",)) -> pa.Table:
@@ -96,8 +112,9 @@ def sanitize_text(table: pa.Table, json_columns: tuple[str, ...] = ("raw",)) -> 
     """
     for i, name in enumerate(table.column_names):
         col = table.column(i)
-        chunks = [_clean_strings(c, name in json_columns) for c in col.chunks]
-        if any(a is not b for a, b in zip(chunks, col.chunks, strict=True)):
+        before = col.chunks
+        chunks = [_clean_strings(c, name in json_columns) for c in before]
+        if any(a is not b for a, b in zip(chunks, before, strict=True)):
             table = table.set_column(i, table.field(i), pa.chunked_array(chunks, col.type))
     return table
 

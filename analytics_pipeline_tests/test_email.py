@@ -177,3 +177,17 @@ def test_message_ids_match_with_or_without_angle_brackets():
     old = events.set_column(events.schema.get_field_index("message_id"), "message_id",
                             pa.array(["<2026.abc@mg.example.com>"] * 2))
     assert sorted(match_recipients(old, recs).events["recipient_id"].to_pylist()) == [1, 2]
+
+
+def test_sanitize_text_replaces_nul_in_sliced_and_list_columns():
+    """Landed batches are often slices; list columns (tags) may hold nulls."""
+    from analytics_pipeline.mailgun import sanitize_text
+
+    t = pa.table({"tags": pa.array([["a\x00b", None], None, ["c\x00"]]).slice(1),
+                  "raw": ['{"x":"\\u0000"}', "ok"],
+                  "s": pa.array(["x\x00", "y\x00", None]).slice(1)})
+    assert sanitize_text(t).to_pylist() == [
+        {"tags": None, "raw": '{"x":"\\ufffd"}', "s": "y\ufffd"},
+        {"tags": ["c\ufffd"], "raw": "ok", "s": None}]
+    clean = pa.table({"s": pa.array(["x\x00", "y"]).slice(1)})
+    assert sanitize_text(clean) is clean  # nothing to replace: not copied
