@@ -340,6 +340,10 @@ class MailgunFetchConfig(Config):
     )
 
 
+# 3,000 buckets = a month of events in every quarter hour; beyond, the span is used.
+MAX_BUCKETS_IN_METADATA = 3000
+
+
 def mailgun_events_asset(pipeline: EmailPipeline):
     """The landed Mailgun events of one pipeline, appended by each polling run."""
 
@@ -367,20 +371,40 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             warehouse.engine(), pipeline, mailgun.tags_for(pipeline.name), until, now,
             settle_seconds=mailgun.settle_minutes * 60,
             initial_lookback_seconds=mailgun.initial_lookback_hours * 3600,
+            reconcile_every_seconds=mailgun.reconcile_every_minutes * 60,
+            retention_seconds=mailgun.retention_hours * 3600,
         )
         if r.malformed:
             context.log.warning(f"{r.malformed} malformed Mailgun items quarantined")
+        for label, stats in r.passes.items():
+            if label != "fresh" and stats.stored:
+                context.log.warning(
+                    f"the {label} pass stored {stats.stored} events the earlier passes had "
+                    f"missed (up to {stats.max_lateness_seconds / 60:.0f} minutes late)")
 
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
+        buckets = r.buckets
+        per_pass = {}
+        for label, stats in r.passes.items():
+            # flat numbers, so that the UI plots them run after run
+            per_pass[f"{label}_items_read"] = stats.items_read
+            per_pass[f"{label}_events_stored"] = stats.stored
+            per_pass[f"{label}_max_lateness_seconds"] = float(stats.max_lateness_seconds or 0.0)
         return MaterializeResult(metadata={
             "events_fetched": r.fetched,
+            **per_pass,
+            "reconciliation": "ran" if r.reconciled else "not due",
+            "last_reconciliation": iso(r.reconciled_at) if r.reconciled_at else "never",
             "files_landed": r.landed_files,
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
             "fresh_until": iso(r.fresh_until),
-            # epoch seconds, read by the late-events sensor
+            # read by the late-events sensor: the 15-minute UTC buckets of the events this
+            # run stored (epoch // 900; left out when too many) and their span (epoch seconds)
+            **({"event_buckets_15m": MetadataValue.json(buckets)}
+               if len(buckets) <= MAX_BUCKETS_IN_METADATA else {}),
             "event_time_min": r.event_time_min if r.event_time_min is not None else 0.0,
             "event_time_max": r.event_time_max if r.event_time_max is not None else 0.0,
             "settled_until": iso(r.settled_until),

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analytics_pipeline.mailgun import normalize_message_ids
 from analytics_pipeline.rollups import QUARANTINE_SCHEMA
 
 # A provider event matched to its recipient.
@@ -53,18 +54,25 @@ def match_recipients(events: pa.Table, recipients: pa.Table) -> Matched:
     """Join provider events to recipients on (message id, address, case-insensitive).
 
     Many recipients share one message id (a batch send); the address tells them apart.
+    Message ids compare without surrounding whitespace and angle brackets on both sides
+    (the app stores what the send API returned, ``<id>``; events carry ``id``).
     Only the keys and a row number go through the hash join; the event columns are then
     gathered by row number, which keeps the peak memory near one copy of the events.
     """
     if events.num_rows == 0:
         return Matched(EMAIL_EVENT_SCHEMA.empty_table(), events)
-    rec = recipients.select(["recipient_id", "message_id"]).append_column(
-        "address", pc.utf8_lower(pc.utf8_trim_whitespace(recipients["member_email"])))
+    rec = pa.table({
+        "recipient_id": recipients["recipient_id"],
+        "message_id": normalize_message_ids(recipients["message_id"]),
+        "address": pc.utf8_lower(pc.utf8_trim_whitespace(recipients["member_email"]))})
     # Several recipient rows for one (message, address) would multiply events: keep the
     # lowest recipient id (the app writes one row per address and send).
     rec = rec.group_by(["message_id", "address"], use_threads=False).aggregate(
         [("recipient_id", "min")]).rename_columns(["message_id", "address", "recipient_id"])
-    keys = pa.table({"message_id": events["message_id"], "address": events["recipient"],
+    mids = events["message_id"]
+    if pc.any(pc.starts_with(mids, "<")).as_py():  # landed before ids were normalized
+        mids = normalize_message_ids(mids)
+    keys = pa.table({"message_id": mids, "address": events["recipient"],
                      "row": pa.array(np.arange(events.num_rows, dtype=np.int64))})
     joined = keys.join(rec, keys=["message_id", "address"], join_type="left outer",
                        use_threads=True).select(["row", "recipient_id"])

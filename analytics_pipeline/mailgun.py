@@ -4,7 +4,8 @@
 300 items followed through ``paging.next`` until a page comes back empty. 429 honours
 ``Retry-After`` (or ``X-RateLimit-Reset``) with a cap, 5xx and connection errors are
 retried with exponential backoff, 401/403/404 fail at once. The API key never appears in
-an error message, a log line or metadata.
+an error message, a log line or metadata, and is sent only to the API base's own origin:
+a paging link to another scheme, host or port is refused before any request.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import urllib3
@@ -53,8 +55,91 @@ KNOWN_EVENTS = frozenset({"accepted", "delivered", "opened", "clicked", "failed"
                           "unsubscribed", "complained", "rejected", "stored"})
 
 
+def normalize_message_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Message ids in one spelling: surrounding whitespace and one pair of angle brackets
+    stripped. Mailgun's send API returns ``<id@domain>`` (what applications store), its
+    Events API reports ``id@domain``."""
+    trimmed = pc.utf8_trim_whitespace(ids)
+    bracketed = pc.and_(pc.starts_with(trimmed, "<"), pc.ends_with(trimmed, ">"))
+    inner = pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(trimmed, 1, -1))
+    return pc.if_else(pc.fill_null(bracketed, False), inner, trimmed)
+
+
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+_JSON_NUL = "\\u0000"  # how json.dumps writes a NUL character
+_JSON_REPLACEMENT = "\\ufffd"
+
+
+def _clean_strings(arr: pa.Array, json_text: bool) -> pa.Array:
+    """``arr`` (string or list of strings) with NUL replaced; unchanged when it has none."""
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        values = _clean_strings(arr.values, json_text)
+        if values is arr.values:
+            return arr
+        if arr.offset:  # from_arrays takes no null bitmap with sliced offsets: unslice
+            arr = pa.concat_arrays([arr])
+            values = _clean_strings(arr.values, json_text)
+        return type(arr).from_arrays(arr.offsets, values, mask=arr.is_null())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return arr
+    if _has_nul_byte(arr):
+        arr = pc.replace_substring(arr, NUL, REPLACEMENT)
+    if json_text and pc.any(pc.match_substring(arr, _JSON_NUL)).as_py():
+        arr = pc.replace_substring(arr, _JSON_NUL, _JSON_REPLACEMENT)
+    return arr
+
+
+def _has_nul_byte(arr: pa.Array) -> bool:
+    """Whether a string array's characters include NUL: a min over its UTF-8 bytes (a
+    0 byte is only ever the NUL character), without copying them."""
+    _, offsets, data = arr.buffers()[:3]
+    if data is None or len(arr) == 0:
+        return False
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    bounds = np.frombuffer(offsets, width)[arr.offset:arr.offset + len(arr) + 1]
+    lo, hi = int(bounds[0]), int(bounds[-1])
+    return hi > lo and int(np.frombuffer(data, np.uint8)[lo:hi].min()) == 0
+
+
+def sanitize_text(table: pa.Table, json_columns: tuple[str, ...] = ("raw",)) -> pa.Table:
+    """Replace NUL characters in every text column (and lists of text) with U+FFFD.
+
+    PostgreSQL text cannot hold NUL (``invalid byte sequence ... 0x00`` in COPY), so a
+    provider field with one would fail every write of it. In ``json_columns`` (the raw
+    item) the JSON escape ``\\u0000`` is replaced too, so the record stays valid JSON that
+    PostgreSQL's json types accept. Vectorized; columns without NUL are left as they are.
+    """
+    for i, name in enumerate(table.column_names):
+        col = table.column(i)
+        before = col.chunks
+        chunks = [_clean_strings(c, name in json_columns) for c in before]
+        if any(a is not b for a, b in zip(chunks, before, strict=True)):
+            table = table.set_column(i, table.field(i), pa.chunked_array(chunks, col.type))
+    return table
+
+
+def sanitize_str(value: str) -> str:
+    """One string (a malformed item's id or JSON), as ``sanitize_text`` does a column."""
+    return value.replace(NUL, REPLACEMENT).replace(_JSON_NUL, _JSON_REPLACEMENT)
+
+
 class MailgunError(RuntimeError):
     """A Mailgun request that cannot succeed (auth, missing domain, retries exhausted)."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, with the scheme's default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: an origin that matches nothing
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
 class _RateLimitRetry(Retry):
@@ -152,15 +237,25 @@ class MailgunClient:
         if tags:
             params["tags"] = tags
         url: str | None = f"{self.api_base.rstrip('/')}/{self.domain}/events?{urlencode(params)}"
+        origin = _origin(self.api_base)
         for _ in range(MAX_PAGES_PER_WINDOW):
             page = self._get(url)
             items = page.get("items") or []
             if not items:
                 return
             yield items
-            url = (page.get("paging") or {}).get("next")
-            if not url:
+            nxt = (page.get("paging") or {}).get("next")
+            if not nxt:
                 return
+            url = urljoin(url, str(nxt))
+            if _origin(url) != origin:
+                # The basic-auth header goes with every request: never to another origin.
+                scheme, host, port = _origin(url)
+                raise MailgunError(
+                    f"Mailgun paging for domain {self.domain!r} points to another origin "
+                    f"({scheme}://{host}:{port}, API base is {origin[0]}://{origin[1]}:"
+                    f"{origin[2]}); not followed, no request sent"
+                )
         raise MailgunError(f"Mailgun paging for domain {self.domain!r} did not end")
 
 
@@ -230,7 +325,8 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
                 good.append(item)
             else:
                 ident = str(item.get("id", "")) if isinstance(item, dict) else ""
-                malformed.append((ident, why, json.dumps(item, default=str)))
+                malformed.append((sanitize_str(ident), why,
+                                  sanitize_str(json.dumps(item, default=str))))
         arr = pa.array(good, type=ITEM_TYPE)
     n = len(arr)
     ts = pc.struct_field(arr, "timestamp")
@@ -241,7 +337,7 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
             pc.utf8_lower(pc.struct_field(arr, "event")),
             pc.cast(micros, pa.timestamp("us", tz="UTC")),
             pc.utf8_lower(pc.utf8_trim_whitespace(pc.struct_field(arr, "recipient"))),
-            pc.utf8_trim_whitespace(pc.struct_field(
+            normalize_message_ids(pc.struct_field(
                 pc.struct_field(pc.struct_field(arr, "message"), "headers"), "message-id")),
             pc.utf8_lower(pc.struct_field(arr, "severity")),
             pc.struct_field(arr, "tags"),
@@ -262,4 +358,4 @@ def parse_items(items: list, fetched_at: float, begin: float | None = None,
         keep = pc.and_(pc.greater_equal(table["timestamp"], lo),
                        pc.less(table["timestamp"], hi))
         table = table.filter(keep)
-    return ParsedPage(table, malformed)
+    return ParsedPage(sanitize_text(table), malformed)

@@ -94,6 +94,14 @@ class Mailgun(ConfigurableResource):
     newsletter_tags: str = Field(default="newsletter", description="tag filter expression")
     automation_tags: str = Field(default="automation", description="tag filter expression")
     settle_minutes: int = Field(default=30, description="events older than this are settled")
+    reconcile_every_minutes: int = Field(
+        default=360, description="how often a fetch also re-reads Mailgun's whole retention "
+        "(reconciliation pass, for events indexed later than the settling window)")
+    retention_hours: int = Field(
+        default=72, description="how far back Mailgun keeps events (the reconciliation window)")
+    fetch_stale_minutes: int = Field(
+        default=60, description="a fetch run in flight for longer than this is presumed dead "
+        "(killed) and no longer holds back the next fetch")
     lag_seconds: int = Field(default=60, description="the fresh pass stops this far from now")
     initial_lookback_hours: int = Field(
         default=72, description="how far back the first fetch of a stream starts"
@@ -136,6 +144,9 @@ def default_resources() -> dict[str, ConfigurableResource]:
             newsletter_tags=_env("MAILGUN_NEWSLETTER_TAGS"),
             automation_tags=_env("MAILGUN_AUTOMATION_TAGS"),
             settle_minutes=_env_int("MAILGUN_SETTLE_MINUTES"),
+            reconcile_every_minutes=_env_int("MAILGUN_RECONCILE_EVERY_MINUTES"),
+            retention_hours=_env_int("MAILGUN_RETENTION_HOURS"),
+            fetch_stale_minutes=_env_int("MAILGUN_FETCH_STALE_MINUTES"),
         ),
         "settings": PipelineSettings(
             default_timezone=_env("ANALYTICS_DEFAULT_TIMEZONE"),

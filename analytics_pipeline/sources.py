@@ -536,7 +536,8 @@ class EmailSource:
         """Recipients of the kind's emails (only those sent in ``message_ids`` if given),
         with the email's automation and tracking."""
         if message_ids is not None:
-            ids = sorted({m for m in message_ids if m})
+            # the app may store what the send API returned, ``<id>``: match both spellings
+            ids = sorted({v for m in message_ids if m for v in (m, f"<{m}>")})
             parts = [self._recipients(kind, ids[i:i + 2000]) for i in range(0, len(ids), 2000)]
             return pa.concat_tables(parts) if parts else RECIPIENT_SCHEMA.empty_table()
         return self._recipients(kind, None)

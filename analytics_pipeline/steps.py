@@ -26,7 +26,12 @@ from analytics_pipeline.email import (
     recipient_states,
 )
 from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient, parse_items
+from analytics_pipeline.mailgun import (
+    PROVIDER_EVENT_SCHEMA,
+    MailgunClient,
+    parse_items,
+    sanitize_text,
+)
 from analytics_pipeline.partitions import LocalDay
 from analytics_pipeline.registry import (
     EmailPipeline,
@@ -240,6 +245,29 @@ def _write_and_check(
 
 
 @dataclass
+class PassStats:
+    """What one pass (fresh, settling, reconciliation) of a fetch read and stored."""
+
+    items_read: int = 0  # items Mailgun returned for the pass's window
+    stored: int = 0  # events landed: those the earlier passes had missed
+    max_lateness_seconds: float | None = None  # of the stored ones: fetched_at - timestamp
+
+    def note(self, stored: pa.Table, fetched_at: float) -> None:
+        if stored.num_rows == 0:
+            return
+        oldest = pc.min(stored["timestamp"]).as_py().timestamp()
+        lateness = fetched_at - oldest
+        self.max_lateness_seconds = max(self.max_lateness_seconds or 0.0, lateness)
+
+
+PASSES = ("fresh", "settling", "reconciliation")
+# Every UTC offset in use is a multiple of 15 minutes, so a 15-minute UTC bucket lies in
+# exactly one local date of any timezone: the buckets of a fetch's new events name the
+# partitions it touched precisely, where a [min, max] span can cover weeks.
+BUCKET_SECONDS = 900
+
+
+@dataclass
 class FetchResult:
     windows: list[tuple[str, float, float]]
     fetched: int = 0
@@ -249,14 +277,28 @@ class FetchResult:
     settled_until: float = 0.0
     event_time_min: float | None = None  # span of the landed events' timestamps
     event_time_max: float | None = None
+    passes: dict[str, PassStats] = field(
+        default_factory=lambda: {p: PassStats() for p in PASSES})
+    reconciled: bool = False  # this run was due for, and ran, the reconciliation pass
+    reconciled_at: float | None = None  # when the last reconciliation ran (epoch seconds)
+    _buckets: list[pa.Array] = field(default_factory=list, repr=False)
 
     def note_times(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        micros = pc.cast(pc.cast(table["timestamp"], pa.timestamp("us")), pa.int64())
+        self._buckets.append(pc.unique(pc.divide(micros, BUCKET_SECONDS * 1_000_000)))
         lo, hi = pc.min_max(table["timestamp"]).values()
         lo, hi = lo.as_py().timestamp(), hi.as_py().timestamp()
         self.event_time_min = lo if self.event_time_min is None else min(self.event_time_min, lo)
         self.event_time_max = hi if self.event_time_max is None else max(self.event_time_max, hi)
+
+    @property
+    def buckets(self) -> list[int]:
+        """The distinct 15-minute UTC buckets (epoch seconds // 900) of the stored events."""
+        if not self._buckets:
+            return []
+        return sorted(pc.unique(pa.chunked_array(self._buckets, pa.int64())).to_pylist())
 
 
 def fetch_provider_events(
@@ -270,19 +312,28 @@ def fetch_provider_events(
     settle_seconds: float,
     initial_lookback_seconds: float,
     flush_rows: int = 200_000,
+    reconcile_every_seconds: float | None = 6 * 3600,
+    retention_seconds: float = 72 * 3600,
 ) -> FetchResult:
     """Fetch a stream's new windows from Mailgun, land them, then advance its cursor.
 
-    Two windows: the fresh pass ``[fresh_until, until)`` for low latency, and the settling
-    pass ``[settled_until, now - settle)`` that reads every period once more after
-    Mailgun's late indexing has settled. The cursor moves only after the events are
-    landed, so a crash anywhere means a re-fetch, never a loss; a re-fetched event is
-    stored again and counted once (the landed log is de-duplicated by event id).
+    Up to three windows: the fresh pass ``[fresh_until, until)`` for low latency; the
+    settling pass ``[settled_until, now - settle)`` that reads every period once more
+    after Mailgun's late indexing has mostly settled; and, every ``reconcile_every_seconds``
+    (None: never), the reconciliation pass over the rest of Mailgun's retention,
+    ``[now - retention, settled_until)``, for events indexed later than the settling window.
+    The settling and reconciliation passes store only events not landed yet, so what they
+    store is what the earlier passes missed. The cursor (and the time of the last
+    reconciliation) move only after the events are landed, so a crash anywhere means a
+    re-fetch, never a loss; a re-fetched event is stored again and counted once (the
+    landed log is de-duplicated by event id).
     """
-    cursor = wh.get_cursor(engine, pipeline.cursor_name)
+    name = pipeline.cursor_name
+    cursor = wh.get_cursor(engine, name)
+    first_fetch_from = None
     if cursor is None:
-        start = until - initial_lookback_seconds
-        cursor = (start, start)
+        first_fetch_from = until - initial_lookback_seconds
+        cursor = (first_fetch_from, first_fetch_from)
     fresh_from, settled_from = cursor
     settle_to = min(until, now - settle_seconds)
     windows = []
@@ -290,49 +341,72 @@ def fetch_provider_events(
         windows.append(("fresh", fresh_from, until))
     if settle_to > settled_from:
         windows.append(("settling", settled_from, settle_to))
-    result = FetchResult(windows=windows)
+    state = wh.get_stream_state(engine, name)
+    last_reconciled = state.reconciled_at if state else None
+    reconcile = reconcile_every_seconds is not None and (
+        last_reconciled is None or now - last_reconciled >= reconcile_every_seconds)
+    if reconcile:
+        # up to where this run's settling pass starts: together they cover the retention
+        begin, end = now - retention_seconds, min(settled_from, settle_to)
+        if end > begin:
+            windows.append(("reconciliation", begin, end))
+    result = FetchResult(windows=windows, reconciled=reconcile,
+                         reconciled_at=now if reconcile else last_reconciled)
     fetch_id = f"{int(now)}-{uuid.uuid4().hex[:6]}"
     malformed: list[tuple[str, str, str]] = []
     for label, begin, end in windows:
+        stats = result.passes[label]
         buffered: list[pa.Table] = []
         rows = 0
         seen = None
-        if label == "settling":
-            # Most of a settling window was landed by the fresh pass: store only what is new.
+        if label != "fresh":
+            # Most of these windows was landed already: store only what is new.
             span = utc_dates_between(datetime.fromtimestamp(begin, timezone.utc),
                                      datetime.fromtimestamp(end, timezone.utc))
             seen = log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"]
         for items in client.pages(begin, end, tags=tags or None):
+            stats.items_read += len(items)
             parsed = parse_items(items, now, begin, end)
             if seen is not None and parsed.events.num_rows:
                 parsed.events = parsed.events.filter(
                     pc.invert(pc.is_in(parsed.events["event_id"], seen)))
             result.note_times(parsed.events)
+            stats.note(parsed.events, now)
             malformed.extend(parsed.malformed)
             buffered.append(parsed.events)
             rows += parsed.events.num_rows
             if rows >= flush_rows:
                 result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
                 result.fetched += rows
+                stats.stored += rows
                 buffered, rows = [], 0
         if buffered:
             result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
             result.fetched += rows
+            stats.stored += rows
     if malformed:
+        # One row per quarantine key: an item read by two passes is stored, and counted, once.
+        unique: dict[tuple[str, str], str] = {}
+        for ident, why, raw in malformed:
+            key = (ident or "sha1:" + hashlib.sha1(raw.encode()).hexdigest(),
+                   f"malformed_item: {why}")
+            unique.setdefault(key, raw)
         source = f"mailgun:{pipeline.name}"
         bad = pa.table({
-            "source": [source] * len(malformed),
-            "event_id": [i or "sha1:" + hashlib.sha1(raw.encode()).hexdigest()
-                         for i, _, raw in malformed],
-            "reason": [f"malformed_item: {why}" for _, why, _ in malformed],
-            "payload": [raw for _, _, raw in malformed],
+            "source": [source] * len(unique),
+            "event_id": [i for i, _ in unique],
+            "reason": [why for _, why in unique],
+            "payload": list(unique.values()),
         })
         fetched_day = datetime.fromtimestamp(now, timezone.utc).date()
         wh.add_quarantine(engine, fetched_day, "UTC", bad)
-        result.malformed = len(malformed)
+        result.malformed = bad.num_rows
     result.fresh_until = max(fresh_from, until)
     result.settled_until = max(settled_from, settle_to)
-    wh.advance_cursor(engine, pipeline.cursor_name, result.fresh_until, result.settled_until)
+    if reconcile or first_fetch_from is not None:
+        wh.record_stream_state(engine, name, first_fetch_from=first_fetch_from,
+                               reconciled_at=now if reconcile else None)
+    wh.advance_cursor(engine, name, result.fresh_until, result.settled_until)
     return result
 
 
@@ -368,7 +442,9 @@ def extract_email_partition(
     recipient, or a recipient of an unknown account, are quarantined by the default
     timezone's partitions only, so each is quarantined once.
     """
-    events = log.read(utc_dates_between(day.start_utc, day.end_utc), PROVIDER_EVENT_SCHEMA)
+    # sanitized on read too: logs landed before NUL was replaced on landing
+    events = sanitize_text(log.read(utc_dates_between(day.start_utc, day.end_utc),
+                                    PROVIDER_EVENT_SCHEMA))
     lo = pa.scalar(day.start_utc, pa.timestamp("us", tz="UTC"))
     hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
     events = events.filter(pc.and_(pc.greater_equal(events["timestamp"], lo),
@@ -457,9 +533,11 @@ def refresh_email_stats(
     often or in which order events arrived, and a failure leaves the previous tables.
     """
     # everything but the raw JSON and the tags: the fold needs only these
-    events = log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
+    # Sanitized on read as well as on landing: a NUL in a log landed before the fix would
+    # otherwise fail this refresh on PostgreSQL every time (it re-reads the whole log).
+    events = sanitize_text(log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
         "event", "timestamp", "recipient", "message_id", "severity", "delivery_status_code",
-        "delivery_status_message"])
+        "delivery_status_message"]))
     recipients = emails.recipients(pipeline.name)
     m = match_recipients(events, recipients)
     states = recipient_states(m.events)

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import pyarrow as pa
@@ -85,6 +86,19 @@ provider_cursors = sa.Table(
               comment="epoch seconds: events before this were fetched once"),
     sa.Column("settled_until", sa.Float(precision=53), nullable=False,
               comment="epoch seconds: events before this were re-read after settling"),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+# Added beside provider_cursors (whose columns stay as they are: existing warehouses only
+# get create_all): what a provider stream's scheduling needs besides its cursor.
+provider_streams = sa.Table(
+    "provider_streams",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),  # = provider_cursors.name
+    sa.Column("first_fetch_from", sa.Float(precision=53),
+              comment="epoch seconds: where the stream's first fetch began"),
+    sa.Column("reconciled_at", sa.Float(precision=53),
+              comment="epoch seconds: when the last reconciliation pass ran"),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
@@ -453,6 +467,48 @@ def advance_cursor(engine: Engine, name: str, fresh_until: float, settled_until:
             conn.execute(provider_cursors.update().where(c.name == name).values(
                 fresh_until=max(float(row[0]), fresh_until),
                 settled_until=max(float(row[1]), settled_until), updated_at=now))
+
+
+@dataclass(frozen=True)
+class StreamState:
+    first_fetch_from: float | None  # epoch seconds
+    reconciled_at: float | None  # epoch seconds
+
+
+def get_stream_state(engine: Engine, name: str) -> StreamState | None:
+    """What is known of a provider stream besides its cursor, or None."""
+    c = provider_streams.c
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(c.first_fetch_from, c.reconciled_at)
+                           .where(c.name == name)).first()
+    if row is None:
+        return None
+    return StreamState(*(None if v is None else float(v) for v in row))
+
+
+def record_stream_state(engine: Engine, name: str, first_fetch_from: float | None = None,
+                        reconciled_at: float | None = None) -> None:
+    """Record a stream's first fetch (kept once set) and its last reconciliation (moves
+    only forward), in one transaction."""
+    c = provider_streams.c
+    with engine.begin() as conn:
+        q = sa.select(c.first_fetch_from, c.reconciled_at).where(c.name == name)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        now = _utcnow()
+        if row is None:
+            stmt = _upsert(conn, provider_streams).values(
+                name=name, first_fetch_from=first_fetch_from, reconciled_at=reconciled_at,
+                updated_at=now).on_conflict_do_nothing(index_elements=["name"])
+            if conn.execute(stmt).rowcount:
+                return
+            row = conn.execute(q).first()  # a concurrent writer inserted it first
+        first = row[0] if row[0] is not None else first_fetch_from
+        last = row[1] if reconciled_at is None else (
+            reconciled_at if row[1] is None else max(float(row[1]), reconciled_at))
+        conn.execute(provider_streams.update().where(c.name == name).values(
+            first_fetch_from=first, reconciled_at=last, updated_at=now))
 
 
 def add_quarantine(engine: Engine, day: date, tz: str, rows: pa.Table) -> None:

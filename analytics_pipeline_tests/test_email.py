@@ -157,3 +157,37 @@ def test_recipients_by_message_id_use_bound_parameters(source_url):
     assert sorted(got["recipient_id"].to_pylist()) == [1, 4, 7]
     assert src.recipients("newsletter", message_ids=[]).num_rows == 0
     assert src.recipients("automation").num_rows == 0
+
+
+def test_message_ids_match_with_or_without_angle_brackets():
+    """The send API returns ``<id>``, the Events API reports ``id``: both spellings match."""
+    recs = recipients((1, 10, 100, 1000, "ann@example.com", "<2026.abc@mg.example.com>", None,
+                       True),
+                      (2, 10, 100, 1001, "bob@example.com", " 2026.abc@mg.example.com ", None,
+                       True))
+    events = provider(sample_item("a", "delivered", T, "ann@example.com",
+                                  "2026.abc@mg.example.com"),
+                      sample_item("b", "delivered", T, "bob@example.com",
+                                  " <2026.abc@mg.example.com> "))
+    assert events["message_id"].to_pylist() == ["2026.abc@mg.example.com"] * 2
+    m = match_recipients(events, recs)
+    assert sorted(m.events["recipient_id"].to_pylist()) == [1, 2]
+    assert m.unmatched.num_rows == 0
+    # a log landed before ids were normalized still matches
+    old = events.set_column(events.schema.get_field_index("message_id"), "message_id",
+                            pa.array(["<2026.abc@mg.example.com>"] * 2))
+    assert sorted(match_recipients(old, recs).events["recipient_id"].to_pylist()) == [1, 2]
+
+
+def test_sanitize_text_replaces_nul_in_sliced_and_list_columns():
+    """Landed batches are often slices; list columns (tags) may hold nulls."""
+    from analytics_pipeline.mailgun import sanitize_text
+
+    t = pa.table({"tags": pa.array([["a\x00b", None], None, ["c\x00"]]).slice(1),
+                  "raw": ['{"x":"\\u0000"}', "ok"],
+                  "s": pa.array(["x\x00", "y\x00", None]).slice(1)})
+    assert sanitize_text(t).to_pylist() == [
+        {"tags": None, "raw": '{"x":"\\ufffd"}', "s": "y\ufffd"},
+        {"tags": ["c\ufffd"], "raw": "ok", "s": None}]
+    clean = pa.table({"s": pa.array(["x\x00", "y"]).slice(1)})
+    assert sanitize_text(clean) is clean  # nothing to replace: not copied

@@ -118,3 +118,84 @@ def test_parse_items_drops_items_outside_the_window():
     items = [sample_item(str(i), "opened", T0 + i, "a@x", "<m@mg>") for i in range(5)]
     page = parse_items(items, fetched_at=T0, begin=T0 + 1, end=T0 + 3)
     assert page.events["event_id"].to_pylist() == ["1", "2"]
+
+
+# --- paging links: credentials only to the configured origin --------------------------------
+
+
+class _Recorder:
+    """A tiny HTTP server that records every request it receives (and its headers)."""
+
+    def __init__(self, host: str, page: dict | None = None):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # noqa: ANN002
+                pass
+
+            def do_GET(self):  # noqa: N802
+                rec.requests.append({"path": self.path, **dict(self.headers)})
+                body = json.dumps(rec.page).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.page = page or {"items": [], "paging": {}}
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("where", ["other_host", "other_port", "other_scheme"])
+def test_paging_link_to_another_origin_is_not_followed(where):
+    """A page whose ``paging.next`` names another scheme, host or port fails with a clear
+    error naming the domain, and the other origin never receives a request (nor the key)."""
+    foreign = _Recorder("127.0.0.2" if where == "other_host" else "127.0.0.1",
+                        {"items": [sample_item("x", "opened", T0, "a@x", "<m@mg>")],
+                         "paging": {}})
+    api = _Recorder("127.0.0.1")
+    nxt = {"other_host": f"http://127.0.0.2:{foreign.port}/v3/mg.example.com/events/t",
+           "other_port": f"http://127.0.0.1:{foreign.port}/v3/mg.example.com/events/t",
+           "other_scheme": f"https://127.0.0.1:{api.port}/v3/mg.example.com/events/t"}[where]
+    api.page = {"items": [sample_item("a", "opened", T0, "a@x", "<m@mg>")],
+                "paging": {"next": nxt}}
+    c = MailgunClient("mg.example.com", "key-VERY-SECRET-123", f"http://127.0.0.1:{api.port}/v3",
+                      backoff_factor=0.01, retries=1)
+    try:
+        pages = c.pages(T0, T0 + 5)
+        assert [i["id"] for i in next(pages)] == ["a"]
+        with pytest.raises(MailgunError) as info:
+            next(pages)
+        assert "mg.example.com" in str(info.value) and "paging" in str(info.value)
+        assert "VERY-SECRET" not in str(info.value)
+        assert foreign.requests == []
+        assert len(api.requests) == 1  # the other scheme is not even tried on the API port
+    finally:
+        foreign.close()
+        api.close()
+
+
+def test_paging_link_on_the_same_origin_is_followed():
+    api = _Recorder("127.0.0.1")
+    base = f"http://127.0.0.1:{api.port}/v3"
+    api.page = {"items": [sample_item("a", "opened", T0, "a@x", "<m@mg>")],
+                "paging": {"next": f"http://127.0.0.1:{api.port}/v3/mg.example.com/events/t"}}
+    c = MailgunClient("mg.example.com", "k", base, backoff_factor=0.01)
+    try:
+        pages = c.pages(T0, T0 + 5)
+        next(pages)
+        next(pages)
+        assert [r["path"] for r in api.requests][1] == "/v3/mg.example.com/events/t"
+    finally:
+        api.close()

@@ -1,6 +1,6 @@
 """Polling Mailgun into landing: cursors, settling pass, crash safety, quarantine, sensors."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -81,6 +81,7 @@ def test_fresh_pass_lands_and_advances_cursor(sim, engine, landing_root, clock):
     add(sim, 99, T0 - 30)  # inside the lag: the next run's
     r = fetch(sim, engine, landing_root, clock)
     assert r.fetched == 5
+    assert r.buckets == sorted({int(T0 - 600 + i) // 900 for i in range(5)})
     assert wh.get_cursor(engine, NEWSLETTER.cursor_name) == (T0 - 60, T0 - SETTLE)
     assert sorted(landed(landing_root)["event_id"].to_pylist()) == [
         f"ev-newsletter-{i}" for i in range(5)]
@@ -210,6 +211,9 @@ def test_fetch_asset_materializes(sim, warehouse_url, landing_root):
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
         assert meta["events_fetched"].value == 1
+        assert meta["fresh_events_stored"].value == 1 and meta["fresh_items_read"].value == 1
+        assert meta["reconciliation"].value == "ran"  # the stream's first run
+        assert meta["reconciliation_events_stored"].value == 0
         assert sim.api_key not in str(meta)
 
 
@@ -256,3 +260,119 @@ def test_sensor_skips_when_not_configured_or_up_to_date(
         renamed = sensors.mailgun_sensor(NEWSLETTER, sensors.mailgun_jobs["newsletter"])
         assert isinstance(evaluate(renamed, instance, sim, warehouse_url, landing_root),
                           SkipReason)
+
+
+def test_malformed_item_seen_by_both_passes_is_counted_once(sim, engine, landing_root, clock):
+    """The first fetch's fresh and settling passes both read [start, now - settle): a
+    malformed item there (with an id, or without one: content hash) is reported as often
+    as it is stored, once."""
+    add(sim, 1, T0 - 2100)
+    sim.add({"id": "broken-1", "event": "opened", "timestamp": T0 - 2000, "recipient": "a@x",
+             "tags": ["newsletter"], "message": {"headers": {}}})
+    sim.add({"event": "opened", "timestamp": T0 - 1990, "recipient": "b@x",
+             "tags": ["newsletter"], "message": {"headers": {"message-id": "<m@mg>"}}})
+    r = fetch(sim, engine, landing_root, clock)
+    assert [w[0] for w in r.windows][:2] == ["fresh", "settling"]
+    with engine.connect() as c:
+        stored = c.execute(sa.select(sa.func.count()).select_from(wh.quarantine)).scalar()
+    assert stored == 2
+    assert r.malformed == stored
+
+
+def test_events_indexed_later_than_the_settling_window_land_by_reconciliation(
+        sim, engine, landing_root, clock):
+    """Polled every 5 minutes, the fresh and settling passes miss events that Mailgun
+    indexes more than ~30 minutes late; the 6-hourly reconciliation pass re-reads the
+    retention window, stores exactly the missed ones and reports how late they were."""
+    stamps = {}
+    for i in range(20):  # indexed 31 minutes late
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i], indexed_at=stamps[i] + 31 * 60)
+    for i in range(20, 80):  # indexed 35 to 90 minutes late
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i], indexed_at=stamps[i] + (35 + (i - 20) * 55 / 59) * 60)
+    for i in range(80, 100):  # on time
+        stamps[i] = T0 + 60 + i * 20
+        add(sim, i, stamps[i])
+    first = fetch(sim, engine, landing_root, clock)
+    assert first.reconciled  # the first run reconciles what its settling pass does not read
+    for _ in range(36):  # three hours of polling
+        clock.t += 300
+        r = fetch(sim, engine, landing_root, clock)
+        assert not r.reconciled and "reconciliation" not in [w[0] for w in r.windows]
+    before = set(landed(landing_root)["event_id"].to_pylist())
+    late = {f"ev-newsletter-{i}" for i in range(20, 80)}
+    assert not before & late  # the 35-90 minutes late events were all missed
+    missed = {f"ev-newsletter-{i}" for i in range(100)} - before
+    clock.t = T0 + 6 * 3600 + 60  # six hours after the last reconciliation
+    r = fetch(sim, engine, landing_root, clock)
+    assert r.reconciled and [w[0] for w in r.windows] == ["fresh", "settling", "reconciliation"]
+    after = landed(landing_root)["event_id"].to_pylist()
+    assert len(after) == 100 and set(after) == {f"ev-newsletter-{i}" for i in range(100)}
+    rec = r.passes["reconciliation"]
+    assert rec.stored == len(missed) and rec.items_read == 100
+    oldest = min(stamps[int(e.rsplit("-", 1)[1])] for e in missed)
+    assert rec.max_lateness_seconds == pytest.approx(clock.t - oldest)
+    assert r.passes["settling"].stored == 0 and r.passes["fresh"].stored == 0
+    assert r.fetched == len(missed)
+    # the last run is kept in the warehouse: a run ten minutes later does not reconcile
+    clock.t += 600
+    assert not fetch(sim, engine, landing_root, clock).reconciled
+    assert wh.get_stream_state(engine, NEWSLETTER.cursor_name).reconciled_at == T0 + 6 * 3600 + 60
+
+
+def fetch_run(instance, status):
+    """A fetch run of the newsletter pipeline in ``status`` (a queued run needs an origin)."""
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="analytics_pipeline.definitions")), "__repository__"),
+        "mailgun_newsletter_fetch")
+    return create_run_for_test(instance, job_name="mailgun_newsletter_fetch", status=status,
+                               remote_job_origin=origin)
+
+
+@pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED,
+                                    DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING])
+def test_sensor_counts_queued_and_starting_fetches_as_in_flight(
+        sim, warehouse_url, landing_root, monkeypatch, status):
+    """Under the queued run coordinator a fetch waits QUEUED: the next tick must not queue
+    another one behind it."""
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime.now(timezone.utc))
+    with instance_for_test() as instance:
+        run = fetch_run(instance, status)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and run.run_id in skip.skip_message
+
+
+def test_sensor_stops_waiting_for_a_fetch_in_flight_too_long(
+        sim, warehouse_url, landing_root, monkeypatch):
+    """A fetch killed with kill -9 stays STARTED forever: past MAILGUN_FETCH_STALE_MINUTES it
+    no longer blocks the stream (reported in the new request's tags and the log), while a
+    queued one still does, whatever its age."""
+    sensor_def = sensors.mailgun_sensors["newsletter"]
+    with instance_for_test() as instance:
+        dead = create_run_for_test(instance, job_name="mailgun_newsletter_fetch",
+                                   status=DagsterRunStatus.STARTED)
+        later = datetime.now(timezone.utc) + timedelta(minutes=59)
+        monkeypatch.setattr(sensors, "_utcnow", lambda: later)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and dead.run_id in skip.skip_message
+        later = datetime.now(timezone.utc) + timedelta(minutes=61)
+        req = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(req, RunRequest)
+        assert req.tags["analytics/stale_fetch_runs"] == dead.run_id
+        # a shorter limit from the environment's setting
+        later = datetime.now(timezone.utc) + timedelta(minutes=11)
+        assert isinstance(evaluate(sensor_def, instance, sim, warehouse_url, landing_root,
+                                   fetch_stale_minutes=10), RunRequest)
+        queued = fetch_run(instance, DagsterRunStatus.QUEUED)
+        later = datetime.now(timezone.utc) + timedelta(hours=5)
+        skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
+        assert isinstance(skip, SkipReason) and queued.run_id in skip.skip_message

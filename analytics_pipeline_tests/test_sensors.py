@@ -14,9 +14,16 @@ from dagster import (
 )
 
 from analytics_pipeline import sensors
+from analytics_pipeline import warehouse as wh
 from analytics_pipeline.definitions import defs
-from analytics_pipeline.resources import Mailgun, PipelineSettings
-from analytics_pipeline.sensors import closed_days_sensor, due_partitions
+from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
+from analytics_pipeline.sensors import (
+    StreamClock,
+    closed_days_sensor,
+    due_partitions,
+    due_stream_partitions,
+    read_progress,
+)
 
 GRACE = timedelta(minutes=30)
 UTC = timezone.utc
@@ -66,12 +73,22 @@ def instance():
         yield inst
 
 
-def evaluate(instance, cursor=None, mailgun=None):
+@pytest.fixture
+def warehouse(tmp_path):
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    engine = wh.make_engine(url)
+    wh.ensure_schema(engine)
+    yield url, engine
+    engine.dispose()
+
+
+def evaluate(instance, cursor=None, mailgun=None, warehouse_url="sqlite://"):
     ctx = build_sensor_context(
         instance=instance, cursor=cursor,
         resources={"settings": PipelineSettings(default_timezone="UTC",
                                                 start_date="2024-01-01"),
-                   "mailgun": mailgun or Mailgun()},
+                   "mailgun": mailgun or Mailgun(),
+                   "warehouse": Warehouse(url=warehouse_url)},
     )
     return closed_days_sensor(ctx)
 
@@ -102,7 +119,7 @@ def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypa
     result = evaluate(instance, cursor)
     assert [r.run_key for r in result.run_requests] == ["2026-02-10|Asia/Kolkata",
                                                         "2026-02-11|Asia/Kolkata"]
-    assert json.loads(result.cursor)["America/New_York"] == "2026-02-11"
+    assert json.loads(result.cursor)["streams"]["reporting"]["America/New_York"] == "2026-02-11"
     # a day later, one more request per timezone, each with a fresh run key
     monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 13, 5, 31, tzinfo=UTC))
     result = evaluate(instance, result.cursor)
@@ -118,11 +135,17 @@ def test_scheduling_is_on_by_default():
     assert schedule.job_name == "refresh_accounts"
 
 
-def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypatch):
+def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypatch, warehouse):
+    url, engine = warehouse
     instance.add_dynamic_partitions("timezones", ["Asia/Kolkata"])
-    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 11, 19, 0, tzinfo=UTC))
-    cursor = json.dumps({"Asia/Kolkata": "2026-02-10"})
-    result = evaluate(instance, cursor, Mailgun(domain="mg.example.com", api_key="k"))
+    now = datetime(2026, 2, 11, 19, 30, tzinfo=UTC)
+    monkeypatch.setattr(sensors, "_utcnow", lambda: now)
+    for kind in ("newsletter", "automation"):  # both streams settled up to now - 30 min
+        wh.advance_cursor(engine, f"mailgun:{kind}", now.timestamp() - 60,
+                          now.timestamp() - 1800)
+    cursor = json.dumps({"streams": {s: {"Asia/Kolkata": "2026-02-10"} for s in (
+        "reporting", "email:newsletter", "email:automation")}})
+    result = evaluate(instance, cursor, Mailgun(domain="mg.example.com", api_key="k"), url)
     assert sorted((r.job_name, r.run_key) for r in result.run_requests) == [
         ("automation_email_daily", "automation_email_daily:2026-02-11|Asia/Kolkata"),
         ("newsletter_email_daily", "newsletter_email_daily:2026-02-11|Asia/Kolkata"),
@@ -140,3 +163,183 @@ def test_affected_partitions_are_only_already_materialized_days():
             "2026-02-10|America/New_York"}
     days = affected_partitions(lo, hi, ["America/New_York", "Asia/Kolkata"], done)
     assert [d.key for d in days] == ["2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata"]
+
+
+# --- late email events: every fetch since the cursor, precise days, bounded ticks ----------
+
+
+def _fetch_done(instance, buckets=None, lo=None, hi=None):
+    """A fetch's materialization as the Mailgun asset records it."""
+    from dagster import AssetMaterialization
+
+    meta = {"event_time_min": lo or 0.0, "event_time_max": hi or 0.0}
+    if buckets is not None:
+        meta["event_buckets_15m"] = sorted(buckets)
+        meta["event_time_min"] = float(min(buckets) * 900)
+        meta["event_time_max"] = float(max(buckets) * 900 + 899)
+    instance.report_runless_asset_event(
+        AssetMaterialization("mailgun_newsletter_events", metadata=meta))
+
+
+def _rolled_up(instance, *keys):
+    from dagster import AssetMaterialization
+
+    for k in keys:
+        instance.report_runless_asset_event(
+            AssetMaterialization("raw_newsletter_email_events", partition=k))
+
+
+def _late_tick(instance, cursor):
+    ctx = build_sensor_context(instance=instance, cursor=cursor)
+    result = sensors.late_email_sensors["newsletter"](ctx)
+    return result, result.cursor
+
+
+def _bucket(*a) -> int:
+    return int(datetime(*a, tzinfo=UTC).timestamp()) // 900
+
+
+def test_days_of_buckets_are_exact_per_timezone():
+    from analytics_pipeline.sensors import days_of_buckets
+
+    # 23:45Z on the 24th and 10:00Z on the 26th: the 25th lies between, but has no event
+    b = [_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)]
+    assert [d.key for d in days_of_buckets(b, ["UTC", "Asia/Kathmandu",
+                                               "America/New_York"])] == [
+        "2026-02-24|America/New_York", "2026-02-26|America/New_York",
+        # Kathmandu is UTC+05:45: 23:45Z is already 05:30 on the 25th
+        "2026-02-25|Asia/Kathmandu", "2026-02-26|Asia/Kathmandu",
+        "2026-02-24|UTC", "2026-02-26|UTC"]
+    # Kathmandu's midnight is 18:15Z: the buckets before and after it fall on two dates
+    b = [_bucket(2026, 2, 24, 18), _bucket(2026, 2, 24, 18, 15)]
+    assert [d.key for d in days_of_buckets(b, ["Asia/Kathmandu"])] == [
+        "2026-02-24|Asia/Kathmandu", "2026-02-25|Asia/Kathmandu"]
+
+
+def test_late_events_sensor_requests_only_days_with_new_events(instance):
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    _rolled_up(instance, "2026-02-24|UTC", "2026-02-25|UTC", "2026-02-26|UTC")
+    _fetch_done(instance, buckets=[_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)])
+    result, _ = _late_tick(instance, None)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == [
+        "2026-02-24|UTC", "2026-02-26|UTC"]  # not the 25th in between
+    # a fetch recorded before buckets existed: its [min, max] span
+    _fetch_done(instance, lo=datetime(2026, 2, 24, 23, tzinfo=UTC).timestamp(),
+                hi=datetime(2026, 2, 25, 1, tzinfo=UTC).timestamp())
+    result, _ = _late_tick(instance, result.cursor)
+    assert sorted(str(r.partition_key) for r in result.run_requests) == [
+        "2026-02-24|UTC", "2026-02-25|UTC"]
+
+
+def test_late_events_sensor_caps_a_tick_and_carries_the_rest(instance):
+    """One tick once produced 679 requests: at most 100 per tick, the rest carried in the
+    cursor; a later fetch touching a day already requested gets a new run key."""
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    days = [date(2025, 10, 1) + timedelta(days=i) for i in range(130)]
+    _rolled_up(instance, *[f"{d.isoformat()}|UTC" for d in days])
+    [first] = instance.fetch_materializations(
+        sensors.AssetKey("raw_newsletter_email_events"), limit=1).records
+    cursor = str(first.storage_id)  # former format: the last storage id seen
+    _fetch_done(instance, buckets=[_bucket(d.year, d.month, d.day, 12) for d in days[:70]])
+    _fetch_done(instance, buckets=[_bucket(d.year, d.month, d.day, 12) for d in days[60:]])
+    r1, cursor = _late_tick(instance, cursor)
+    assert len(r1.run_requests) == 100
+    r2, cursor = _late_tick(instance, cursor)
+    assert len(r2.run_requests) == 30
+    keys = [str(r.partition_key) for r in r1.run_requests + r2.run_requests]
+    assert sorted(keys) == sorted(f"{d.isoformat()}|UTC" for d in days)  # each day once
+    r3, cursor = _late_tick(instance, cursor)
+    assert not r3.run_requests
+    # another fetch brings more events of a day requested already: requested again
+    _fetch_done(instance, buckets=[_bucket(2025, 10, 1, 12)])
+    r4, cursor = _late_tick(instance, cursor)
+    [again] = r4.run_requests
+    assert str(again.partition_key) == "2025-10-01|UTC"
+    earlier = next(r for r in r1.run_requests if str(r.partition_key) == "2025-10-01|UTC")
+    assert again.run_key != earlier.run_key
+    assert again.tags["analytics/reason"] == "late-events"
+
+
+# --- closed days: one progress per stream, email days once settled ----------------------
+
+
+def test_email_stream_waits_for_its_settled_watermark():
+    """Kolkata's 02-11 ends at 18:30Z: reporting rolls it up at 19:00Z (grace), an email
+    stream only once its settled watermark has passed 19:00Z too."""
+    now = datetime(2026, 2, 11, 19, 5, tzinfo=UTC)
+    progress = {"reporting": {"Asia/Kolkata": "2026-02-10"},
+                "email:newsletter": {"Asia/Kolkata": "2026-02-10"}}
+    streams = [StreamClock("reporting", now),
+               StreamClock("email:newsletter", datetime(2026, 2, 11, 18, 35, tzinfo=UTC))]
+    due, new = due_stream_partitions(streams, ["Asia/Kolkata"], progress, GRACE,
+                                     date(2024, 1, 1))
+    assert keys(due["reporting"]) == ["2026-02-11|Asia/Kolkata"]
+    assert due["email:newsletter"] == []
+    assert new["email:newsletter"] == {"Asia/Kolkata": "2026-02-10"}
+    streams[1] = StreamClock("email:newsletter", datetime(2026, 2, 11, 19, 0, tzinfo=UTC))
+    due, new = due_stream_partitions(streams, ["Asia/Kolkata"], new, GRACE, date(2024, 1, 1))
+    assert due["reporting"] == [] and keys(due["email:newsletter"]) == [
+        "2026-02-11|Asia/Kolkata"]
+    # a watermark ahead of the clock does not make a day close early
+    early = [StreamClock("email:automation", datetime(2026, 2, 11, 18, 0, tzinfo=UTC),
+                         starts_at=datetime(2026, 2, 11, tzinfo=UTC))]
+    due, _ = due_stream_partitions(early, ["Asia/Kolkata"], {}, GRACE, date(2024, 1, 1))
+    assert due["email:automation"] == []
+
+
+def test_new_stream_starts_with_the_days_its_first_fetch_covers():
+    """Reporting is up to date when Mailgun gets configured: the email stream still gets the
+    days of its first fetch's lookback, and a stream without that knowledge the lookback."""
+    now = datetime(2026, 2, 12, 6, tzinfo=UTC)
+    progress = {"reporting": {"UTC": "2026-02-11"}}
+    streams = [StreamClock("reporting", now),
+               StreamClock("email:newsletter", now - timedelta(minutes=30),
+                           starts_at=datetime(2026, 2, 8, 23, tzinfo=UTC)),
+               StreamClock("email:automation", now - timedelta(minutes=30))]
+    due, new = due_stream_partitions(streams, ["UTC"], progress, GRACE, date(2024, 1, 1))
+    assert due["reporting"] == []
+    assert keys(due["email:newsletter"]) == [f"2026-02-{d:02d}|UTC" for d in range(8, 12)]
+    assert keys(due["email:automation"]) == ["2026-02-10|UTC", "2026-02-11|UTC"]
+    assert new["email:newsletter"] == {"UTC": "2026-02-11"}
+    # the per-tick limit is shared; the rest follows on the next tick, in order
+    due, new2 = due_stream_partitions(streams, ["UTC"], progress, GRACE, date(2024, 1, 1),
+                                      limit=3)
+    assert keys(due["email:newsletter"]) == [f"2026-02-{d:02d}|UTC" for d in range(8, 11)]
+    due, _ = due_stream_partitions(streams, ["UTC"], new2, GRACE, date(2024, 1, 1), limit=3)
+    assert keys(due["email:newsletter"]) == ["2026-02-11|UTC"]
+
+
+def test_old_cursor_is_the_reporting_progress():
+    assert read_progress(None) == {}
+    assert read_progress(json.dumps({"UTC": "2026-02-11"})) == {"reporting": {"UTC": "2026-02-11"}}
+    new = {"reporting": {"UTC": "2026-02-11"}, "email:newsletter": {"UTC": "2026-02-10"}}
+    assert read_progress(json.dumps({"streams": new})) == new
+
+
+def test_sensor_requests_email_days_per_stream_once_settled(instance, monkeypatch, warehouse):
+    """Through Dagster: the reporting stream is up to date (old-format cursor), newsletter was
+    configured two days ago, automation has never fetched."""
+    url, engine = warehouse
+    instance.add_dynamic_partitions("timezones", ["America/New_York"])
+    mailgun = Mailgun(domain="mg.example.com", api_key="k")
+    # New York's 02-11 ends at 05:00Z on the 12th
+    now = datetime(2026, 2, 12, 5, 45, tzinfo=UTC)
+    monkeypatch.setattr(sensors, "_utcnow", lambda: now)
+    first = datetime(2026, 2, 9, 20, tzinfo=UTC)  # the 9th in New York
+    wh.record_stream_state(engine, "mailgun:newsletter", first_fetch_from=first.timestamp())
+    settled = datetime(2026, 2, 12, 5, 15, tzinfo=UTC)  # 15 minutes short of 05:30Z
+    wh.advance_cursor(engine, "mailgun:newsletter", now.timestamp() - 60, settled.timestamp())
+    old = json.dumps({"America/New_York": "2026-02-11"})
+    result = evaluate(instance, old, mailgun, url)
+    assert sorted(r.run_key for r in result.run_requests) == [
+        "newsletter_email_daily:2026-02-09|America/New_York",
+        "newsletter_email_daily:2026-02-10|America/New_York"]
+    progress = json.loads(result.cursor)["streams"]
+    assert progress["reporting"] == {"America/New_York": "2026-02-11"}
+    assert "email:automation" not in progress  # nothing fetched yet: no progress either
+    wh.advance_cursor(engine, "mailgun:newsletter", now.timestamp(),
+                      datetime(2026, 2, 12, 5, 31, tzinfo=UTC).timestamp())
+    result = evaluate(instance, result.cursor, mailgun, url)
+    assert [r.run_key for r in result.run_requests] == [
+        "newsletter_email_daily:2026-02-11|America/New_York"]
+    assert result.run_requests[0].job_name == "newsletter_email_daily"
