@@ -20,10 +20,11 @@ import pytest
 import yaml
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.events import EngineEventData
-from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._core.storage.tags import GRPC_INFO_TAG, RUN_FAILURE_REASON_TAG
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
+from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 from dagster._daemon.monitoring import run_monitoring
 from sqlalchemy import make_url
 
@@ -111,6 +112,20 @@ def test_started_run_whose_worker_died_is_failed(pg_database, tmp_path, monkeypa
         assert status(instance, run.run_id) == DagsterRunStatus.FAILURE
         failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[-1]
         assert f"run worker process {worker.pid} is gone" in failure.message
+        # the repo's run_retries re-executes it: the requested partitions still run
+        assert should_retry(instance.get_run_by_id(run.run_id), instance)
+
+
+def test_step_failures_are_not_retried(pg_database, tmp_path, monkeypatch):
+    """A run whose step failed (bad code, a landing to re-extract) is not retried in a loop:
+    only runs that failed outside their steps are."""
+    with repo_instance(pg_database, tmp_path / "home", monkeypatch) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        run = create_run_for_test(instance, job_name="hold", status=DagsterRunStatus.STARTED,
+                                  tags={RUN_FAILURE_REASON_TAG: "STEP_FAILURE"})
+        instance.report_run_failed(instance.get_run_by_id(run.run_id), "a step failed")
+        assert not should_retry(instance.get_run_by_id(run.run_id), instance)
 
 
 def test_run_stuck_in_starting_is_failed_after_the_start_timeout(
