@@ -10,6 +10,9 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+# Fixtures shared by several test modules (``instance``, ``env``) live there.
+pytest_plugins = ["analytics_pipeline_tests.pipeline_fixtures"]
+
 PG_SERVER = os.environ.get(
     "ANALYTICS_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from dagster import DagsterInstance, materialize
+import pytest
+from dagster import DagsterInstance, instance_for_test, materialize
+from sqlalchemy import make_url
 
 from analytics_pipeline import warehouse as wh
 from analytics_pipeline.assets import accounts, raw_reporting_events, reporting_rollups
@@ -96,3 +102,41 @@ def make_env(tmp_path, warehouse_url: str, instance: DagsterInstance,
     src = f"sqlite:///{tmp_path / 'app.db'}"
     write_source(src, ACCOUNTS, sample_events() if events is None else events)
     return Env(src, warehouse_url, str(tmp_path / "landing"), instance)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    """A temporary Dagster instance."""
+    with instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def env(tmp_path, warehouse_url, instance) -> Env:
+    """The sample source, a warehouse (SQLite and PostgreSQL) and a refreshed snapshot."""
+    e = make_env(tmp_path, warehouse_url, instance)
+    assert e.materialize_accounts().success
+    return e
+
+
+@contextmanager
+def repo_instance(pg_database: str, home: Path, monkeypatch) -> Iterator[DagsterInstance]:
+    """An instance configured by the repo's dagster.yaml in a home of its own (the instance
+    writes compute logs under its home, which must not be the checkout), stored in
+    ``pg_database``."""
+    u = make_url(pg_database)
+    monkeypatch.setenv("DAGSTER_PG_HOST", u.host)
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(u.port or 5432))
+    monkeypatch.setenv("DAGSTER_PG_DB", u.database)
+    monkeypatch.setenv("DAGSTER_PG_USER", u.username)
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-needed-with-trust-auth")
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    inst = DagsterInstance.from_config(str(home))
+    try:
+        yield inst
+    finally:
+        inst.dispose()

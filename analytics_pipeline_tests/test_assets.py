@@ -2,7 +2,6 @@
 
 from datetime import date
 
-import pytest
 from dagster import DagsterInstance, instance_for_test
 
 from analytics_pipeline import warehouse as wh
@@ -12,19 +11,6 @@ from analytics_pipeline_tests.conftest import event
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, make_env, sample_events
 
 NY_KEY = "2026-02-11|America/New_York"
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def env(tmp_path, warehouse_url, instance):
-    e = make_env(tmp_path, warehouse_url, instance)
-    assert e.materialize_accounts().success
-    return e
 
 
 def by_key(rows):

@@ -172,13 +172,16 @@ def run_pipeline(source_url: str, tmp_path) -> tuple[list[dict], list[dict], dic
     return rows, quarantined, {"duplicates": duplicates, "quarantined": counted}
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("case_id", list(CASES))
+# PostgreSQL text cannot hold every bad value (it checks UTF-8): those cases run on SQLite.
+PARAMS = [pytest.param(case_id, dialect, id=f"{case_id}-{dialect}")
+          for case_id, case in CASES.items() for dialect in ("sqlite", "postgresql")
+          if not (dialect == "postgresql" and case.sqlite_only)]
+
+
+@pytest.mark.parametrize(("case_id", "dialect"), PARAMS)
 def test_bad_row_is_quarantined_once_and_the_rest_rolls_up(case_id, dialect, tmp_path,
                                                           request):
     case = CASES[case_id]
-    if dialect == "postgresql" and case.sqlite_only:
-        pytest.skip(f"PostgreSQL cannot store this value: {case.sqlite_only}")
     bad = {**CONTROL, "id": 1000, "value": 5.0, **case.row}
     rows = [CONTROL, bad] + [{**bad, **extra} for extra in case.extra_rows]
     if dialect == "sqlite":

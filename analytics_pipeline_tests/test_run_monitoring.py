@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,35 +23,16 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 from dagster._daemon.monitoring import run_monitoring
-from sqlalchemy import make_url
 
 from analytics_pipeline.run_launcher import (
     LocalProcessRunLauncher,
     process_started_at,
     worker_alive,
 )
+from analytics_pipeline_tests.pipeline_fixtures import REPO, repo_instance
 
-REPO = Path(__file__).resolve().parents[1]
 LOG = logging.getLogger("test_run_monitoring")
 LOCAL_GRPC = {GRPC_INFO_TAG: json.dumps({"host": "localhost", "port": 4266})}
-
-
-@contextmanager
-def repo_instance(pg_database: str, home: Path, monkeypatch) -> Iterator[DagsterInstance]:
-    """An instance configured by the repo's dagster.yaml, stored in ``pg_database``."""
-    u = make_url(pg_database)
-    monkeypatch.setenv("DAGSTER_PG_HOST", u.host)
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(u.port or 5432))
-    monkeypatch.setenv("DAGSTER_PG_DB", u.database)
-    monkeypatch.setenv("DAGSTER_PG_USER", u.username)
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-needed-with-trust-auth")
-    home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    instance = DagsterInstance.from_config(str(home))
-    try:
-        yield instance
-    finally:
-        instance.dispose()
 
 
 def monitor_once(instance: DagsterInstance) -> None:
