@@ -16,9 +16,9 @@ def _date(s: str) -> date:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.core.warehouse import ensure_schema, make_engine
     from analytics_pipeline.report import metric_series
-    from analytics_pipeline.settings import setting
-    from analytics_pipeline.warehouse import ensure_schema, make_engine
 
     engine = make_engine(args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL"))
     ensure_schema(engine)
@@ -43,8 +43,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_demo_db(args: argparse.Namespace) -> int:
-    from analytics_pipeline.demo import create_demo_source
-    from analytics_pipeline.settings import setting
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.dev.demo import create_demo_source
 
     url = args.url or setting("ANALYTICS_SOURCE_URL")
     n = create_demo_source(url)
@@ -53,7 +53,7 @@ def cmd_generate_demo_db(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from analytics_pipeline.demo import run_demo
+    from analytics_pipeline.dev.demo import run_demo
 
     return run_demo(regenerate=not args.keep_source)
 

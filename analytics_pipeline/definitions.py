@@ -1,27 +1,29 @@
-"""The code location: every asset, check, job, schedule, sensor and resource in one place."""
+"""The code location: every asset, check, job, schedule, sensor and resource in one place.
+
+Each source package contributes its definitions; the core contributes the accounts
+snapshot and the closed-days sensor that requests every source's days.
+"""
 
 from dagster import Definitions
 
-from analytics_pipeline.assets import (
-    accounts,
-    email_pipeline_assets,
-    mailgun_event_assets,
-    raw_reporting_events,
-    reporting_rollups,
-)
-from analytics_pipeline.resources import default_resources
-from analytics_pipeline.sensors import (
-    accounts_job,
-    closed_days_sensor,
+from analytics_pipeline.core.accounts import accounts, accounts_job, refresh_accounts_schedule
+from analytics_pipeline.core.resources import core_resources
+from analytics_pipeline.core.scheduling import build_closed_days_sensor
+from analytics_pipeline.email.assets import email_pipeline_assets, mailgun_event_assets
+from analytics_pipeline.email.resources import mailgun_resource
+from analytics_pipeline.email.sensors import (
     email_daily_jobs,
     email_stats_jobs,
     email_stats_schedules,
+    email_streams,
     late_email_sensors,
     mailgun_jobs,
     mailgun_sensors,
-    refresh_accounts_schedule,
-    reporting_job,
 )
+from analytics_pipeline.support.assets import raw_reporting_events, reporting_rollups
+from analytics_pipeline.support.jobs import reporting_job, support_stream
+
+closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams])
 
 defs = Definitions(
     assets=[
@@ -33,5 +35,5 @@ defs = Definitions(
           *email_stats_jobs.values()],
     schedules=[refresh_accounts_schedule, *email_stats_schedules.values()],
     sensors=[closed_days_sensor, *mailgun_sensors.values(), *late_email_sensors.values()],
-    resources=default_resources(),
+    resources={**core_resources(), "mailgun": mailgun_resource()},
 )

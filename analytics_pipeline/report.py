@@ -9,8 +9,9 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from analytics_pipeline.registry import ReadAs, get_metric
-from analytics_pipeline.warehouse import daily_rollups
+from analytics_pipeline.catalog import get_metric
+from analytics_pipeline.core.registry import ReadAs
+from analytics_pipeline.core.warehouse import daily_rollups
 
 PERIODS = ("day", "week", "month")
 DIMENSIONS = ("account", "agent", "inbox", "email", "automation")

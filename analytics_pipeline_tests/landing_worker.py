@@ -19,9 +19,9 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analytics_pipeline.landing import LandingStore
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA
+from analytics_pipeline.core.landing import LandingStore
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.support.validation import RAW_REPORTING_SCHEMA
 
 DAY = LocalDay(date(2026, 2, 11), "America/New_York")
 SOURCE = "reporting_events"

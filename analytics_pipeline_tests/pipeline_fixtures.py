@@ -12,10 +12,11 @@ import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 from sqlalchemy import make_url
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.assets import accounts, raw_reporting_events, reporting_rollups
-from analytics_pipeline.demo import write_source
-from analytics_pipeline.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.accounts import accounts
+from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.dev.demo import write_source
+from analytics_pipeline.support.assets import raw_reporting_events, reporting_rollups
 from analytics_pipeline_tests.conftest import event
 
 ACCOUNTS = [

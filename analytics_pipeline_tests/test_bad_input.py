@@ -15,11 +15,12 @@ from datetime import date
 import pytest
 import sqlalchemy as sa
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.landing import LandingStore
-from analytics_pipeline.partitions import LocalDay, resolve_account_timezones
-from analytics_pipeline.sources import ReportingEventsSource
-from analytics_pipeline.steps import extract_partition, rollup_partition
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import LandingStore
+from analytics_pipeline.core.partitions import LocalDay, resolve_account_timezones
+from analytics_pipeline.core.sources import read_accounts
+from analytics_pipeline.support.source import ReportingEventsSource
+from analytics_pipeline.support.steps import extract_partition, rollup_partition
 from analytics_pipeline_tests.conftest import PG_SERVER, require_postgres
 
 NY = "America/New_York"
@@ -157,7 +158,7 @@ def run_pipeline(source_url: str, tmp_path) -> tuple[list[dict], list[dict], dic
     engine = wh.make_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
     wh.ensure_schema(engine)
     source = ReportingEventsSource(source_url, fallback_date=date(2024, 1, 1))
-    read = source.read_accounts()
+    read = read_accounts(source_url)
     wh.replace_accounts(engine, [a.__dict__ for a in
                                  resolve_account_timezones(read.accounts, "UTC")])
     store = LandingStore(str(tmp_path / "landing"))

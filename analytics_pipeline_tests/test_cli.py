@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics_pipeline.demo import write_source
+from analytics_pipeline.dev.demo import write_source
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, sample_events
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))

@@ -4,7 +4,8 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from analytics_pipeline.email import (
+from analytics_pipeline.dev.mailgun_simulator import sample_item
+from analytics_pipeline.email.compute import (
     automation_stats,
     email_stats,
     match_recipients,
@@ -12,9 +13,8 @@ from analytics_pipeline.email import (
     recipient_facts,
     recipient_states,
 )
-from analytics_pipeline.mailgun import parse_items
-from analytics_pipeline.mailgun_simulator import sample_item
-from analytics_pipeline.sources import RECIPIENT_SCHEMA
+from analytics_pipeline.email.mailgun import parse_items
+from analytics_pipeline.email.source import RECIPIENT_SCHEMA
 
 T = 1_772_000_000.0
 
@@ -137,9 +137,9 @@ def test_automation_and_member_stats():
 
 
 def test_recipients_by_message_id_use_bound_parameters(source_url):
-    from analytics_pipeline.demo import write_source
-    from analytics_pipeline.sources import EmailSource, src_email_recipients, src_emails
-    from analytics_pipeline.warehouse import make_engine
+    from analytics_pipeline.core.warehouse import make_engine
+    from analytics_pipeline.dev.demo import write_source
+    from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
 
     write_source(source_url, [{"id": 1, "name": "a", "reporting_timezone": None}], [])
     e = make_engine(source_url)
@@ -181,7 +181,7 @@ def test_message_ids_match_with_or_without_angle_brackets():
 
 def test_sanitize_text_replaces_nul_in_sliced_and_list_columns():
     """Landed batches are often slices; list columns (tags) may hold nulls."""
-    from analytics_pipeline.mailgun import sanitize_text
+    from analytics_pipeline.email.mailgun import sanitize_text
 
     t = pa.table({"tags": pa.array([["a\x00b", None], None, ["c\x00"]]).slice(1),
                   "raw": ['{"x":"\\u0000"}', "ok"],

@@ -8,31 +8,28 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, build_sensor_context, instance_for_test, materialize
 
-from analytics_pipeline import assets as assets_mod
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.assets import accounts, email_pipeline_assets, mailgun_event_assets
-from analytics_pipeline.demo import write_source
-from analytics_pipeline.landing import LandingStore, ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
-from analytics_pipeline.mailgun_simulator import MailgunSimulator, sample_item
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.registry import EMAIL_PIPELINES
-from analytics_pipeline.report import metric_series
-from analytics_pipeline.resources import (
-    Landing,
-    Mailgun,
-    PipelineSettings,
-    SourceDatabase,
-    Warehouse,
-)
-from analytics_pipeline.sensors import late_email_sensors
-from analytics_pipeline.sources import EmailSource, src_email_recipients, src_emails
-from analytics_pipeline.steps import (
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.accounts import accounts
+from analytics_pipeline.core.landing import LandingStore, ProviderEventLog
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.dev.demo import write_source
+from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator, sample_item
+from analytics_pipeline.email import assets as assets_mod
+from analytics_pipeline.email import tables as et
+from analytics_pipeline.email.assets import email_pipeline_assets, mailgun_event_assets
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES
+from analytics_pipeline.email.resources import Mailgun
+from analytics_pipeline.email.sensors import late_email_sensors
+from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
+from analytics_pipeline.email.steps import (
     extract_email_partition,
     fetch_provider_events,
     refresh_email_stats,
     rollup_email_partition,
 )
+from analytics_pipeline.report import metric_series
 
 NEWSLETTER = EMAIL_PIPELINES[0]
 
@@ -154,9 +151,9 @@ def test_email_pipeline_end_to_end(world):
 
     run([newsletter_stats], instance, res)
     with engine.connect() as c:
-        stats = {r.email_id: r for r in c.execute(sa.select(wh.email_stats)
-                                                  .where(wh.email_stats.c.kind == "newsletter"))}
-        state = {r.recipient_id: r for r in c.execute(sa.select(wh.email_recipient_states))}
+        stats = {r.email_id: r for r in c.execute(sa.select(et.email_stats)
+                                                  .where(et.email_stats.c.kind == "newsletter"))}
+        state = {r.recipient_id: r for r in c.execute(sa.select(et.email_recipient_states))}
     assert (stats[100].sent_count, stats[100].delivered_count, stats[100].opened_count,
             stats[100].failed_count) == (5, 5, 2, 1)
     assert stats[100].open_rate == pytest.approx(2 / 5)
@@ -295,7 +292,7 @@ def test_nul_in_provider_text_is_sanitized_on_landing(tmp_path, warehouse_url):
                             NEWSLETTER)
     assert r.recipients_with_events == 1 and r.unmatched == 1
     with engine.connect() as c:
-        [msg] = c.execute(sa.select(wh.email_recipient_states.c.failure_message)).scalars()
+        [msg] = c.execute(sa.select(et.email_recipient_states.c.failure_message)).scalars()
     assert msg == "mailbox\ufffd unavailable"
     day = LocalDay(date(2026, 2, 24), "UTC")
     x = extract_email_partition(log, EmailSource(f"sqlite:///{tmp_path / 'app.db'}"),
@@ -322,7 +319,7 @@ def test_stats_refresh_survives_nul_in_a_log_landed_before_the_fix(tmp_path, war
     source = EmailSource(f"sqlite:///{tmp_path / 'app.db'}")
     refresh_email_stats(log, source, engine, NEWSLETTER)
     with engine.connect() as c:
-        [msg] = c.execute(sa.select(wh.email_recipient_states.c.failure_message)).scalars()
+        [msg] = c.execute(sa.select(et.email_recipient_states.c.failure_message)).scalars()
     assert msg == "mailbox\ufffd unavailable"
     day = LocalDay(date(2026, 2, 24), "UTC")
     x = extract_email_partition(log, source, LandingStore(root), engine, NEWSLETTER, day, "UTC")

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analytics_pipeline import landing as landing_mod
-from analytics_pipeline.landing import LandingStore, ProviderEventLog
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA
+from analytics_pipeline.core import landing as landing_mod
+from analytics_pipeline.core.landing import LandingStore, ProviderEventLog
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.support.validation import RAW_REPORTING_SCHEMA
 from analytics_pipeline_tests.landing_worker import check, expected_rows, version_table
 
 DAY = LocalDay(date(2026, 2, 11), "America/New_York")
@@ -130,7 +130,7 @@ def test_object_store_crash_before_manifest_keeps_previous_version(monkeypatch):
 
 
 def test_dedupe_keeps_the_first_fetched_row_of_each_id():
-    from analytics_pipeline.landing import dedupe
+    from analytics_pipeline.core.landing import dedupe
 
     t = pa.table({"event_id": ["a", "b", "a", "c", "b"], "fetched_at": [3, 1, 2, 5, 4],
                   "v": [30, 10, 20, 50, 40]})

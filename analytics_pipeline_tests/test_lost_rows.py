@@ -11,12 +11,13 @@ import pytest
 import sqlalchemy as sa
 from dagster import materialize
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.assets import reporting_rollups
-from analytics_pipeline.checks import totals_mismatches
-from analytics_pipeline.demo import write_source
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.sources import ReportingEventsSource, check_accounts
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.checks import totals_mismatches
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.sources import check_accounts, read_accounts
+from analytics_pipeline.dev.demo import write_source
+from analytics_pipeline.support.assets import reporting_rollups
+from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline_tests.conftest import event
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, make_env, sample_events
 
@@ -143,7 +144,7 @@ def test_bad_account_rows_are_reported_and_skipped(dialect, loose, tmp_path, req
             c.exec_driver_sql("INSERT INTO accounts VALUES (5, 'bad tz', "
                               "CAST(X'417369612FFF' AS TEXT))")
     engine.dispose()
-    read = ReportingEventsSource(source_url, date(2024, 1, 1)).read_accounts()
+    read = read_accounts(source_url)
     assert [a["id"] for a in read.accounts] == [1, 3]
     reasons = sorted(r["reason"] for r in read.rejected)
     expected = ["duplicate account id", "duplicate account id", "null account id"]
@@ -195,7 +196,7 @@ def test_a_missing_sqlite_source_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(path)):
         src.extract(LocalDay(date(2026, 2, 11), "UTC"), [1])
     with pytest.raises(FileNotFoundError, match=str(path)):
-        src.read_accounts()
+        read_accounts(src.url)
     assert not (tmp_path / "no").exists()
 
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from analytics_pipeline.mailgun import MailgunClient, MailgunError, parse_items
-from analytics_pipeline.mailgun_simulator import Fault, MailgunSimulator, sample_item
+from analytics_pipeline.dev.mailgun_simulator import Fault, MailgunSimulator, sample_item
+from analytics_pipeline.email.mailgun import MailgunClient, MailgunError, parse_items
 
 T0 = 1_772_000_000.0  # 2026-02-25
 

@@ -14,16 +14,17 @@ from dagster import (
 )
 from dagster._core.test_utils import create_run_for_test
 
-from analytics_pipeline import landing as landing_mod
-from analytics_pipeline import sensors
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.assets import mailgun_event_assets
-from analytics_pipeline.landing import ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
-from analytics_pipeline.mailgun_simulator import MailgunSimulator, sample_item
-from analytics_pipeline.registry import EMAIL_PIPELINES
-from analytics_pipeline.resources import Landing, Mailgun, Warehouse
-from analytics_pipeline.steps import fetch_provider_events
+from analytics_pipeline.core import landing as landing_mod
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.core.resources import Landing, Warehouse
+from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator, sample_item
+from analytics_pipeline.email import sensors
+from analytics_pipeline.email.assets import mailgun_event_assets
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES
+from analytics_pipeline.email.resources import Mailgun
+from analytics_pipeline.email.steps import fetch_provider_events
 
 NEWSLETTER, AUTOMATION = EMAIL_PIPELINES
 T0 = 1_772_000_000.0  # 2026-02-25T06:13:20Z

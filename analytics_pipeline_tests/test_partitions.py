@@ -2,7 +2,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from analytics_pipeline.partitions import (
+from analytics_pipeline.core.partitions import (
     LocalDay,
     last_closed_day,
     local_date_of,

@@ -5,10 +5,10 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from analytics_pipeline import warehouse as wh
 from analytics_pipeline.cli import main
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, ROLLUP_SCHEMA
 from analytics_pipeline.report import metric_series
-from analytics_pipeline.rollups import QUARANTINE_SCHEMA, ROLLUP_SCHEMA
 
 
 @pytest.fixture

@@ -5,16 +5,20 @@ from datetime import date, datetime, timezone
 import pyarrow as pa
 import pytest
 
-from analytics_pipeline.registry import REPORTING_METRICS, get_metric, raw_events_for_source
-from analytics_pipeline.rollups import (
-    RAW_REPORTING_SCHEMA,
-    REASON_ACCOUNT,
-    REASON_TIMESTAMP,
-    REASON_VALUE,
+from analytics_pipeline.catalog import get_metric
+from analytics_pipeline.core.registry import raw_events
+from analytics_pipeline.core.rollups import (
     RollupAccumulator,
     TotalsAccumulator,
     compute_rollups,
     expected_account_totals,
+)
+from analytics_pipeline.support.metrics import REPORTING_METRICS
+from analytics_pipeline.support.validation import (
+    RAW_REPORTING_SCHEMA,
+    REASON_ACCOUNT,
+    REASON_TIMESTAMP,
+    REASON_VALUE,
     validate,
 )
 
@@ -31,7 +35,7 @@ def events(*rows: dict) -> pa.Table:
 
 
 def roll(t: pa.Table, accounts=(1, 2)) -> dict:
-    v = validate(t, accounts, raw_events_for_source("reporting_events"))
+    v = validate(t, accounts, raw_events(REPORTING_METRICS))
     rows = compute_rollups(v.valid, DAY, REPORTING_METRICS).to_pylist()
     return {
         (r["dimension_type"], r["dimension_id"], r["metric"]): (
@@ -96,7 +100,7 @@ def test_null_values_count_as_zero_and_null_ids_skip_the_dimension():
 def test_unknown_event_names_are_ignored_and_counted():
     t = events({"name": "conversation_opened"}, {"name": "conversation_opened"},
                {"name": "first_response", "value": 1.0})
-    v = validate(t, [1], raw_events_for_source("reporting_events"))
+    v = validate(t, [1], raw_events(REPORTING_METRICS))
     assert v.ignored_by_name == {"conversation_opened": 2}
     assert v.valid.num_rows == 1
 
@@ -112,7 +116,7 @@ def test_quarantine_reasons_and_payload():
          "raw": '{"created_at": "yesterday", "id": 5, "name": "first_response"}'},
         {"id": 6, "name": "first_response", "value": 2.0},
     )
-    v = validate(t, [1], raw_events_for_source("reporting_events"))
+    v = validate(t, [1], raw_events(REPORTING_METRICS))
     reasons = dict(zip(v.quarantine["event_id"].to_pylist(), v.quarantine["reason"].to_pylist(),
                        strict=True))
     assert reasons == {"1": REASON_VALUE, "2": REASON_VALUE, "3": REASON_VALUE,
@@ -129,7 +133,7 @@ def test_expected_totals_match_rollups():
         {"name": "conversation_bot_handoff", "conversation_id": 1},
         {"name": "conversation_bot_handoff", "conversation_id": 1},
     )
-    v = validate(t, [1, 2], raw_events_for_source("reporting_events"))
+    v = validate(t, [1, 2], raw_events(REPORTING_METRICS))
     exp = expected_account_totals(v.valid, REPORTING_METRICS)
     assert exp[(1, "first_response")] == (1, 10.0, 5.0)
     assert exp[(2, "resolution_time")] == (1, 7.0, 0.0)
@@ -138,7 +142,7 @@ def test_expected_totals_match_rollups():
 
 
 def test_empty_input_gives_empty_rollups():
-    v = validate(RAW_REPORTING_SCHEMA.empty_table(), [1], raw_events_for_source("reporting_events"))
+    v = validate(RAW_REPORTING_SCHEMA.empty_table(), [1], raw_events(REPORTING_METRICS))
     assert compute_rollups(v.valid, DAY, REPORTING_METRICS).num_rows == 0
 
 
@@ -157,7 +161,7 @@ def test_streamed_batches_give_the_same_rollups_as_one_batch():
              "value_in_business_hours": rng.uniform(0, 50), "account_id": rng.randint(1, 3),
              "user_id": rng.choice([None, 1, 2, 3]), "inbox_id": rng.choice([None, 7, 8]),
              "conversation_id": rng.choice([None, *range(40)])} for _ in range(3000)]
-    t = validate(events(*rows), [1, 2, 3], raw_events_for_source("reporting_events")).valid
+    t = validate(events(*rows), [1, 2, 3], raw_events(REPORTING_METRICS)).valid
     whole = compute_rollups(t, DAY, REPORTING_METRICS)
     acc = RollupAccumulator(DAY, REPORTING_METRICS)
     totals = TotalsAccumulator(REPORTING_METRICS)

@@ -24,7 +24,7 @@ from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 from dagster._daemon.monitoring import run_monitoring
 
-from analytics_pipeline.run_launcher import (
+from analytics_pipeline.core.run_launcher import (
     LocalProcessRunLauncher,
     process_started_at,
     worker_alive,

@@ -13,17 +13,18 @@ from dagster import (
     instance_for_test,
 )
 
-from analytics_pipeline import sensors
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.definitions import defs
-from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
-from analytics_pipeline.sensors import (
+from analytics_pipeline.core import scheduling
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.resources import PipelineSettings, Warehouse
+from analytics_pipeline.core.scheduling import (
     StreamClock,
-    closed_days_sensor,
     due_partitions,
     due_stream_partitions,
     read_progress,
 )
+from analytics_pipeline.definitions import closed_days_sensor, defs
+from analytics_pipeline.email import sensors
+from analytics_pipeline.email.resources import Mailgun
 
 GRACE = timedelta(minutes=30)
 UTC = timezone.utc
@@ -98,9 +99,9 @@ def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypa
     instance.add_dynamic_partitions("timezones", ["America/New_York"])
     cursor = json.dumps({"America/New_York": "2026-02-10"})
     # New York's 2026-02-11 closed at 05:00Z; the grace runs until 05:30Z
-    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 12, 5, 29, tzinfo=UTC))
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 5, 29, tzinfo=UTC))
     assert isinstance(evaluate(instance, cursor), SkipReason)
-    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 12, 5, 31, tzinfo=UTC))
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 5, 31, tzinfo=UTC))
     assert [r.run_key for r in evaluate(instance, cursor).run_requests] == [
         "2026-02-11|America/New_York"]
     # a fresh sensor catches up the last two closed days
@@ -121,7 +122,7 @@ def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypa
                                                         "2026-02-11|Asia/Kolkata"]
     assert json.loads(result.cursor)["streams"]["reporting"]["America/New_York"] == "2026-02-11"
     # a day later, one more request per timezone, each with a fresh run key
-    monkeypatch.setattr(sensors, "_utcnow", lambda: datetime(2026, 2, 13, 5, 31, tzinfo=UTC))
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 13, 5, 31, tzinfo=UTC))
     result = evaluate(instance, result.cursor)
     assert sorted(r.run_key for r in result.run_requests) == [
         "2026-02-12|America/New_York", "2026-02-12|Asia/Kolkata"]
@@ -139,7 +140,7 @@ def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypat
     url, engine = warehouse
     instance.add_dynamic_partitions("timezones", ["Asia/Kolkata"])
     now = datetime(2026, 2, 11, 19, 30, tzinfo=UTC)
-    monkeypatch.setattr(sensors, "_utcnow", lambda: now)
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: now)
     for kind in ("newsletter", "automation"):  # both streams settled up to now - 30 min
         wh.advance_cursor(engine, f"mailgun:{kind}", now.timestamp() - 60,
                           now.timestamp() - 1800)
@@ -154,7 +155,7 @@ def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypat
 
 
 def test_affected_partitions_are_only_already_materialized_days():
-    from analytics_pipeline.sensors import affected_partitions
+    from analytics_pipeline.email.sensors import affected_partitions
 
     # 2026-02-12T03:00Z .. 06:00Z: New York's 11th (until 05:00Z) and 12th; Kolkata's 12th
     lo = datetime(2026, 2, 12, 3, tzinfo=UTC).timestamp()
@@ -200,7 +201,7 @@ def _bucket(*a) -> int:
 
 
 def test_days_of_buckets_are_exact_per_timezone():
-    from analytics_pipeline.sensors import days_of_buckets
+    from analytics_pipeline.email.sensors import days_of_buckets
 
     # 23:45Z on the 24th and 10:00Z on the 26th: the 25th lies between, but has no event
     b = [_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)]
@@ -324,7 +325,7 @@ def test_sensor_requests_email_days_per_stream_once_settled(instance, monkeypatc
     mailgun = Mailgun(domain="mg.example.com", api_key="k")
     # New York's 02-11 ends at 05:00Z on the 12th
     now = datetime(2026, 2, 12, 5, 45, tzinfo=UTC)
-    monkeypatch.setattr(sensors, "_utcnow", lambda: now)
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: now)
     first = datetime(2026, 2, 9, 20, tzinfo=UTC)  # the 9th in New York
     wh.record_stream_state(engine, "mailgun:newsletter", first_fetch_from=first.timestamp())
     settled = datetime(2026, 2, 12, 5, 15, tzinfo=UTC)  # 15 minutes short of 05:30Z

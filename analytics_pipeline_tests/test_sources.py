@@ -4,9 +4,10 @@ from datetime import date
 
 import sqlalchemy as sa
 
-from analytics_pipeline.demo import write_source
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.sources import ReportingEventsSource
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.sources import read_accounts
+from analytics_pipeline.dev.demo import write_source
+from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline_tests.conftest import event
 
 NY = LocalDay(date(2026, 2, 11), "America/New_York")
@@ -70,15 +71,14 @@ def test_sqlite_unparseable_timestamps_land_once_with_raw_text(tmp_path):
 
 def test_read_accounts(source_url):
     write_source(source_url, ACCOUNTS, [])
-    src = ReportingEventsSource(source_url, fallback_date=date(2024, 1, 1))
-    assert [a["reporting_timezone"] for a in src.read_accounts().accounts] == [
+    assert [a["reporting_timezone"] for a in read_accounts(source_url).accounts] == [
         "America/New_York", "Asia/Kolkata"]
     assert sa.make_url(source_url)  # url unchanged
 
 
 def test_sqlite_nulls_then_values_across_batches(tmp_path, monkeypatch):
     """A column null for a whole first batch, typed later, still extracts."""
-    from analytics_pipeline import sources
+    from analytics_pipeline.core import sources
 
     url = f"sqlite:///{tmp_path / 'src.db'}"
     rows = [event("reply_time", "2026-02-11T12:00:00", id=i,

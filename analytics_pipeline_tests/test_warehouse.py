@@ -5,8 +5,8 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.rollups import QUARANTINE_SCHEMA, ROLLUP_SCHEMA
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, ROLLUP_SCHEMA
 
 D = date(2026, 2, 11)
 

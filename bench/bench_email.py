@@ -28,8 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.email import (
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator, sample_item
+from analytics_pipeline.email.compute import (
     automation_stats,
     email_stats,
     match_recipients,
@@ -37,12 +39,10 @@ from analytics_pipeline.email import (
     recipient_facts,
     recipient_states,
 )
-from analytics_pipeline.landing import ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
-from analytics_pipeline.mailgun_simulator import MailgunSimulator, sample_item
-from analytics_pipeline.registry import EMAIL_PIPELINES
-from analytics_pipeline.sources import RECIPIENT_SCHEMA
-from analytics_pipeline.steps import fetch_provider_events
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES
+from analytics_pipeline.email.source import RECIPIENT_SCHEMA
+from analytics_pipeline.email.steps import fetch_provider_events
 
 PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 T0 = 1_772_000_000.0

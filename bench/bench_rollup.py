@@ -28,12 +28,14 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.landing import LandingStore
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.registry import REPORTING_METRICS, Aggregation
-from analytics_pipeline.sources import ReportingEventsSource, source_metadata
-from analytics_pipeline.steps import extract_partition, rollup_partition
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import LandingStore
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.registry import Aggregation
+from analytics_pipeline.core.sources import read_accounts, source_metadata
+from analytics_pipeline.support.metrics import REPORTING_METRICS
+from analytics_pipeline.support.source import ReportingEventsSource
+from analytics_pipeline.support.steps import extract_partition, rollup_partition
 
 PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 TZ = "America/New_York"
@@ -123,7 +125,7 @@ def project_run(src_url: str, wh_url: str, landing: str, out: mp.Queue) -> None:
     wh.replace_accounts(engine, [
         {"id": a["id"], "name": a["name"], "reporting_timezone": TZ, "timezone": TZ,
          "timezone_valid": True}
-        for a in ReportingEventsSource(src_url, date(2024, 1, 1)).read_accounts().accounts])
+        for a in read_accounts(src_url).accounts])
     store = LandingStore(landing)
     t0 = time.perf_counter()
     extract_partition(ReportingEventsSource(src_url, date(2024, 1, 1)), store, engine, DAY, "UTC")
@@ -138,15 +140,16 @@ def project_run(src_url: str, wh_url: str, landing: str, out: mp.Queue) -> None:
 
 def rollup_only(landing: str) -> tuple[float, int]:
     """The rollup step from landing without the write: read, validate, compute."""
-    from analytics_pipeline.registry import raw_events_for_source
-    from analytics_pipeline.rollups import RAW_REPORTING_SCHEMA, RollupAccumulator, validate
+    from analytics_pipeline.core.registry import raw_events
+    from analytics_pipeline.core.rollups import RollupAccumulator
+    from analytics_pipeline.support.validation import RAW_REPORTING_SCHEMA, validate
 
     t0 = time.perf_counter()
     acc = RollupAccumulator(DAY.day, REPORTING_METRICS)
     known = range(1, 1_000_000)
     for events in LandingStore(landing).iter_partition("reporting_events", DAY,
                                                        RAW_REPORTING_SCHEMA):
-        acc.add(validate(events, known, raw_events_for_source("reporting_events")).valid)
+        acc.add(validate(events, known, raw_events(REPORTING_METRICS)).valid)
     rows = acc.finish()
     return time.perf_counter() - t0, rows.num_rows
 

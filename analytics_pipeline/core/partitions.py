@@ -19,7 +19,7 @@ from dagster import (
     MultiPartitionsDefinition,
 )
 
-from analytics_pipeline.settings import start_date
+from analytics_pipeline.core.settings import start_date
 
 DATE_DIM = "date"
 TIMEZONE_DIM = "timezone"

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analytics_pipeline.mailgun import normalize_message_ids
-from analytics_pipeline.rollups import QUARANTINE_SCHEMA
+from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA
+from analytics_pipeline.email.mailgun import normalize_message_ids
 
 # A provider event matched to its recipient.
 EMAIL_EVENT_SCHEMA = pa.schema([

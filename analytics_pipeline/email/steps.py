@@ -1,11 +1,12 @@
-"""The per-partition work the assets run, as plain functions tested without Dagster."""
+"""The email pipelines' work as plain functions tested without Dagster: fetch and land
+Mailgun events (fresh, settling and reconciliation passes), match a day's events to
+recipients, roll them up, recompute recipient states and statistics.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -13,9 +14,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.checks import totals_mismatches
-from analytics_pipeline.email import (
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import LandingStore, ProviderEventLog, utc_dates_between
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, RollupAccumulator, TotalsAccumulator
+from analytics_pipeline.core.steps import (
+    LandingOutOfDate,
+    RollupResult,
+    _write_and_check,
+    landed_accounts,
+)
+from analytics_pipeline.email import tables as et
+from analytics_pipeline.email.compute import (
     EMAIL_EVENT_SCHEMA,
     automation_stats,
     email_stats,
@@ -25,223 +35,14 @@ from analytics_pipeline.email import (
     recipient_facts,
     recipient_states,
 )
-from analytics_pipeline.landing import LandingStore, ProviderEventLog, utc_dates_between
-from analytics_pipeline.mailgun import (
+from analytics_pipeline.email.mailgun import (
     PROVIDER_EVENT_SCHEMA,
     MailgunClient,
     parse_items,
     sanitize_text,
 )
-from analytics_pipeline.partitions import LocalDay
-from analytics_pipeline.registry import (
-    EmailPipeline,
-    metrics_for_source,
-    raw_events_for_source,
-)
-from analytics_pipeline.rollups import (
-    QUARANTINE_SCHEMA,
-    RAW_REPORTING_SCHEMA,
-    RollupAccumulator,
-    TotalsAccumulator,
-    validate,
-    value_counts,
-)
-from analytics_pipeline.sources import EmailSource, EventSource, ExtractStats
-
-
-@dataclass
-class ExtractResult:
-    key: str
-    rows: int
-    accounts: int
-    window: str
-    path: str
-    duplicates_dropped: int = 0
-    invalid_rows: int = 0
-
-
-def extract_partition(
-    source: EventSource,
-    store: LandingStore,
-    engine: Engine,
-    day: LocalDay,
-    default_tz: str,
-    only_accounts: Sequence[int] | None = None,
-) -> ExtractResult:
-    """Land the source's events of one partition (or of some of its accounts).
-
-    The landing records the accounts it holds (``account_ids``): the rollup rebuilds
-    exactly those accounts' rows, whatever the accounts snapshot says later.
-    """
-    in_tz = wh.account_ids_in_timezone(engine, day.tz)
-    stats = ExtractStats()
-    meta: dict = {
-        "window_start_utc": day.start_utc.isoformat(),
-        "window_end_utc": day.end_utc.isoformat(),
-    }
-    if only_accounts is None:
-        targets = in_tz
-        # Events of no known account are swept by the default timezone's partitions, so
-        # that they are quarantined once instead of vanishing.
-        orphans_of = wh.known_account_ids(engine) if day.tz == default_tz else None
-        meta.update(accounts=len(targets), account_ids=targets,
-                    orphans_swept=orphans_of is not None)
-
-        def batches():
-            yield from source.extract_batches(day, targets, orphans_of, stats)
-            # the manifest is written after the data: complete the counts before it
-            meta.update(rows_read=stats.rows_read, invalid_rows=stats.invalid_rows,
-                        duplicates_dropped=stats.duplicates_dropped)
-
-        path = store.write_partition(source.name, day, batches(), meta, RAW_REPORTING_SCHEMA)
-    else:
-        targets = sorted(set(in_tz) & {int(a) for a in only_accounts})
-        prior = (store.partition_meta(source.name, day)
-                 if store.has_partition(source.name, day) else {})
-        landed = sorted(set(prior.get("account_ids") or []) | set(targets))
-        table = source.extract(day, targets, stats=stats)
-        meta.update({k: v for k, v in prior.items() if k not in ("rows", "version")})
-        meta.update(accounts=len(landed), account_ids=landed,
-                    duplicates_dropped=stats.duplicates_dropped)
-        path = store.replace_accounts(
-            source.name, day, table, targets, RAW_REPORTING_SCHEMA, meta
-        )
-    rows = store.partition_rows(source.name, day)
-    return ExtractResult(
-        key=day.key, rows=rows, accounts=len(targets),
-        window=f"{day.start_utc.isoformat()} → {day.end_utc.isoformat()}", path=path,
-        duplicates_dropped=stats.duplicates_dropped, invalid_rows=stats.invalid_rows,
-    )
-
-
-class LandingOutOfDate(RuntimeError):
-    """The accounts a partition landed are not the accounts its timezone has now."""
-
-
-def landed_accounts(
-    store: LandingStore, engine: Engine, day: LocalDay, source: str,
-    only_accounts: Sequence[int] | None = None,
-) -> tuple[list[int] | None, str | None]:
-    """The accounts whose rows a rollup of ``day`` rebuilds, or why it must not run.
-
-    The slice follows what was landed, never a later snapshot: rolling up a landing
-    that lacks an account which moved in would delete that account's day, and one that
-    still holds an account which moved away would overwrite the day its new timezone
-    cut. When the two disagree the partition must be re-extracted first.
-    """
-    meta = store.partition_meta(source, day)
-    landed = meta.get("account_ids")
-    current = set(wh.account_ids_in_timezone(engine, day.tz))
-    if landed is None:
-        return None, (f"{day.key}: landed before landings recorded their accounts; "
-                      "re-materialize its raw events asset first")
-    landed_set = {int(a) for a in landed}
-    if only_accounts is not None:
-        scope = current & {int(a) for a in only_accounts}
-        missing = sorted(scope - landed_set)
-        if missing:
-            return None, (f"{day.key}: accounts {missing} are not in this partition's "
-                          "landing; re-materialize its raw events asset for them first")
-        return sorted(scope), None
-    if landed_set != current:
-        gone, new = sorted(landed_set - current), sorted(current - landed_set)
-        return None, (
-            f"{day.key}: the landing holds the accounts of an older accounts snapshot "
-            f"(since then left this timezone: {gone[:20]}, joined it: {new[:20]}); "
-            "re-materialize its raw events asset, then the rollups")
-    return sorted(landed_set), None
-
-
-@dataclass
-class RollupResult:
-    key: str
-    events: int = 0
-    rolled_up: int = 0
-    rows_written: int = 0
-    rows_replaced: int = 0
-    accounts: int = 0
-    ignored_by_name: dict[str, int] = field(default_factory=dict)
-    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    other_timezone: int = 0
-    mismatches: dict[str, dict] = field(default_factory=dict)
-    negative_rows: int = 0
-    preview: list[dict] = field(default_factory=list)
-
-
-def rollup_partition(
-    store: LandingStore,
-    engine: Engine,
-    day: LocalDay,
-    source: str = "reporting_events",
-    only_accounts: Sequence[int] | None = None,
-    batch_rows: int = 1_000_000,
-) -> RollupResult:
-    """Validate the landed events of one partition, roll them up, replace the slice.
-
-    The landed Parquet is read in batches and pre-aggregated per batch, so memory does
-    not grow with the number of events.
-    """
-    scope, problem = landed_accounts(store, engine, day, source, only_accounts)
-    if problem:
-        raise LandingOutOfDate(problem)
-    known = wh.known_account_ids(engine)
-    scope_ids = pa.array(scope, pa.int64())
-    metrics = metrics_for_source(source)
-    registered = raw_events_for_source(source)
-    rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
-    result = RollupResult(key=day.key, accounts=len(scope))
-    ignored: Counter = Counter()
-    quarantined: list[pa.Table] = []
-    for events in store.iter_partition(source, day, RAW_REPORTING_SCHEMA, batch_rows):
-        if only_accounts is not None:
-            events = events.filter(pc.fill_null(pc.is_in(events["account_id"], scope_ids),
-                                                False))
-        checked = validate(events, known, registered, source, scope=scope)
-        rollup.add(checked.valid)
-        totals.add(checked.valid)
-        quarantined.append(checked.quarantine)
-        ignored.update(checked.ignored_by_name)
-        result.events += events.num_rows
-        result.rolled_up += checked.valid.num_rows
-        result.other_timezone += checked.out_of_scope
-    bad = pa.concat_tables(quarantined) if quarantined else QUARANTINE_SCHEMA.empty_table()
-    if bad.num_rows:  # the same bad row read twice is stored once: count it once
-        bad = bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
-            [("payload", "first")]).rename_columns(["source", "event_id", "reason",
-                                                    "payload"])
-    result.ignored_by_name = dict(ignored)
-    result.quarantined_by_reason = value_counts(bad["reason"])
-    return _write_and_check(result, engine, day, source, rollup, totals, bad, scope,
-                            partial=only_accounts is not None)
-
-
-def _write_and_check(
-    result: RollupResult,
-    engine: Engine,
-    day: LocalDay,
-    source: str,
-    rollup: RollupAccumulator,
-    totals: TotalsAccumulator,
-    quarantined: pa.Table,
-    account_ids: Sequence[int],
-    partial: bool = False,
-) -> RollupResult:
-    """Replace the partition's slice with the rollup's rows, then check what was written,
-    account by account, against the independently accumulated totals."""
-    rows = rollup.finish()
-    sums = pc.min_max(pc.is_finite(pa.concat_arrays(
-        [rows["sum_value"].combine_chunks(),
-         rows["sum_value_business_hours"].combine_chunks()])))
-    if rows.num_rows and not sums["min"].as_py():
-        raise ValueError(f"{day.key}: a rollup sum overflowed; nothing was written")
-    result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
-                                                quarantined, account_ids, partial=partial)
-    result.rows_written = rows.num_rows
-    actual = wh.account_totals(engine, day.day, source, account_ids)
-    result.mismatches = totals_mismatches(totals.finish(), actual)
-    result.negative_rows = wh.negative_rows(engine, day.day, source, account_ids)
-    result.preview = rows.slice(0, 10).to_pylist()
-    return result
+from analytics_pipeline.email.metrics import EMAIL_METRICS, EmailPipeline
+from analytics_pipeline.email.source import EmailSource
 
 
 @dataclass
@@ -261,6 +62,8 @@ class PassStats:
 
 
 PASSES = ("fresh", "settling", "reconciliation")
+
+
 # Every UTC offset in use is a multiple of 15 minutes, so a 15-minute UTC bucket lies in
 # exactly one local date of any timezone: the buckets of a fetch's new events name the
 # partitions it touched precisely, where a [min, max] span can cover weeks.
@@ -410,9 +213,6 @@ def fetch_provider_events(
     return result
 
 
-# --- email: daily extraction, rollups and statistics ----------------------------------------
-
-
 def email_landing_source(pipeline: EmailPipeline) -> str:
     return f"email_events_{pipeline.name}"
 
@@ -497,7 +297,7 @@ def rollup_email_partition(
     accounts, problem = landed_accounts(store, engine, day, landing_source)
     if problem:
         raise LandingOutOfDate(problem)
-    metrics = metrics_for_source(source)
+    metrics = tuple(m for m in EMAIL_METRICS if m.source == source)
     rollup, totals = RollupAccumulator(day.day, metrics), TotalsAccumulator(metrics)
     result = RollupResult(key=day.key, accounts=len(accounts))
     scope = pa.array(accounts, pa.int64())
@@ -545,16 +345,16 @@ def refresh_email_stats(
     state_rows = states.join(info, "recipient_id", join_type="left outer")
     facts = recipient_facts(recipients, states)
     tables = {
-        wh.email_recipient_states: state_rows,
-        wh.email_stats: email_stats(facts),
-        wh.member_email_stats: member_stats(facts),
+        et.email_recipient_states: state_rows,
+        et.email_stats: email_stats(facts),
+        et.member_email_stats: member_stats(facts),
     }
     if pipeline.name == "automation":
-        tables[wh.automation_email_stats] = automation_stats(facts)
-    wh.replace_kind_tables(engine, pipeline.name, tables)
+        tables[et.automation_email_stats] = automation_stats(facts)
+    et.replace_kind_tables(engine, pipeline.name, tables)
     return EmailStatsResult(
         events=events.num_rows, recipients=recipients.num_rows,
-        recipients_with_events=states.num_rows, emails=tables[wh.email_stats].num_rows,
-        automations=tables.get(wh.automation_email_stats, pa.table({})).num_rows,
-        members=tables[wh.member_email_stats].num_rows, unmatched=m.unmatched.num_rows,
+        recipients_with_events=states.num_rows, emails=tables[et.email_stats].num_rows,
+        automations=tables.get(et.automation_email_stats, pa.table({})).num_rows,
+        members=tables[et.member_email_stats].num_rows, unmatched=m.unmatched.num_rows,
     )

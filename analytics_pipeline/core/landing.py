@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from analytics_pipeline.partitions import LocalDay
+from analytics_pipeline.core.partitions import LocalDay
 
 MANIFEST = "_SUCCESS"
 RETIRED = "_RETIRED"
@@ -350,7 +350,7 @@ class ProviderEventLog:
     """
 
     root: str
-    stream: str  # e.g. "mailgun/newsletter"
+    stream: str  # e.g. "<provider>/<pipeline>"
     gc_grace_seconds: float = GC_GRACE_SECONDS
 
     def __post_init__(self) -> None:

@@ -1,11 +1,14 @@
-"""Scheduling: roll up each ``date|timezone`` once its local day has closed (+ grace),
-and refresh accounts so new timezones get partitions without manual steps."""
+"""The email pipelines' jobs, sensors and schedules: Mailgun polling, late events, the stats
+refresh, and the email streams of the closed-days sensor.
 
+Custom sensors, because Dagster has no built-in for what they decide: the polling sensor
+follows a provider cursor kept in the warehouse and holds back while a fetch is in flight;
+the late-events sensor maps what each fetch landed to the already rolled-up local days.
+"""
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 
 from dagster import (
     AssetKey,
@@ -24,82 +27,24 @@ from dagster import (
     sensor,
 )
 
-from analytics_pipeline.partitions import (
+from analytics_pipeline.core.partitions import (
     TIMEZONES_PARTITIONS_NAME,
     LocalDay,
     daily_timezone_partitions,
-    last_closed_day,
     local_date_of,
 )
-from analytics_pipeline.registry import EMAIL_PIPELINES, EmailPipeline
-from analytics_pipeline.resources import Mailgun, PipelineSettings, Warehouse
-from analytics_pipeline.warehouse import get_cursor, get_stream_state
-
-accounts_job = define_asset_job(
-    "refresh_accounts",
-    selection=AssetSelection.assets("accounts"),
-    description="Snapshot accounts and register the timezones in use.",
-)
-reporting_job = define_asset_job(
-    "support_reporting",
-    selection=AssetSelection.assets("raw_reporting_events", "reporting_rollups"),
-    partitions_def=daily_timezone_partitions,
-    description="Extract and roll up support reporting events for date|timezone partitions.",
-)
-
-refresh_accounts_schedule = ScheduleDefinition(
-    name="refresh_accounts_every_30_minutes",
-    job=accounts_job,
-    cron_schedule="*/30 * * * *",
-    default_status=DefaultScheduleStatus.RUNNING,
-)
-
-# A timezone seen for the first time (or a sensor started fresh) catches up this many
-# closed days; older history is a backfill, launched deliberately by an operator.
-FIRST_LOOKBACK_DAYS = 2
-MAX_REQUESTS_PER_TICK = 200
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def due_partitions(
-    now: datetime,
-    timezones: Iterable[str],
-    cursor: dict[str, str],
-    grace: timedelta,
-    first_date: date,
-    lookback_days: int = FIRST_LOOKBACK_DAYS,
-    limit: int = MAX_REQUESTS_PER_TICK,
-) -> tuple[list[LocalDay], dict[str, str]]:
-    """Closed local days not requested yet, oldest first, and the advanced cursor.
-
-    ``cursor`` maps a timezone to the last local date already requested for it.
-    """
-    due: list[LocalDay] = []
-    new_cursor = dict(cursor)
-    for tz in sorted(timezones):
-        try:
-            closed = last_closed_day(now, tz, grace)
-        except ValueError:
-            continue  # not a valid zone: the accounts check reports it
-        if tz in cursor:
-            nxt = date.fromisoformat(cursor[tz]) + timedelta(days=1)
-        else:
-            nxt = max(first_date, closed - timedelta(days=lookback_days - 1))
-        while nxt <= closed and len(due) < limit:
-            due.append(LocalDay(nxt, tz))
-            new_cursor[tz] = nxt.isoformat()
-            nxt += timedelta(days=1)
-    return due, new_cursor
+from analytics_pipeline.core.resources import Warehouse
+from analytics_pipeline.core.scheduling import ClosedDaysStream, StreamClock
+from analytics_pipeline.core.warehouse import get_cursor, get_stream_state
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES, EmailPipeline
+from analytics_pipeline.email.resources import Mailgun
 
 
 def email_daily_job(pipeline: EmailPipeline):
     return define_asset_job(
-        f"{pipeline.name}_email_daily",
-        selection=AssetSelection.assets(f"raw_{pipeline.name}_email_events",
-                                        f"{pipeline.name}_email_rollups"),
+        pipeline.names.daily_job,
+        selection=AssetSelection.assets(pipeline.names.raw_asset,
+                                        pipeline.names.rollups_asset),
         partitions_def=daily_timezone_partitions,
         description=f"Match and roll up {pipeline.name} email events for date|timezone "
         "partitions.",
@@ -109,129 +54,9 @@ def email_daily_job(pipeline: EmailPipeline):
 email_daily_jobs = {p.name: email_daily_job(p) for p in EMAIL_PIPELINES}
 
 
-REPORTING_STREAM = "reporting"
-
-
 def email_stream_name(pipeline: EmailPipeline) -> str:
-    return f"email:{pipeline.name}"
+    return pipeline.names.stream
 
-
-@dataclass(frozen=True)
-class StreamClock:
-    """How far a stream of partitions may be rolled up.
-
-    ``closed_until``: a day is due once its end plus the grace is at or before this instant
-    (now for reporting; for an email stream the earlier of now and its settled watermark,
-    so a day is rolled up only once Mailgun's late indexing of it has settled).
-    ``starts_at``: where a stream seen for the first time starts (its first fetch's
-    window), instead of the last ``lookback_days`` closed days.
-    """
-
-    name: str
-    closed_until: datetime
-    starts_at: datetime | None = None
-
-
-def read_progress(raw: str | None) -> dict[str, dict[str, str]]:
-    """The closed-days sensor's cursor: ``{stream: {timezone: last date requested}}``.
-    The former cursor, one flat ``{timezone: date}`` shared by every stream, is read as
-    the reporting stream's progress."""
-    if not raw:
-        return {}
-    state = json.loads(raw)
-    if isinstance(state.get("streams"), dict):
-        return {k: dict(v) for k, v in state["streams"].items()}
-    return {REPORTING_STREAM: dict(state)}
-
-
-def due_stream_partitions(
-    streams: Sequence[StreamClock],
-    timezones: Iterable[str],
-    progress: dict[str, dict[str, str]],
-    grace: timedelta,
-    first_date: date,
-    lookback_days: int = FIRST_LOOKBACK_DAYS,
-    limit: int = MAX_REQUESTS_PER_TICK,
-) -> tuple[dict[str, list[LocalDay]], dict[str, dict[str, str]]]:
-    """Each stream's due days (its own progress and clock), oldest first, within one shared
-    per-tick ``limit``; and the advanced progress of every stream."""
-    tzs = sorted(timezones)
-    new_progress = {k: dict(v) for k, v in progress.items()}
-    due: dict[str, list[LocalDay]] = {}
-    remaining = limit
-    for stream in streams:
-        cursor = progress.get(stream.name)
-        if cursor is None:
-            cursor = {}
-            if stream.starts_at is not None:
-                for tz in tzs:
-                    try:
-                        start = max(first_date, local_date_of(stream.starts_at, tz))
-                    except ValueError:
-                        continue  # not a valid zone: the accounts check reports it
-                    cursor[tz] = (start - timedelta(days=1)).isoformat()
-        days, advanced = due_partitions(stream.closed_until, tzs, cursor, grace, first_date,
-                                        lookback_days, max(remaining, 0))
-        due[stream.name] = days
-        new_progress[stream.name] = advanced
-        remaining -= len(days)
-    return due, new_progress
-
-
-@sensor(
-    jobs=[reporting_job, *email_daily_jobs.values()],
-    minimum_interval_seconds=300,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Requests each date|timezone partition once that local day has closed "
-    "plus the grace period (ANALYTICS_CLOSE_GRACE_MINUTES); email days only once their "
-    "Mailgun stream's settled watermark has passed it too. Each stream keeps its own progress.",
-)
-def closed_days_sensor(
-    context: SensorEvaluationContext, settings: PipelineSettings, mailgun: Mailgun,
-    warehouse: Warehouse,
-):
-    timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
-    if not timezones:
-        return SkipReason("no timezone partitions yet: materialize `accounts` first")
-    now = _utcnow()
-    streams = [StreamClock(REPORTING_STREAM, now)]
-    jobs = {REPORTING_STREAM: reporting_job}
-    if mailgun.configured:  # email days only once events can be fetched
-        engine = warehouse.engine()
-        for pipeline in EMAIL_PIPELINES:
-            cursor = get_cursor(engine, pipeline.cursor_name)
-            if cursor is None:
-                continue  # not fetched yet: its days start with its first fetch
-            state = get_stream_state(engine, pipeline.cursor_name)
-            first = state.first_fetch_from if state else None
-            name = email_stream_name(pipeline)
-            streams.append(StreamClock(
-                name, min(now, datetime.fromtimestamp(cursor[1], timezone.utc)),
-                datetime.fromtimestamp(first, timezone.utc) if first is not None else None))
-            jobs[name] = email_daily_jobs[pipeline.name]
-    previous = read_progress(context.cursor)
-    due, progress = due_stream_partitions(
-        streams, timezones, previous, settings.grace, settings.first_date)
-    cursor = json.dumps({"streams": progress}, sort_keys=True)
-    requests = []
-    for stream, days in due.items():
-        job = jobs[stream]
-        for day in days:
-            # reporting keeps its bare key, email jobs theirs: the keys the former sensor
-            # used, so a day it requested already is not requested twice
-            key = day.key if stream == REPORTING_STREAM else f"{job.name}:{day.key}"
-            requests.append(RunRequest(run_key=key, job_name=job.name,
-                                       partition_key=day.multi_key(),
-                                       tags={"analytics/timezone": day.tz}))
-    if not requests:
-        skip = "no local day has closed (or settled) since the last tick"
-        if progress == previous:
-            return SkipReason(skip)
-        return SensorResult(skip_reason=skip, cursor=cursor)  # e.g. a new stream's start
-    return SensorResult(run_requests=requests, cursor=cursor)
-
-
-# --- email: Mailgun polling -----------------------------------------------------------------
 
 # A window shorter than this is not worth a run (the sensor ticks every minute).
 MIN_WINDOW_SECONDS = 30.0
@@ -239,8 +64,8 @@ MIN_WINDOW_SECONDS = 30.0
 
 def mailgun_fetch_job(pipeline: EmailPipeline):
     return define_asset_job(
-        f"mailgun_{pipeline.name}_fetch",
-        selection=AssetSelection.assets(f"mailgun_{pipeline.name}_events"),
+        pipeline.names.fetch_job,
+        selection=AssetSelection.assets(pipeline.names.fetched_asset),
         description=f"Fetch and land the Mailgun events of {pipeline.name} emails.",
         tags={"analytics/stream": pipeline.stream},
     )
@@ -289,7 +114,7 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
     lands and advances the durable cursor kept in the warehouse."""
 
     @sensor(
-        name=f"mailgun_{pipeline.name}_sensor",
+        name=pipeline.names.fetch_sensor,
         job=job,
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
@@ -324,7 +149,7 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
             tags["analytics/stale_fetch_runs"] = ",".join(r for r, _, _ in stale)
         return RunRequest(
             run_key=f"{pipeline.cursor_name}:{int(until)}",
-            run_config={"ops": {f"mailgun_{pipeline.name}_events": {"config": {"until": until}}}},
+            run_config={"ops": {pipeline.names.fetched_asset: {"config": {"until": until}}}},
             tags=tags,
         )
 
@@ -332,29 +157,31 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
 
 
 mailgun_jobs = {p.name: mailgun_fetch_job(p) for p in EMAIL_PIPELINES}
+
+
 mailgun_sensors = {p.name: mailgun_sensor(p, mailgun_jobs[p.name]) for p in EMAIL_PIPELINES}
-
-
-
-# --- email: statistics refresh and late events ---------------------------------------------
 
 
 def email_stats_job(pipeline: EmailPipeline):
     return define_asset_job(
-        f"{pipeline.name}_email_stats_refresh",
-        selection=AssetSelection.assets(f"{pipeline.name}_recipient_states",
-                                        f"{pipeline.name}_email_stats"),
+        pipeline.names.stats_job,
+        selection=AssetSelection.assets(pipeline.names.states_asset,
+                                        pipeline.names.stats_asset),
         description=f"Recompute {pipeline.name} recipient states and statistics.",
     )
 
 
 email_stats_jobs = {p.name: email_stats_job(p) for p in EMAIL_PIPELINES}
+
+
 email_stats_schedules = {
     p.name: ScheduleDefinition(
-        name=f"{p.name}_email_stats_every_15_minutes",
+        name=p.names.stats_schedule,
         job=email_stats_jobs[p.name],
         cron_schedule="*/15 * * * *",
         default_status=DefaultScheduleStatus.RUNNING,
+        description=f"Every 15 minutes, refreshes the {p.name} recipient states and the "
+        "email, automation and member statistics from the landed Mailgun events.",
     )
     for p in EMAIL_PIPELINES
 }
@@ -419,6 +246,8 @@ def days_of_fetch(metadata: Mapping, timezones: Iterable[str]) -> list[LocalDay]
 
 
 LATE_REQUESTS_PER_TICK = 100
+
+
 LATE_FETCHES_PER_TICK = 2000  # materializations read in one tick; the rest the next one
 
 
@@ -437,11 +266,11 @@ def _late_cursor(raw: str | None) -> tuple[int | None, dict[str, int]]:
 def late_email_events_sensor(pipeline: EmailPipeline):
     """When fetches land events for days already rolled up, re-materialize those days."""
     job = email_daily_jobs[pipeline.name]
-    fetch_key = AssetKey(f"mailgun_{pipeline.name}_events")
-    raw_key = AssetKey(f"raw_{pipeline.name}_email_events")
+    fetch_key = AssetKey(pipeline.names.fetched_asset)
+    raw_key = AssetKey(pipeline.names.raw_asset)
 
     @sensor(
-        name=f"late_{pipeline.name}_email_events_sensor",
+        name=pipeline.names.late_sensor,
         job=job,
         default_status=DefaultSensorStatus.RUNNING,
         description="Re-materializes the date|timezone partitions of already rolled-up days "
@@ -495,3 +324,41 @@ def late_email_events_sensor(pipeline: EmailPipeline):
 
 
 late_email_sensors = {p.name: late_email_events_sensor(p) for p in EMAIL_PIPELINES}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _email_clock(pipeline: EmailPipeline):
+    """An email stream's clock: its days are due once Mailgun's settled watermark has
+    passed them; none before Mailgun is configured and fetched once."""
+
+    def clock(resources, now: datetime) -> StreamClock | None:
+        if not resources.mailgun.configured:
+            return None
+        engine = resources.warehouse.engine()
+        cursor = get_cursor(engine, pipeline.cursor_name)
+        if cursor is None:
+            return None  # not fetched yet: its days start with its first fetch
+        state = get_stream_state(engine, pipeline.cursor_name)
+        first = state.first_fetch_from if state else None
+        return StreamClock(
+            email_stream_name(pipeline),
+            min(now, datetime.fromtimestamp(cursor[1], timezone.utc)),
+            datetime.fromtimestamp(first, timezone.utc) if first is not None else None)
+
+    return clock
+
+
+def _email_stream(pipeline: EmailPipeline) -> ClosedDaysStream:
+    job = email_daily_jobs[pipeline.name]
+    return ClosedDaysStream(
+        name=email_stream_name(pipeline), job=job,
+        # the keys the former shared sensor used, so a day requested already is not again
+        run_key=lambda day: f"{job.name}:{day.key}",
+        clock=_email_clock(pipeline), resource_keys=frozenset({"mailgun", "warehouse"}),
+    )
+
+
+email_streams = [_email_stream(p) for p in EMAIL_PIPELINES]

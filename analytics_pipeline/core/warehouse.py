@@ -1,8 +1,9 @@
 """Warehouse tables and partition-atomic writes (SQLAlchemy Core; SQLite or PostgreSQL).
 
-Each partition write is one transaction that deletes exactly the partition's slice and
-inserts the new rows, so a failure leaves the previous rows untouched and a re-run
-never double counts.
+Each partition write is one transaction that deletes exactly the partition's slice (the
+rows of the accounts it landed) and inserts the new rows, so a failure leaves the
+previous rows untouched and a re-run never double counts. Source packages add their own
+tables to ``metadata``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
+
 # Key text columns compare bytewise in PostgreSQL: the unique index is then cheaper to
 # maintain, and matches the order in which rows are sorted before COPY.
 KeyText = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
 
 accounts = sa.Table(
     "accounts",
@@ -38,6 +41,7 @@ accounts = sa.Table(
     sa.Column("snapshot_at", sa.DateTime, nullable=False),
     sa.Index("ix_accounts_timezone", "timezone"),
 )
+
 
 daily_rollups = sa.Table(
     "daily_rollups",
@@ -61,6 +65,7 @@ daily_rollups = sa.Table(
     sa.Index("ix_daily_rollups_date_timezone", "date", "timezone"),
 )
 
+
 quarantine = sa.Table(
     "quarantine",
     metadata,
@@ -76,6 +81,7 @@ quarantine = sa.Table(
     sa.Index("ix_quarantine_partition", "source", "partition_date", "timezone"),
 )
 
+
 provider_cursors = sa.Table(
     "provider_cursors",
     metadata,
@@ -88,6 +94,7 @@ provider_cursors = sa.Table(
               comment="epoch seconds: events before this were re-read after settling"),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
+
 
 # Added beside provider_cursors (whose columns stay as they are: existing warehouses only
 # get create_all): what a provider stream's scheduling needs besides its cursor.
@@ -102,45 +109,10 @@ provider_streams = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
-_ts = sa.DateTime(timezone=True)
-
-
-def _email_table(name: str, key: str, columns: list[sa.Column]) -> sa.Table:
-    return sa.Table(
-        name, metadata,
-        sa.Column("kind", sa.Text, primary_key=True),  # 'newsletter' | 'automation'
-        sa.Column(key, sa.BigInteger, primary_key=True, autoincrement=False),
-        *columns,
-        sa.Column("updated_at", sa.DateTime, nullable=False),
-    )
-
-
-_counts = ["sent_count", "delivered_count", "opened_count", "clicked_count", "failed_count",
-           "unsubscribed_count", "complained_count"]
-email_recipient_states = _email_table("email_recipient_states", "recipient_id", [
-    sa.Column("account_id", sa.BigInteger), sa.Column("email_id", sa.BigInteger),
-    sa.Column("member_id", sa.BigInteger),
-    *[sa.Column(c, _ts) for c in ("delivered_at", "opened_at", "clicked_at",
-                                  "unsubscribed_at", "complained_at", "failed_at")],
-    sa.Column("failure_code", sa.Text), sa.Column("failure_message", sa.Text),
-    sa.Column("temporary_failures", sa.BigInteger, nullable=False),
-    sa.Column("last_temporary_failure_at", _ts),
-])
-email_stats = _email_table("email_stats", "email_id", [
-    *[sa.Column(c, sa.BigInteger, nullable=False) for c in _counts],
-    sa.Column("open_rate", sa.Float(precision=53)),
-])
-automation_email_stats = _email_table("automation_email_stats", "automation_id", [
-    *[sa.Column(c, sa.BigInteger, nullable=False) for c in _counts],
-    sa.Column("open_rate", sa.Float(precision=53)),
-])
-member_email_stats = _email_table("member_email_stats", "member_id", [
-    sa.Column("email_count", sa.BigInteger, nullable=False),
-    sa.Column("email_opened_count", sa.BigInteger, nullable=False),
-    sa.Column("email_open_rate", sa.Float(precision=53)),
-])
 
 UNIQUE_KEY = ["account_id", "date", "dimension_type", "dimension_id", "metric"]
+
+
 ROLLUP_COLUMNS = [
     "account_id", "date", "dimension_type", "dimension_id", "metric", "count",
     "sum_value", "sum_value_business_hours", "timezone", "source", "updated_at",
@@ -201,10 +173,20 @@ def make_engine(url: str | sa.URL) -> Engine:
 
 
 @functools.lru_cache(maxsize=32)
+def _engine_for(url: str) -> Engine:
+    return make_engine(url)
+
+
+_ensured: dict[int, int] = {}  # id(engine) → number of tables created on it
+
+
 def warehouse_engine(url: str) -> Engine:
-    """One engine per warehouse URL and process, with the schema created on first use."""
-    engine = make_engine(url)
-    ensure_schema(engine)
+    """One engine per warehouse URL and process, with the schema created on first use and
+    again when a source package imported since has added its tables to ``metadata``."""
+    engine = _engine_for(url)
+    if _ensured.get(id(engine)) != len(metadata.tables):
+        ensure_schema(engine)
+        _ensured[id(engine)] = len(metadata.tables)
     return engine
 
 
@@ -213,7 +195,7 @@ def ensure_schema(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
 
 
-def _utcnow() -> datetime:
+def utc_now_naive() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -226,12 +208,9 @@ def _upsert(conn: Connection, table: sa.Table):
     raise NotImplementedError(f"upsert is not implemented for dialect {name!r}")
 
 
-# --- accounts -----------------------------------------------------------------------------
-
-
 def replace_accounts(engine: Engine, rows: Sequence[dict]) -> None:
     """Replace the accounts snapshot in one transaction."""
-    now = _utcnow()
+    now = utc_now_naive()
     with engine.begin() as conn:
         conn.execute(accounts.delete())
         if rows:
@@ -257,9 +236,6 @@ def accounts_snapshot(engine: Engine) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(sa.select(accounts).order_by(accounts.c.id))]
 
 
-# --- rollups ------------------------------------------------------------------------------
-
-
 # Account ids go to IN lists in chunks: SQLite binds at most 32,766 parameters.
 ID_CHUNK = 10_000
 
@@ -281,7 +257,7 @@ def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> N
     if rows.num_rows == 0:
         return
     n = rows.num_rows
-    now = _utcnow()
+    now = utc_now_naive()
     table = rows.append_column("timezone", pa.repeat(pa.scalar(tz, pa.string()), n))
     table = table.append_column("source", pa.repeat(pa.scalar(source, pa.string()), n))
     table = table.append_column(
@@ -318,7 +294,7 @@ def _upsert_quarantine(conn: Connection, day: date, tz: str, rows: pa.Table) -> 
     """Insert quarantined events; an event seen again moves to this partition."""
     if rows.num_rows == 0:
         return
-    now = _utcnow()
+    now = utc_now_naive()
     records = [
         {**r, "partition_date": day, "timezone": tz, "detected_at": now}
         for r in rows.select(["source", "event_id", "reason", "payload"]).to_pylist()
@@ -437,9 +413,6 @@ def rollup_rows(engine: Engine, where: sa.ColumnElement | None = None) -> list[d
         return [dict(row._mapping) for row in conn.execute(q)]
 
 
-# --- provider cursors -----------------------------------------------------------------------
-
-
 def get_cursor(engine: Engine, name: str) -> tuple[float, float] | None:
     """(fresh_until, settled_until) of a provider stream, or None before its first fetch."""
     c = provider_cursors.c
@@ -458,7 +431,7 @@ def advance_cursor(engine: Engine, name: str, fresh_until: float, settled_until:
         if conn.dialect.name == "postgresql":
             q = q.with_for_update()
         row = conn.execute(q).first()
-        now = _utcnow()
+        now = utc_now_naive()
         if row is None:
             conn.execute(provider_cursors.insert().values(
                 name=name, fresh_until=fresh_until, settled_until=settled_until,
@@ -496,7 +469,7 @@ def record_stream_state(engine: Engine, name: str, first_fetch_from: float | Non
         if conn.dialect.name == "postgresql":
             q = q.with_for_update()
         row = conn.execute(q).first()
-        now = _utcnow()
+        now = utc_now_naive()
         if row is None:
             stmt = _upsert(conn, provider_streams).values(
                 name=name, first_fetch_from=first_fetch_from, reconciled_at=reconciled_at,
@@ -517,18 +490,6 @@ def add_quarantine(engine: Engine, day: date, tz: str, rows: pa.Table) -> None:
         return
     with engine.begin() as conn:
         _upsert_quarantine(conn, day, tz, rows)
-
-
-def replace_kind_tables(engine: Engine, kind: str, tables: dict[sa.Table, pa.Table]) -> None:
-    """Replace one email kind's rows of several tables in one transaction."""
-    now = pa.scalar(_utcnow(), pa.timestamp("us"))
-    with engine.begin() as conn:
-        for target, rows in tables.items():
-            conn.execute(target.delete().where(target.c.kind == kind))
-            n = rows.num_rows
-            rows = rows.append_column("kind", pa.repeat(pa.scalar(kind), n)).append_column(
-                "updated_at", pa.repeat(now, n))
-            insert_arrow(conn, target, rows)
 
 
 def replace_quarantine(engine: Engine, day: date, tz: str, source: str, rows: pa.Table) -> None:

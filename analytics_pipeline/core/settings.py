@@ -21,22 +21,13 @@ DEFAULTS: dict[str, str] = {
     "ANALYTICS_START_DATE": "2024-01-01",
     "ANALYTICS_CLOSE_GRACE_MINUTES": "30",
     "ANALYTICS_MAX_ACCOUNT_LOSS_PERCENT": "50",
-    "MAILGUN_API_BASE": "https://api.mailgun.net/v3",
-    "MAILGUN_DOMAIN": "",
-    "MAILGUN_API_KEY": "",
-    "MAILGUN_NEWSLETTER_TAGS": "newsletter",
-    "MAILGUN_AUTOMATION_TAGS": "automation",
-    "MAILGUN_SETTLE_MINUTES": "30",
-    "MAILGUN_RECONCILE_EVERY_MINUTES": "360",
-    "MAILGUN_RETENTION_HOURS": "72",
-    "MAILGUN_FETCH_STALE_MINUTES": "60",
 }
 
 
-def setting(name: str) -> str:
+def setting(name: str, defaults: dict[str, str] = DEFAULTS) -> str:
     """The environment value of ``name``, or its embedded default."""
     value = os.environ.get(name)
-    return value if value else DEFAULTS[name]
+    return value if value else defaults[name]
 
 
 def start_date() -> date:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics_pipeline.sources import source_metadata, src_accounts, src_reporting_events
-from analytics_pipeline.warehouse import make_engine
+from analytics_pipeline.core.sources import source_metadata, src_accounts
+from analytics_pipeline.core.warehouse import make_engine
+from analytics_pipeline.support.source import src_reporting_events
 
 # Two weeks around the US spring-forward (2026-03-08: New York and Los Angeles have a
 # 23-hour day), fixed so that the demo's numbers are reproducible.
@@ -180,7 +181,7 @@ def generate_email_demo(
     temporarily), unsubscribe and complain. One open is indexed late, one item is
     malformed and one event belongs to nobody.
     """
-    from analytics_pipeline.mailgun_simulator import sample_item
+    from analytics_pipeline.dev.mailgun_simulator import sample_item
 
     rng = random.Random(seed)
     emails, recipients, items = [], [], []
@@ -238,7 +239,7 @@ def generate_email_demo(
 
 
 def write_email_source(url: str, emails: list[dict], recipients: list[dict]) -> None:
-    from analytics_pipeline.sources import src_email_recipients, src_emails
+    from analytics_pipeline.email.source import src_email_recipients, src_emails
 
     engine = make_engine(url)
     try:
@@ -261,8 +262,8 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     import os
     import shutil
 
-    from analytics_pipeline import warehouse as wh
-    from analytics_pipeline.settings import ANALYTICS_DIR, DEFAULTS, setting
+    from analytics_pipeline.core import warehouse as wh
+    from analytics_pipeline.core.settings import ANALYTICS_DIR, DEFAULTS, setting
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str((ANALYTICS_DIR / "dagster_home")
                                                            .resolve())))
@@ -289,7 +290,7 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     # only set for this process, so `make dev` does not poll it afterwards).
     import time as _time
 
-    from analytics_pipeline.mailgun_simulator import MailgunSimulator
+    from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator
 
     started = _time.time()
     emails, recipients, items = generate_email_demo(started)
@@ -309,11 +310,12 @@ def run_demo(regenerate: bool = True, out=print) -> int:
 def _run_demo_jobs(out) -> int:
     from dagster import DagsterInstance
 
-    from analytics_pipeline import warehouse as wh
+    from analytics_pipeline.core import warehouse as wh
+    from analytics_pipeline.core.partitions import TIMEZONES_PARTITIONS_NAME, last_closed_day
+    from analytics_pipeline.core.settings import setting
     from analytics_pipeline.definitions import defs
-    from analytics_pipeline.partitions import TIMEZONES_PARTITIONS_NAME, last_closed_day
+    from analytics_pipeline.email import tables as et
     from analytics_pipeline.report import metric_series
-    from analytics_pipeline.settings import setting
 
     with DagsterInstance.get() as instance:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -384,7 +386,7 @@ def _run_demo_jobs(out) -> int:
     out(f"{'email (kind)':<32} {'sent':>6} {'delivered':>9} {'opened':>7} {'failed':>7} "
         f"{'open rate':>9}")
     with engine.connect() as conn:
-        st = wh.email_stats.c
+        st = et.email_stats.c
         rows = conn.execute(sa.select(st.kind, st.email_id, st.sent_count, st.delivered_count,
                                       st.opened_count, st.failed_count, st.open_rate)
                             .order_by(st.email_id)).all()

@@ -1,0 +1,218 @@
+
+"""The email pipelines' Dagster assets: landed Mailgun events, the daily matched events and
+rollups per ``date|timezone``, recipient states and statistics. Built per pipeline by
+factories; every name they produce is listed in ``names.py``.
+"""
+
+import time
+from datetime import datetime, timezone
+
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetSpec,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
+from pydantic import Field
+
+from analytics_pipeline.core.accounts import accounts
+from analytics_pipeline.core.assets import (
+    OWNERS,
+    _md_table,
+    require_current_landings,
+    rollup_result,
+)
+from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.core.partitions import LocalDay, daily_timezone_partitions
+from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES, EmailPipeline
+from analytics_pipeline.email.resources import Mailgun
+from analytics_pipeline.email.source import EmailSource
+from analytics_pipeline.email.steps import (
+    email_landing_source,
+    extract_email_partition,
+    fetch_provider_events,
+    refresh_email_stats,
+    rollup_email_partition,
+)
+
+
+class MailgunFetchConfig(Config):
+    until: float | None = Field(
+        default=None,
+        description="End of the fresh pass (epoch seconds); the sensor sets it, a manual "
+        "run defaults to now minus the configured lag.",
+    )
+
+
+# 3,000 buckets = a month of events in every quarter hour; beyond, the span is used.
+MAX_BUCKETS_IN_METADATA = 3000
+
+
+def mailgun_events_asset(pipeline: EmailPipeline):
+    """The landed Mailgun events of one pipeline, appended by each polling run."""
+
+    @asset(
+        name=pipeline.names.fetched_asset,
+        group_name=pipeline.names.group,
+        owners=OWNERS,
+        kinds={"parquet", "api"},
+        description=f"Mailgun events of {pipeline.name} emails (tags "
+        f"`{pipeline.default_tags}` by default), fetched by a fresh and a settling pass and "
+        "landed as Parquet, de-duplicated by event id on read. Landing keeps them past "
+        "Mailgun's retention.",
+    )
+    def _asset(
+        context: AssetExecutionContext,
+        config: MailgunFetchConfig,
+        mailgun: Mailgun,
+        warehouse: Warehouse,
+        landing: Landing,
+    ) -> MaterializeResult:
+        now = time.time()
+        until = config.until if config.until is not None else now - mailgun.lag_seconds
+        r = fetch_provider_events(
+            mailgun.client(), ProviderEventLog(landing.uri, pipeline.stream),
+            warehouse.engine(), pipeline, mailgun.tags_for(pipeline.name), until, now,
+            settle_seconds=mailgun.settle_minutes * 60,
+            initial_lookback_seconds=mailgun.initial_lookback_hours * 3600,
+            reconcile_every_seconds=mailgun.reconcile_every_minutes * 60,
+            retention_seconds=mailgun.retention_hours * 3600,
+        )
+        if r.malformed:
+            context.log.warning(f"{r.malformed} malformed Mailgun items quarantined")
+        for label, stats in r.passes.items():
+            if label != "fresh" and stats.stored:
+                context.log.warning(
+                    f"the {label} pass stored {stats.stored} events the earlier passes had "
+                    f"missed (up to {stats.max_lateness_seconds / 60:.0f} minutes late)")
+
+        def iso(t: float) -> str:
+            return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+        buckets = r.buckets
+        per_pass = {}
+        for label, stats in r.passes.items():
+            # flat numbers, so that the UI plots them run after run
+            per_pass[f"{label}_items_read"] = stats.items_read
+            per_pass[f"{label}_events_stored"] = stats.stored
+            per_pass[f"{label}_max_lateness_seconds"] = float(stats.max_lateness_seconds or 0.0)
+        return MaterializeResult(metadata={
+            "events_fetched": r.fetched,
+            **per_pass,
+            "reconciliation": "ran" if r.reconciled else "not due",
+            "last_reconciliation": iso(r.reconciled_at) if r.reconciled_at else "never",
+            "files_landed": r.landed_files,
+            "malformed_quarantined": r.malformed,
+            "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
+            "fresh_until": iso(r.fresh_until),
+            # read by the late-events sensor: the 15-minute UTC buckets of the events this
+            # run stored (epoch // 900; left out when too many) and their span (epoch seconds)
+            **({"event_buckets_15m": MetadataValue.json(buckets)}
+               if len(buckets) <= MAX_BUCKETS_IN_METADATA else {}),
+            "event_time_min": r.event_time_min if r.event_time_min is not None else 0.0,
+            "event_time_max": r.event_time_max if r.event_time_max is not None else 0.0,
+            "settled_until": iso(r.settled_until),
+            "domain": mailgun.domain,
+        })
+
+    return _asset
+
+
+mailgun_event_assets = {p.name: mailgun_events_asset(p) for p in EMAIL_PIPELINES}
+
+
+def email_assets(pipeline: EmailPipeline) -> list:
+    """The daily extraction, the rollups and the statistics of one email pipeline."""
+    p = pipeline.name
+    n = pipeline.names
+    fetched, raw_name, rollups_name, group = (n.fetched_asset, n.raw_asset, n.rollups_asset,
+                                              n.group)
+
+    @asset(
+        name=raw_name, group_name=group, owners=OWNERS, kinds={"parquet"},
+        deps=[fetched, accounts], partitions_def=daily_timezone_partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        description=f"Mailgun events of {p} emails over the partition's local day, matched "
+        "to their recipient (message id + address) and account; unmatched events are "
+        "quarantined by the default timezone's partitions.",
+    )
+    def raw_email_events(
+        context: AssetExecutionContext, source_db: SourceDatabase, warehouse: Warehouse,
+        landing: Landing, settings: PipelineSettings,
+    ) -> MaterializeResult:
+        log = ProviderEventLog(landing.uri, pipeline.stream)
+        store, engine = landing.store(), warehouse.engine()
+        default_tz = settings.validated_default_timezone()
+        results = [
+            extract_email_partition(log, EmailSource(source_db.url), store, engine, pipeline,
+                                    LocalDay.from_key(k), default_tz)
+            for k in context.partition_keys
+        ]
+        return MaterializeResult(metadata={
+            "partitions": len(results),
+            "events_in_window": sum(r.events for r in results),
+            "events_landed": sum(r.matched for r in results),
+            "events_quarantined": sum(r.quarantined for r in results),
+            "per_partition": _md_table([r.__dict__ for r in results], limit=100),
+        })
+
+    specs = [AssetCheckSpec(RECONCILES, asset=rollups_name,
+                            description="Account-dimension totals equal the landed events'."),
+             AssetCheckSpec(NON_NEGATIVE, asset=rollups_name,
+                            description="No negative count in the partition.")]
+
+    @asset(
+        name=rollups_name, group_name=group, owners=OWNERS, kinds={"sql", "pyarrow"},
+        deps=[raw_name], partitions_def=daily_timezone_partitions,
+        backfill_policy=BackfillPolicy.single_run(), check_specs=specs,
+        description=f"daily_rollups rows of {p} email metrics (dimensions account, email"
+        + (", automation" if p == "automation" else "") + ") on the event's local date.",
+    )
+    def email_rollups(
+        context: AssetExecutionContext, warehouse: Warehouse, landing: Landing
+    ) -> MaterializeResult:
+        store, engine = landing.store(), warehouse.engine()
+        days = [LocalDay.from_key(k) for k in context.partition_keys]
+        require_current_landings(store, engine, days, email_landing_source(pipeline))
+        results = [rollup_email_partition(store, engine, pipeline, d) for d in days]
+        return rollup_result(results, {"warehouse": warehouse.display_url})
+
+    states_key, stats_key = n.states_asset, n.stats_asset
+
+    @multi_asset(
+        name=n.statistics_op,
+        group_name=group,
+        specs=[
+            AssetSpec(states_key, deps=[fetched], owners=OWNERS, kinds={"sql", "pyarrow"},
+                      description=f"Per recipient of {p} emails: first delivered, opened, "
+                      "clicked, unsubscribed, complained; permanent failure (never "
+                      "downgraded by a temporary one) and temporary failures."),
+            AssetSpec(stats_key, deps=[states_key], owners=OWNERS, kinds={"sql"},
+                      description=f"Per {p} email"
+                      + (" and per automation" if p == "automation" else "")
+                      + ": sent, delivered, opened, clicked, failed, unsubscribed, "
+                      "complained, open rate (tracked emails, at least 5 recipients); per "
+                      "member: emails, opened, open rate."),
+        ],
+    )
+    def statistics(source_db: SourceDatabase, warehouse: Warehouse, landing: Landing):
+        r = refresh_email_stats(ProviderEventLog(landing.uri, pipeline.stream),
+                                EmailSource(source_db.url), warehouse.engine(), pipeline)
+        yield MaterializeResult(asset_key=states_key, metadata={
+            "events": r.events, "recipients_with_events": r.recipients_with_events,
+            "unmatched_events": r.unmatched})
+        yield MaterializeResult(asset_key=stats_key, metadata={
+            "emails": r.emails, "automations": r.automations, "members": r.members,
+            "recipients": r.recipients})
+
+    return [raw_email_events, email_rollups, statistics]
+
+
+email_pipeline_assets = {p.name: email_assets(p) for p in EMAIL_PIPELINES}

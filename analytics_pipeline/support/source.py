@@ -1,0 +1,210 @@
+"""The support desk's source contract (``reporting_events`` as a Rails support-desk app keeps
+it) and its extraction: rows read as stored, converted strictly in Arrow, landed with the
+reason of any row that does not fit the contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from analytics_pipeline.core.coerce import (
+    decode_utf8,
+    false_mask,
+    to_float64,
+    to_int64,
+    to_text,
+    to_timestamp_utc,
+)
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.core.sources import (
+    ColumnKinds,
+    ExtractStats,
+    SeenIds,
+    _ids_match,
+    _instant,
+    _printable,
+    _window_literal,
+    arrow_batches,
+    inspect_table,
+    source_metadata,
+)
+from analytics_pipeline.core.warehouse import normalize_url
+from analytics_pipeline.support.validation import (
+    RAW_REPORTING_SCHEMA,
+    REASON_TIMESTAMP,
+    REASON_VALUE,
+)
+
+src_reporting_events = sa.Table(
+    "reporting_events",
+    source_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("value", sa.Float(precision=53)),
+    sa.Column("value_in_business_hours", sa.Float(precision=53)),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.BigInteger),
+    sa.Column("inbox_id", sa.BigInteger),
+    sa.Column("conversation_id", sa.BigInteger),
+    sa.Column("event_start_time", sa.DateTime),
+    sa.Column("event_end_time", sa.DateTime),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime),
+    sa.Index("index_reporting_events_on_account_id_and_created_at", "account_id", "created_at"),
+)
+
+
+_ID_COLUMNS = ("id", "account_id", "user_id", "inbox_id", "conversation_id")
+
+
+_VALUE_COLUMNS = ("value", "value_in_business_hours")
+
+
+_READ_COLUMNS = ("id", "name", *_VALUE_COLUMNS, "account_id", "user_id", "inbox_id",
+                 "conversation_id", "created_at")
+
+
+@dataclass
+class ReportingEventsSource:
+    """``reporting_events`` of the application database (DESIGN.md source contract).
+
+    Rows are read as the database holds them and converted strictly in Arrow
+    (``coerce``): a row that does not fit the contract is landed with its
+    ``invalid_reason`` and its raw values, to be quarantined by the rollup, never coerced
+    or dropped. ``fallback_date`` dates events whose ``created_at`` and ``updated_at`` are
+    both unusable, so every such event lands in exactly one partition.
+    """
+
+    url: str
+    fallback_date: date
+    name: str = "reporting_events"
+
+    def _query(
+        self, kinds: ColumnKinds, dialect: str, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None,
+    ) -> sa.Select:
+        e = src_reporting_events.c
+        missing = [c for c in _READ_COLUMNS if c not in kinds]
+        if missing:
+            raise LookupError(f"source table reporting_events lacks columns {missing}")
+        created, dated = _instant(e.created_at, kinds["created_at"], dialect)
+        if "updated_at" in kinds:
+            updated, updated_dated = _instant(e.updated_at, kinds["updated_at"], dialect)
+        else:
+            updated, updated_dated = sa.null(), sa.false()
+        lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
+        fb = _window_literal(datetime.combine(self.fallback_date, datetime.min.time()))
+        undated_at = sa.case((updated_dated, updated), else_=fb)
+        in_window = sa.or_(
+            sa.and_(dated, created >= lo, created < hi),
+            sa.and_(sa.not_(dated), undated_at >= lo, undated_at < hi),
+        )
+        who = _ids_match(e.account_id, kinds["account_id"], account_ids)
+        if orphans_of is not None:
+            # Events of no known account (null, unknown or not an exact id) are swept by
+            # the default timezone's partitions, to be quarantined once, never lost.
+            known = _ids_match(e.account_id, kinds["account_id"], orphans_of)
+            who = sa.or_(who, e.account_id.is_(None), sa.not_(known))
+        if dialect == "sqlite":
+            # bytes, not text: a value that is not UTF-8 must reach the conversion, which
+            # quarantines it, instead of failing the driver for the whole partition
+            cols = [sa.cast(getattr(e, c), sa.LargeBinary).label(c) for c in _READ_COLUMNS]
+        else:
+            cols = [getattr(e, c) for c in _READ_COLUMNS]
+        return sa.select(*cols).where(who, in_window)
+
+    def extract(
+        self, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None = None, stats: ExtractStats | None = None,
+    ) -> pa.Table:
+        """Events of ``account_ids`` over the UTC window of ``day`` (RAW_REPORTING_SCHEMA).
+
+        ``orphans_of`` (every known account) also returns the events of no known account,
+        for the default timezone's partitions to quarantine.
+        """
+        batches = list(self.extract_batches(day, account_ids, orphans_of, stats))
+        return pa.Table.from_batches(batches, schema=RAW_REPORTING_SCHEMA)
+
+    def extract_batches(
+        self, day: LocalDay, account_ids: Sequence[int],
+        orphans_of: Sequence[int] | None = None, stats: ExtractStats | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The same rows as ``extract``, streamed in record batches (bounded memory);
+        ``stats`` is filled as the batches go by (complete once the stream is consumed)."""
+        stats = stats if stats is not None else ExtractStats()
+        url = normalize_url(self.url)
+        dialect = url.get_backend_name()
+        table = inspect_table(url, "reporting_events")
+        query = self._query(table.kinds, dialect, day, account_ids, orphans_of)
+        # a keyed table cannot repeat an id: skip the check (no cost on proper tables)
+        seen = None if table.unique_id else SeenIds()
+        with arrow_batches(url, query) as reader:
+            for batch in reader:
+                if not batch.num_rows:
+                    continue
+                stats.rows_read += batch.num_rows
+                out = land_reporting_batch(batch)
+                fresh = seen.first_time(out.column("id")) if seen else None
+                if fresh is not None:
+                    stats.duplicates_dropped += out.num_rows - pc.sum(fresh).as_py()
+                    out = out.filter(fresh)
+                stats.invalid_rows += out.num_rows - out.column("invalid_reason").null_count
+                if out.num_rows:
+                    yield from out.combine_chunks().to_batches()
+
+
+def land_reporting_batch(batch: pa.RecordBatch) -> pa.Table:
+    """One batch as read from the source → RAW_REPORTING_SCHEMA, strictly converted.
+
+    A row that cannot be converted exactly keeps the columns that could be, gets the first
+    failing rule as its ``invalid_reason`` and its raw values as JSON in ``raw``.
+    """
+    t = pa.Table.from_batches([batch]).combine_chunks()
+    n = t.num_rows
+    col = {c: t[c].chunk(0) if t[c].num_chunks else pa.nulls(0) for c in t.column_names}
+    utf8_bad = false_mask(n)
+    for c, arr in col.items():  # bytes (SQLite, bytea): decoded once, whatever the column
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            col[c], bad = decode_utf8(arr)
+            utf8_bad = pc.or_(utf8_bad, bad)
+    out: dict[str, pa.Array] = {}
+    rules: list[tuple[str, pa.Array]] = []
+    out["name"], _, name_nul = to_text(col["name"])
+    for c in _ID_COLUMNS:
+        out[c], bad = to_int64(col[c])
+        if c == "id":
+            bad = pc.or_(bad, pc.is_null(out[c]))  # an event without an id is no event
+        rules.append((f"invalid_{c}", bad))
+    for c in _VALUE_COLUMNS:
+        out[c], bad = to_float64(col[c])
+        rules.append((REASON_VALUE, bad))
+    out["created_at"], bad_ts = to_timestamp_utc(col["created_at"])
+    rules.insert(1, (REASON_TIMESTAMP, pc.or_(bad_ts, pc.is_null(col["created_at"]))))
+    rules = [("invalid_utf8", utf8_bad), ("nul_byte", name_nul), *rules]
+    reason = pa.nulls(n, pa.string())
+    any_bad = false_mask(n)
+    for why, mask in rules:
+        mask = pc.fill_null(mask, False)
+        reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(why), reason)
+        any_bad = pc.or_(any_bad, mask)
+    out["invalid_reason"] = reason
+    raw = pa.nulls(n, pa.string())
+    if pc.any(any_bad).as_py():
+        idx = np.flatnonzero(np.asarray(any_bad.to_numpy(zero_copy_only=False)))
+        bad_rows = t.take(pa.array(idx)).to_pylist()
+        payloads = [json.dumps({k: _printable(v) for k, v in r.items()}, default=str,
+                               sort_keys=True) for r in bad_rows]
+        values = np.full(n, None, dtype=object)
+        values[idx] = payloads
+        raw = pa.array(values, pa.string())
+    out["raw"] = raw
+    return pa.Table.from_arrays([out[f.name] if f.name in out else pa.nulls(n, f.type)
+                                 for f in RAW_REPORTING_SCHEMA], schema=RAW_REPORTING_SCHEMA)

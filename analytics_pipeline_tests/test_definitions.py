@@ -1,0 +1,66 @@
+"""The code location loads and holds exactly these definitions: a renaming or a lost
+definition fails here. Development-only code is not imported by loading it."""
+
+import subprocess
+import sys
+
+from analytics_pipeline.definitions import defs
+
+ASSETS = [
+    "accounts",
+    "automation_email_rollups", "automation_email_stats", "automation_recipient_states",
+    "mailgun_automation_events", "mailgun_newsletter_events",
+    "newsletter_email_rollups", "newsletter_email_stats", "newsletter_recipient_states",
+    "raw_automation_email_events", "raw_newsletter_email_events",
+    "raw_reporting_events", "reporting_rollups",
+]
+CHECKS = [
+    "accounts:every_account_has_valid_timezone",
+    "accounts:every_source_account_row_is_valid",
+    "automation_email_rollups:rollup_counts_non_negative",
+    "automation_email_rollups:rollups_reconcile_with_landing",
+    "newsletter_email_rollups:rollup_counts_non_negative",
+    "newsletter_email_rollups:rollups_reconcile_with_landing",
+    "reporting_rollups:rollup_counts_non_negative",
+    "reporting_rollups:rollups_reconcile_with_landing",
+]
+JOBS = [
+    "automation_email_daily", "automation_email_stats_refresh", "mailgun_automation_fetch",
+    "mailgun_newsletter_fetch", "newsletter_email_daily", "newsletter_email_stats_refresh",
+    "refresh_accounts", "support_reporting",
+]
+SENSORS = [
+    "closed_days_sensor", "late_automation_email_events_sensor",
+    "late_newsletter_email_events_sensor", "mailgun_automation_sensor",
+    "mailgun_newsletter_sensor",
+]
+SCHEDULES = [
+    "automation_email_stats_every_15_minutes", "newsletter_email_stats_every_15_minutes",
+    "refresh_accounts_every_30_minutes",
+]
+RESOURCES = ["landing", "mailgun", "settings", "source_db", "warehouse"]
+
+
+def test_the_code_location_holds_exactly_these_definitions():
+    repo = defs.get_repository_def()
+    assert sorted(k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()) == ASSETS
+    assert sorted(f"{c.asset_key.to_user_string()}:{c.name}"
+                  for c in repo.asset_graph.asset_check_keys) == CHECKS
+    assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == JOBS
+    assert sorted(s.name for s in repo.sensor_defs) == SENSORS
+    assert sorted(s.name for s in repo.schedule_defs) == SCHEDULES
+    assert sorted(defs.resources) == RESOURCES
+
+
+def test_every_sensor_and_schedule_says_what_it_does():
+    repo = defs.get_repository_def()
+    for d in [*repo.sensor_defs, *repo.schedule_defs]:
+        assert d.description, d.name
+
+
+def test_loading_the_code_location_imports_no_development_code():
+    code = ("import sys, analytics_pipeline.definitions; "
+            "print([m for m in sys.modules if m.startswith('analytics_pipeline.dev')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
