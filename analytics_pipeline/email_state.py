@@ -71,7 +71,7 @@ from analytics_pipeline.sources import (
 # late with a lower id (concurrent inserts) is still picked up.
 RECIPIENT_ID_OVERLAP = 10_000
 ID_CHUNK = 10_000  # SQLite binds at most 32,766 parameters
-FULL_CHUNK_ROWS = 2_000_000  # events per chunk of the full rebuild
+FULL_CHUNK_ROWS = 1_000_000  # events per chunk of the full rebuild
 
 _ts = sa.DateTime(timezone=True)
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -445,7 +445,7 @@ STATS_TABLES = {"email_id": wh.email_stats, "automation_id": wh.automation_email
                 "member_id": wh.member_email_stats}
 
 
-def _stats_query(kind: str, key: str, ids: list) -> sa.Select:
+def _stats_query(kind: str, key: str, ids: sa.Table) -> sa.Select:
     r, s = email_state_recipients.c, wh.email_recipient_states.c
     tracked = sa.case((r.track_opens, 1), else_=0)
     tracked_opened = sa.case((sa.and_(r.track_opens, s.opened_at.is_not(None)), 1), else_=0)
@@ -457,7 +457,8 @@ def _stats_query(kind: str, key: str, ids: list) -> sa.Select:
     return (sa.select(r[key], sa.func.count().label("sent_count"), *counts,
                       sa.func.sum(tracked).label("tracked"),
                       sa.func.sum(tracked_opened).label("tracked_opened"))
-            .select_from(j).where(r.kind == kind, r[key].in_(ids)).group_by(r[key]))
+            .select_from(ids.join(j, r[key] == ids.c.id)).where(r.kind == kind)
+            .group_by(r[key]))
 
 
 def _touched_stats(conn: Connection, kind: str, key: str, ids: pa.Array) -> pa.Table:
@@ -465,9 +466,13 @@ def _touched_stats(conn: Connection, kind: str, key: str, ids: pa.Array) -> pa.T
     from all their recipients."""
     schema = pa.schema([(key, pa.int64()), *[(c, pa.int64()) for c in COUNT_COLUMNS],
                         ("tracked", pa.int64()), ("tracked_opened", pa.int64())])
-    parts = [_select_arrow(conn, _stats_query(kind, key, chunk), schema)
-             for chunk in _chunks(ids)]
-    g = pa.concat_tables(parts) if parts else schema.empty_table()
+    ids = pc.unique(ids).drop_null()
+    if len(ids) == 0:
+        g = schema.empty_table()
+    else:
+        tmp = _stage(conn, pa.table({"id": ids}))
+        g = _select_arrow(conn, _stats_query(kind, key, tmp), schema)
+        tmp.drop(conn)
     rate = _rate(g["tracked_opened"], g["tracked"])
     if key == "member_id":
         return pa.table({"member_id": g["member_id"], "email_count": g["sent_count"],
@@ -584,28 +589,29 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
 
     # 2. match in the warehouse: only the new events' keys travel
     batch = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
-    attrs = pa.schema([("row", pa.int64()), ("recipient_id", pa.int64()),
+    attrs = pa.schema([("message_id", pa.string()), ("address", pa.string()),
+                       ("recipient_id", pa.int64()),
                        ("account_id", pa.int64()), ("email_id", pa.int64()),
                        ("automation_id", pa.int64()), ("member_id", pa.int64())])
     who = attrs.empty_table()
     if batch.num_rows:
-        probe = pa.table({"row": pa.array(np.arange(batch.num_rows, dtype=np.int64)),
-                          "message_id": batch["message_id"], "address": batch["address"]})
+        # each distinct key once: events of one recipient share it
+        probe = batch.select(["message_id", "address"]).group_by(
+            ["message_id", "address"], use_threads=False).aggregate([])
         tmp = _stage(conn, probe)
-        first = (sa.select(tmp.c.row, sa.func.min(m.recipient_id).label("recipient_id"))
+        first = (sa.select(tmp.c.message_id, tmp.c.address,
+                           sa.func.min(m.recipient_id).label("recipient_id"))
                  .select_from(tmp.join(email_state_recipients, sa.and_(
                      m.kind == kind, m.message_id == tmp.c.message_id,
                      m.address == tmp.c.address)))
-                 .group_by(tmp.c.row).subquery())
+                 .group_by(tmp.c.message_id, tmp.c.address).subquery())
         who = _select_arrow(conn, sa.select(
-            first.c.row, first.c.recipient_id, m.account_id, m.email_id, m.automation_id,
-            m.member_id).select_from(first.join(email_state_recipients, sa.and_(
+            first.c.message_id, first.c.address, first.c.recipient_id, m.account_id,
+            m.email_id, m.automation_id, m.member_id).select_from(
+            first.join(email_state_recipients, sa.and_(
                 m.kind == kind, m.recipient_id == first.c.recipient_id))), attrs)
         tmp.drop(conn)
-        rid = np.full(batch.num_rows, -1, dtype=np.int64)
-        rid[who["row"].to_numpy()] = who["recipient_id"].to_numpy()
-        batch = batch.set_column(batch.schema.get_field_index("recipient_id"), "recipient_id",
-                                 pa.array(rid, mask=rid < 0))
+        batch = match(batch, who.select(["message_id", "address", "recipient_id"]))
     matched = batch.filter(pc.is_valid(batch["recipient_id"]))
     unmatched = batch.filter(pc.is_null(batch["recipient_id"]))
     result.matched = matched.num_rows
