@@ -795,8 +795,9 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     tables[email_state_recipients] = mirror
     tables[email_state_temporary_failures] = pa.table(
         {"event_id": temp["event_id"] if temp is not None else pa.array([], pa.string())})
-    if waiting is not None:
-        tables[email_state_unmatched] = waiting
+    # always replaced: an empty log leaves no event waiting
+    tables[email_state_unmatched] = waiting if waiting is not None else \
+        EVENT_SCHEMA.empty_table().drop_columns(["recipient_id"])
     for target, table in tables.items():
         conn.execute(target.delete().where(target.c.kind == kind))
         stamped = "updated_at" in target.c
