@@ -1,0 +1,819 @@
+"""Email state that scales: fold only the Mailgun events landed since the last refresh.
+
+The per-recipient state is a fold whose parts are all mergeable: first times are minimums,
+the permanent failure is the earliest by (timestamp, event id) and is sticky, the last
+temporary failure is a maximum, and the temporary-failure count is a sum, which is the only
+part that is not idempotent: every temporary-failure event id folded is kept
+(``email_state_temporary_failures``) so that a copy landed or read again counts once. All
+other parts give the same result when an (identical) event is folded twice, so no other
+event id needs remembering.
+
+What is new is known from a journal of landed log files (``email_log_files``): the fetch step
+registers what it appended (``register_log_files``) and each refresh also lists the log for
+files nobody registered (a crash between append and register, logs landed before this
+change). A refresh reads the unfolded files, folds them into the stored states of the
+recipients they touch, recomputes the stats of the emails, automations and members of those
+recipients, and marks the files folded, all in one transaction.
+
+Matching happens in the warehouse against a mirror of the recipients
+(``email_state_recipients``) that each refresh extends with the recipients added since the
+last one (recipients are insert-only in the app: a changed or deleted recipient row is
+picked up by the full rebuild). Events that match no recipient wait in
+``email_state_unmatched`` and are matched again when new recipients arrive, as the full
+recompute would match them.
+
+``rebuild_email_state`` is the repair path and the first run: it recomputes everything from
+the whole log, reading it in chunks of files so that memory stays bounded by the number of
+recipients, not of events.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from analytics_pipeline import warehouse as wh
+from analytics_pipeline.email import (
+    COUNT_COLUMNS,
+    MIN_RECIPIENTS_FOR_RATE,
+    STATE_EVENTS,
+    STATE_SCHEMA,
+    automation_stats,
+    email_stats,
+    member_stats,
+    recipient_facts,
+)
+from analytics_pipeline.landing import ProviderEventLog
+from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, normalize_message_ids, sanitize_text
+from analytics_pipeline.sources import (
+    RECIPIENT_SCHEMA,
+    EmailSource,
+    arrow_batches,
+    src_email_recipients,
+    src_emails,
+)
+
+# Recipient ids are read again this far below the highest one mirrored: a row committed
+# late with a lower id (concurrent inserts) is still picked up.
+RECIPIENT_ID_OVERLAP = 10_000
+ID_CHUNK = 10_000  # SQLite binds at most 32,766 parameters
+FULL_CHUNK_ROWS = 1_000_000  # events per chunk of the full rebuild
+
+_ts = sa.DateTime(timezone=True)
+UTC_US = pa.timestamp("us", tz="UTC")
+
+# --- tables ---------------------------------------------------------------------------------
+
+email_log_files = sa.Table(
+    "email_log_files", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("path", wh.KeyText, primary_key=True, comment="relative to the stream's folder"),
+    sa.Column("rows", sa.BigInteger, comment="rows read when folded"),
+    sa.Column("registered_at", sa.DateTime, nullable=False),
+    sa.Column("folded_at", sa.DateTime),
+    sa.Index("ix_email_log_files_unfolded", "kind", "folded_at"),
+)
+email_state_recipients = sa.Table(
+    "email_state_recipients", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("recipient_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("account_id", sa.BigInteger),
+    sa.Column("email_id", sa.BigInteger),
+    sa.Column("automation_id", sa.BigInteger),
+    sa.Column("member_id", sa.BigInteger),
+    sa.Column("track_opens", sa.Boolean),
+    sa.Column("message_id", wh.KeyText, comment="normalized: no brackets"),
+    sa.Column("address", wh.KeyText, comment="lower-cased, trimmed"),
+    sa.Index("ix_email_state_recipients_match", "kind", "message_id", "address"),
+    sa.Index("ix_email_state_recipients_email", "kind", "email_id"),
+    sa.Index("ix_email_state_recipients_member", "kind", "member_id"),
+    sa.Index("ix_email_state_recipients_automation", "kind", "automation_id"),
+)
+email_state_failures = sa.Table(  # the event behind failed_at: the tie-break of the fold
+    "email_state_failures", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("recipient_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", wh.KeyText, nullable=False),
+)
+email_state_temporary_failures = sa.Table(  # folded temporary failures, counted once each
+    "email_state_temporary_failures", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("event_id", wh.KeyText, primary_key=True),
+)
+email_state_unmatched = sa.Table(  # events waiting for their recipient row
+    "email_state_unmatched", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("event_id", wh.KeyText, primary_key=True),
+    sa.Column("event", sa.Text),
+    sa.Column("timestamp", _ts),
+    sa.Column("severity", sa.Text),
+    sa.Column("delivery_status_code", sa.Text),
+    sa.Column("delivery_status_message", sa.Text),
+    sa.Column("message_id", wh.KeyText),
+    sa.Column("address", wh.KeyText),
+    sa.Index("ix_email_state_unmatched_match", "kind", "message_id"),
+)
+email_state_progress = sa.Table(
+    "email_state_progress", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("recipient_watermark", sa.BigInteger, nullable=False,
+              comment="highest recipient id mirrored"),
+    sa.Column("refreshed_at", sa.DateTime, nullable=False),
+    sa.Column("rebuilt_at", sa.DateTime, nullable=False),
+)
+INTERNAL_TABLES = [email_log_files, email_state_recipients, email_state_failures,
+                   email_state_temporary_failures, email_state_unmatched, email_state_progress]
+
+# --- pure Arrow: keys, matching, the fold ---------------------------------------------------
+
+# What the fold reads of a landed event.
+READ_SCHEMA = pa.schema([PROVIDER_EVENT_SCHEMA.field(c) for c in (
+    "event_id", "event", "timestamp", "recipient", "message_id", "severity",
+    "delivery_status_code", "delivery_status_message", "fetched_at")])
+
+# An event ready to fold: its recipient (null: unmatched) and its match key.
+EVENT_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("event", pa.string()), ("timestamp", UTC_US),
+    ("severity", pa.string()), ("delivery_status_code", pa.string()),
+    ("delivery_status_message", pa.string()), ("message_id", pa.string()),
+    ("address", pa.string()), ("recipient_id", pa.int64()),
+])
+
+FOLD_SCHEMA = pa.schema([*STATE_SCHEMA, ("failure_event_id", pa.string())])
+_FIRSTS = list(STATE_EVENTS.values())
+
+MIRROR_SCHEMA = pa.schema([
+    ("recipient_id", pa.int64()), ("account_id", pa.int64()), ("email_id", pa.int64()),
+    ("automation_id", pa.int64()), ("member_id", pa.int64()), ("track_opens", pa.bool_()),
+    ("message_id", pa.string()), ("address", pa.string()),
+])
+
+
+def event_keys(landed: pa.Table) -> pa.Table:
+    """Landed events (READ_SCHEMA) → EVENT_SCHEMA with the match key, recipient unknown.
+
+    Message ids are always normalized (brackets, whitespace), the address compares as
+    landed (lower-cased on landing), as ``email.match_recipients`` does.
+    """
+    landed = sanitize_text(landed)
+    n = landed.num_rows
+    return pa.table({
+        "event_id": landed["event_id"], "event": landed["event"],
+        "timestamp": landed["timestamp"].cast(UTC_US), "severity": landed["severity"],
+        "delivery_status_code": landed["delivery_status_code"],
+        "delivery_status_message": landed["delivery_status_message"],
+        "message_id": normalize_message_ids(landed["message_id"]),
+        "address": landed["recipient"], "recipient_id": pa.nulls(n, pa.int64()),
+    }, schema=EVENT_SCHEMA)
+
+
+def recipient_mirror(recipients: pa.Table) -> pa.Table:
+    """Recipients (RECIPIENT_SCHEMA) → MIRROR_SCHEMA: attributes and the match key."""
+    return pa.table({
+        "recipient_id": recipients["recipient_id"], "account_id": recipients["account_id"],
+        "email_id": recipients["email_id"], "automation_id": recipients["automation_id"],
+        "member_id": recipients["member_id"], "track_opens": recipients["track_opens"],
+        "message_id": normalize_message_ids(recipients["message_id"]),
+        "address": pc.utf8_lower(pc.utf8_trim_whitespace(recipients["member_email"])),
+    }, schema=MIRROR_SCHEMA)
+
+
+def match_keys(mirror: pa.Table) -> pa.Table:
+    """(message_id, address) → the lowest recipient id having it (as match_recipients)."""
+    return mirror.select(["message_id", "address", "recipient_id"]).group_by(
+        ["message_id", "address"], use_threads=False).aggregate(
+        [("recipient_id", "min")]).rename_columns(["message_id", "address", "recipient_id"])
+
+
+def match(events: pa.Table, keys: pa.Table) -> pa.Table:
+    """``events`` (EVENT_SCHEMA) with ``recipient_id`` set from ``keys`` (match_keys)."""
+    if events.num_rows == 0:
+        return events
+    probe = pa.table({"message_id": events["message_id"], "address": events["address"],
+                      "row": pa.array(np.arange(events.num_rows, dtype=np.int64))})
+    hit = probe.join(keys, ["message_id", "address"], join_type="inner").select(
+        ["row", "recipient_id"])
+    rid = np.full(events.num_rows, -1, dtype=np.int64)
+    rid[hit["row"].to_numpy()] = hit["recipient_id"].to_numpy()
+    col = pa.array(rid, mask=rid < 0)
+    return events.set_column(events.schema.get_field_index("recipient_id"), "recipient_id", col)
+
+
+def _masks(events: pa.Table) -> tuple[pa.Array, pa.Array]:
+    failed = pc.equal(events["event"], "failed")
+    permanent = pc.and_(failed, pc.equal(pc.fill_null(events["severity"], "permanent"),
+                                         "permanent"))
+    temporary = pc.and_(failed, pc.equal(pc.fill_null(events["severity"], ""), "temporary"))
+    return pc.fill_null(permanent, False), pc.fill_null(temporary, False)
+
+
+def temporary_failures(events: pa.Table) -> pa.Array:
+    """Mask of the temporary failures: the events whose id must be counted once."""
+    return _masks(events)[1]
+
+
+def _earliest_failure(rows: pa.Table) -> pa.Table:
+    """Per recipient, the failure row with the smallest (failed_at, failure_event_id)."""
+    rows = rows.filter(pc.is_valid(rows["failed_at"])).sort_by(
+        [("recipient_id", "ascending"), ("failed_at", "ascending"),
+         ("failure_event_id", "ascending")])
+    cols = ["failed_at", "failure_code", "failure_message", "failure_event_id"]
+    g = rows.select(["recipient_id", *cols]).group_by("recipient_id", use_threads=False) \
+        .aggregate([(c, "first") for c in cols])
+    return g.rename_columns(["recipient_id", *cols])
+
+
+def _finish(g: pa.Table, failures: pa.Table) -> pa.Table:
+    out = g.join(failures, "recipient_id", join_type="left outer")
+    return pa.Table.from_arrays([out[f.name].cast(f.type) for f in FOLD_SCHEMA],
+                                schema=FOLD_SCHEMA).sort_by("recipient_id")
+
+
+def fold_events(events: pa.Table) -> pa.Table:
+    """One FOLD_SCHEMA row per recipient with matched events (unmatched are ignored).
+
+    The same rules as ``email.recipient_states``, with a total order for the permanent
+    failure: the earliest timestamp wins, ties go to the smallest event id (the full
+    recompute of ``email.py`` broke ties by read order, which an incremental fold cannot
+    reproduce). Folding an event twice changes nothing but the temporary-failure count:
+    callers pass each temporary failure once.
+    """
+    events = events.filter(pc.is_valid(events["recipient_id"]))
+    if events.num_rows == 0:
+        return FOLD_SCHEMA.empty_table()
+    permanent, temporary = _masks(events)
+    null_ts = pa.scalar(None, UTC_US)
+    cols = {"recipient_id": events["recipient_id"]}
+    for event, column in STATE_EVENTS.items():
+        cols[column] = pc.if_else(pc.equal(events["event"], event), events["timestamp"],
+                                  null_ts)
+    cols["temp"] = pc.if_else(temporary, events["timestamp"], null_ts)
+    g = pa.table(cols).group_by("recipient_id", use_threads=True).aggregate(
+        [*[(c, "min") for c in _FIRSTS], ("temp", "count"), ("temp", "max")]
+    ).rename_columns(["recipient_id", *_FIRSTS, "temporary_failures",
+                      "last_temporary_failure_at"])
+    perm = events.filter(permanent)
+    failures = _earliest_failure(pa.table({
+        "recipient_id": perm["recipient_id"], "failed_at": perm["timestamp"],
+        "failure_code": perm["delivery_status_code"],
+        "failure_message": perm["delivery_status_message"],
+        "failure_event_id": perm["event_id"]}))
+    return _finish(g, failures)
+
+
+def merge_folds(tables: Sequence[pa.Table]) -> pa.Table:
+    """The fold of the union of the events behind ``tables`` (each counted once)."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return FOLD_SCHEMA.empty_table()
+    if len(tables) == 1:
+        return tables[0]
+    both = pa.concat_tables([t.cast(FOLD_SCHEMA) for t in tables])
+    g = both.select(["recipient_id", *_FIRSTS, "temporary_failures",
+                     "last_temporary_failure_at"]).group_by(
+        "recipient_id", use_threads=True).aggregate(
+        [*[(c, "min") for c in _FIRSTS], ("temporary_failures", "sum"),
+         ("last_temporary_failure_at", "max")]
+    ).rename_columns(["recipient_id", *_FIRSTS, "temporary_failures",
+                      "last_temporary_failure_at"])
+    return _finish(g, _earliest_failure(both))
+
+
+def states_of(fold: pa.Table) -> pa.Table:
+    """The published state (STATE_SCHEMA) of a fold."""
+    return fold.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+
+
+def _rate(opened: pa.Array, tracked: pa.Array) -> pa.Array:
+    # the same arithmetic as email._rate, so that both paths give identical floats
+    enough = pc.greater_equal(tracked, MIN_RECIPIENTS_FOR_RATE)
+    ratio = pc.divide(pc.cast(opened, pa.float64()),
+                      pc.cast(pc.max_element_wise(tracked, 1), pa.float64()))
+    return pc.if_else(enough, ratio, pa.scalar(None, pa.float64()))
+
+
+# --- the log and its journal ----------------------------------------------------------------
+
+
+def list_log_files(log: ProviderEventLog, days: Iterable[date] | None = None,
+                   prefix: str = "") -> list[str]:
+    """Landed files (paths relative to the stream folder), sorted; ``.tmp-*`` excluded."""
+    out = []
+    for day in (log.days() if days is None else days):
+        folder = log.date_dir(day)
+        if log.fs.get_file_info(folder).type == pafs.FileType.NotFound:
+            continue
+        for info in log.fs.get_file_info(pafs.FileSelector(folder)):
+            name = info.base_name
+            if name.endswith(".parquet") and not name.startswith(".") and \
+                    name.startswith(prefix):
+                out.append(posixpath.relpath(info.path, log.base))
+    return sorted(out)
+
+
+def read_log_file(log: ProviderEventLog, path: str) -> pa.Table:
+    return pq.read_table(posixpath.join(log.base, path), filesystem=log.fs,
+                         schema=READ_SCHEMA, columns=READ_SCHEMA.names)
+
+
+def register_log_files(engine: Engine, kind: str, log: ProviderEventLog, fetch_id: str,
+                       days: Iterable[date] | None = None) -> int:
+    """Journal the files one fetch appended (named ``{fetch_id}-*.parquet`` by
+    ``ProviderEventLog.append``) under ``days`` (all days if None); returns how many were
+    new. Idempotent; call it after ``append``, before advancing the cursor."""
+    paths = list_log_files(log, days, prefix=f"{fetch_id}-")
+    with engine.begin() as conn:
+        return _register(conn, kind, paths)
+
+
+def _register(conn: Connection, kind: str, paths: Sequence[str]) -> int:
+    if not paths:
+        return 0
+    now = wh._utcnow()
+    new = 0
+    for i in range(0, len(paths), ID_CHUNK):
+        stmt = _insert(conn, email_log_files).values(
+            [{"kind": kind, "path": p, "registered_at": now} for p in paths[i:i + ID_CHUNK]]
+        ).on_conflict_do_nothing(index_elements=["kind", "path"])
+        new += max(conn.execute(stmt).rowcount, 0)
+    return new
+
+
+# --- SQL helpers ----------------------------------------------------------------------------
+
+
+def _insert(conn: Connection, table: sa.Table):
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upsert is not implemented for dialect {name!r}")
+
+
+def _lock(conn: Connection, kind: str) -> dict | None:
+    """Serialize refreshes of one kind (PostgreSQL: a transaction advisory lock; SQLite: the
+    first write takes the database's write lock); returns the kind's progress row."""
+    if conn.dialect.name == "postgresql":
+        key = zlib.crc32(f"email_state:{kind}".encode())
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+    else:
+        conn.execute(email_state_progress.update().where(
+            email_state_progress.c.kind == kind).values(kind=kind))
+    row = conn.execute(sa.select(email_state_progress).where(
+        email_state_progress.c.kind == kind)).first()
+    return dict(row._mapping) if row else None
+
+
+_SA_TYPES = {pa.int64(): sa.BigInteger, pa.string(): sa.Text, pa.bool_(): sa.Boolean,
+             UTC_US: _ts, pa.float64(): sa.Float(precision=53), pa.timestamp("us"): sa.DateTime}
+
+
+def _stage(conn: Connection, table: pa.Table) -> sa.Table:
+    """``table`` in a new temporary table of the transaction (COPY on PostgreSQL)."""
+    name = f"tmp_email_state_{uuid.uuid4().hex[:10]}"
+    cols = [sa.Column(f.name, _SA_TYPES[f.type]) for f in table.schema]
+    tmp = sa.Table(name, sa.MetaData(), *cols, prefixes=["TEMPORARY"])
+    tmp.create(conn)
+    wh.insert_arrow(conn, tmp, table)
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f'ANALYZE "{name}"'))
+    return tmp
+
+
+def _upsert_arrow(conn: Connection, target: sa.Table, table: pa.Table,
+                  keys: Sequence[str]) -> None:
+    """Insert or update ``table``'s rows (columns by name) by ``keys``, set-based."""
+    if table.num_rows == 0:
+        return
+    tmp = _stage(conn, table)
+    names = table.column_names
+    stmt = _insert(conn, target).from_select(
+        names, sa.select(*[tmp.c[n] for n in names]).where(sa.true()))  # sqlite: see docs
+    update = {n: stmt.excluded[n] for n in names if n not in keys}
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=update) if update \
+        else stmt.on_conflict_do_nothing(index_elements=list(keys))
+    conn.execute(stmt)
+    tmp.drop(conn)
+
+
+def _to_arrow(rows: Sequence, schema: pa.Schema) -> pa.Table:
+    """Result rows → Arrow; naive timestamps (SQLite) mean UTC."""
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in
+                                 zip(columns, schema, strict=True)], schema=schema)
+
+
+def _select_arrow(conn: Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    return _to_arrow(conn.execute(query).all(), schema)
+
+
+def _chunks(values: pa.Array | pa.ChunkedArray) -> Iterator[list]:
+    values = pc.unique(values).drop_null().to_pylist()
+    for i in range(0, len(values), ID_CHUNK):
+        yield values[i:i + ID_CHUNK]
+
+
+def _with_kind(table: pa.Table, kind: str, now: datetime | None = None) -> pa.Table:
+    n = table.num_rows
+    table = table.append_column("kind", pa.repeat(pa.scalar(kind), n))
+    if now is not None:
+        table = table.append_column("updated_at", pa.repeat(pa.scalar(now, pa.timestamp("us")),
+                                                            n))
+    return table
+
+
+# --- stats of touched keys, in the warehouse ------------------------------------------------
+
+STATS_TABLES = {"email_id": wh.email_stats, "automation_id": wh.automation_email_stats,
+                "member_id": wh.member_email_stats}
+
+
+def _stats_query(kind: str, key: str, ids: sa.Table) -> sa.Select:
+    r, s = email_state_recipients.c, wh.email_recipient_states.c
+    tracked = sa.case((r.track_opens, 1), else_=0)
+    tracked_opened = sa.case((sa.and_(r.track_opens, s.opened_at.is_not(None)), 1), else_=0)
+    counts = [sa.func.count(s[c]).label(n) for n, c in zip(COUNT_COLUMNS[1:], (
+        "delivered_at", "opened_at", "clicked_at", "failed_at", "unsubscribed_at",
+        "complained_at"), strict=True)]
+    j = email_state_recipients.outerjoin(wh.email_recipient_states, sa.and_(
+        s.kind == r.kind, s.recipient_id == r.recipient_id))
+    return (sa.select(r[key], sa.func.count().label("sent_count"), *counts,
+                      sa.func.sum(tracked).label("tracked"),
+                      sa.func.sum(tracked_opened).label("tracked_opened"))
+            .select_from(ids.join(j, r[key] == ids.c.id)).where(r.kind == kind)
+            .group_by(r[key]))
+
+
+def _touched_stats(conn: Connection, kind: str, key: str, ids: pa.Array) -> pa.Table:
+    """The stats rows of ``ids``, as ``email.{email,automation,member}_stats`` computes them
+    from all their recipients."""
+    schema = pa.schema([(key, pa.int64()), *[(c, pa.int64()) for c in COUNT_COLUMNS],
+                        ("tracked", pa.int64()), ("tracked_opened", pa.int64())])
+    ids = pc.unique(ids).drop_null()
+    if len(ids) == 0:
+        g = schema.empty_table()
+    else:
+        tmp = _stage(conn, pa.table({"id": ids}))
+        g = _select_arrow(conn, _stats_query(kind, key, tmp), schema)
+        tmp.drop(conn)
+    rate = _rate(g["tracked_opened"], g["tracked"])
+    if key == "member_id":
+        return pa.table({"member_id": g["member_id"], "email_count": g["sent_count"],
+                         "email_opened_count": g["opened_count"], "email_open_rate": rate})
+    return g.select([key, *COUNT_COLUMNS]).append_column("open_rate", rate)
+
+
+# --- the incremental refresh ----------------------------------------------------------------
+
+
+@dataclass
+class EmailStateResult:
+    mode: str  # "incremental" | "full"
+    files: int = 0  # log files folded
+    events: int = 0  # events read (copies included)
+    matched: int = 0
+    unmatched: int = 0  # events waiting for their recipient after this refresh's matching
+    new_recipients: int = 0
+    recipients_touched: int = 0
+    emails: int = 0  # stats rows written
+    automations: int = 0
+    members: int = 0
+    seconds: float = 0.0
+
+
+def recipients_after(emails: EmailSource, kind: str, after_id: int) -> pa.Table:
+    """The kind's recipients with an id above ``after_id`` (RECIPIENT_SCHEMA)."""
+    r, e = src_email_recipients.c, src_emails.c
+    query = (
+        sa.select(r.id.label("recipient_id"), r.account_id, r.email_id, r.member_id,
+                  r.member_email, r.provider_message_id.label("message_id"),
+                  e.automation_id, sa.cast(e.track_opens, sa.Boolean).label("track_opens"))
+        .select_from(src_email_recipients.join(src_emails, e.id == r.email_id))
+        .where(e.kind == sa.literal_column(f"'{_kind(kind)}'"),
+               r.id > sa.literal(int(after_id), sa.BigInteger))
+    )
+    with arrow_batches(emails.url, query) as reader:
+        batches = [pa.Table.from_batches([b]) for b in reader if b.num_rows]
+    if not batches:
+        return RECIPIENT_SCHEMA.empty_table()
+    t = pa.concat_tables(batches, promote_options="permissive")
+    return pa.Table.from_arrays([t[f.name].cast(f.type) for f in RECIPIENT_SCHEMA],
+                                schema=RECIPIENT_SCHEMA)
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("newsletter", "automation"):
+        raise ValueError(f"unknown email kind {kind!r}")
+    return kind
+
+
+def refresh_email_state(log: ProviderEventLog, emails: EmailSource, engine: Engine, kind: str,
+                        discover: bool = True) -> EmailStateResult:
+    """Fold the log files landed since the last refresh into the kind's recipient states
+    and update the stats of the emails, automations and members they touch.
+
+    One transaction: a failure leaves the previous state, and a re-run folds the same files
+    again from it. The first refresh of a kind (nothing folded yet) is a full rebuild.
+    ``discover`` also lists the log for files nobody registered.
+    """
+    started = time.perf_counter()
+    kind = _kind(kind)
+    with engine.begin() as conn:
+        progress = _lock(conn, kind)
+        if progress is None:
+            result = _rebuild(conn, log, emails, kind)
+            result.seconds = time.perf_counter() - started
+            return result
+        result = _refresh(conn, log, emails, kind, progress, discover)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind: str,
+             progress: dict, discover: bool) -> EmailStateResult:
+    result = EmailStateResult("incremental")
+    now = wh._utcnow()
+    f = email_log_files.c
+    if discover:
+        known = set(conn.execute(sa.select(f.path).where(f.kind == kind)).scalars())
+        _register(conn, kind, [p for p in list_log_files(log) if p not in known])
+    paths = sorted(conn.execute(sa.select(f.path).where(
+        f.kind == kind, f.folded_at.is_(None))).scalars())
+    landed = [read_log_file(log, p) for p in paths]
+    result.files = len(paths)
+    result.events = sum(t.num_rows for t in landed)
+    events = [event_keys(t) for t in landed if t.num_rows]
+
+    # 1. recipients added since the last refresh, and the waiting events they may match
+    watermark = int(progress["recipient_watermark"])
+    m = email_state_recipients.c
+    fresh = recipient_mirror(recipients_after(emails, kind, watermark - RECIPIENT_ID_OVERLAP))
+    if fresh.num_rows:
+        seen = conn.execute(sa.select(m.recipient_id).where(
+            m.kind == kind, m.recipient_id > watermark - RECIPIENT_ID_OVERLAP)).scalars()
+        fresh = fresh.filter(pc.invert(pc.is_in(fresh["recipient_id"],
+                                                pa.array(list(seen), pa.int64()))))
+    result.new_recipients = fresh.num_rows
+    waiting_ids = pa.array([], pa.string())
+    if fresh.num_rows:
+        wh.insert_arrow(conn, email_state_recipients, _with_kind(fresh, kind))
+        watermark = max(watermark, pc.max(fresh["recipient_id"]).as_py())
+        u = email_state_unmatched.c
+        cols = [c.name for c in EVENT_SCHEMA if c.name != "recipient_id"]
+        for chunk in _chunks(fresh["message_id"]):
+            waiting = _select_arrow(conn, sa.select(*[u[c] for c in cols]).where(
+                u.kind == kind, u.message_id.in_(chunk)),
+                pa.schema([EVENT_SCHEMA.field(c) for c in cols]))
+            if waiting.num_rows:
+                waiting_ids = pa.concat_arrays([waiting_ids,
+                                                waiting["event_id"].combine_chunks()])
+                events.append(waiting.append_column("recipient_id",
+                                                    pa.nulls(waiting.num_rows, pa.int64())))
+
+    # 2. match in the warehouse: only the new events' keys travel
+    batch = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
+    attrs = pa.schema([("message_id", pa.string()), ("address", pa.string()),
+                       ("recipient_id", pa.int64()),
+                       ("account_id", pa.int64()), ("email_id", pa.int64()),
+                       ("automation_id", pa.int64()), ("member_id", pa.int64())])
+    who = attrs.empty_table()
+    if batch.num_rows:
+        # each distinct key once: events of one recipient share it
+        probe = batch.select(["message_id", "address"]).group_by(
+            ["message_id", "address"], use_threads=False).aggregate([])
+        tmp = _stage(conn, probe)
+        first = (sa.select(tmp.c.message_id, tmp.c.address,
+                           sa.func.min(m.recipient_id).label("recipient_id"))
+                 .select_from(tmp.join(email_state_recipients, sa.and_(
+                     m.kind == kind, m.message_id == tmp.c.message_id,
+                     m.address == tmp.c.address)))
+                 .group_by(tmp.c.message_id, tmp.c.address).subquery())
+        who = _select_arrow(conn, sa.select(
+            first.c.message_id, first.c.address, first.c.recipient_id, m.account_id,
+            m.email_id, m.automation_id, m.member_id).select_from(
+            first.join(email_state_recipients, sa.and_(
+                m.kind == kind, m.recipient_id == first.c.recipient_id))), attrs)
+        tmp.drop(conn)
+        batch = match(batch, who.select(["message_id", "address", "recipient_id"]))
+    matched = batch.filter(pc.is_valid(batch["recipient_id"]))
+    unmatched = batch.filter(pc.is_null(batch["recipient_id"]))
+    result.matched = matched.num_rows
+
+    # 3. temporary failures count once: drop those folded before (or twice in this batch)
+    temporary = temporary_failures(matched)
+    temp = matched.filter(temporary)
+    if temp.num_rows:
+        t = email_state_temporary_failures.c
+        folded = []
+        for chunk in _chunks(temp["event_id"]):
+            folded += conn.execute(sa.select(t.event_id).where(
+                t.kind == kind, t.event_id.in_(chunk))).scalars().all()
+        temp = temp.filter(pc.invert(pc.is_in(temp["event_id"], pa.array(folded, pa.string()))))
+        temp = _dedupe(temp)
+        matched = pa.concat_tables([matched.filter(pc.invert(temporary)), temp])
+        wh.insert_arrow(conn, email_state_temporary_failures,
+                        pa.table({"kind": pa.repeat(pa.scalar(kind), temp.num_rows),
+                                  "event_id": temp["event_id"]}))
+
+    # 4. fold into the stored states of the recipients touched
+    delta = fold_events(matched)
+    result.recipients_touched = delta.num_rows
+    if delta.num_rows:
+        tmp = _stage(conn, delta.select(["recipient_id"]))
+        s, fl = wh.email_recipient_states.c, email_state_failures.c
+        old = _select_arrow(conn, sa.select(*[s[c] for c in STATE_SCHEMA.names], fl.event_id)
+                            .select_from(tmp.join(wh.email_recipient_states, sa.and_(
+                                s.kind == kind, s.recipient_id == tmp.c.recipient_id))
+                                .outerjoin(email_state_failures, sa.and_(
+                                    fl.kind == kind, fl.recipient_id == s.recipient_id))),
+                            FOLD_SCHEMA)
+        tmp.drop(conn)
+        merged = merge_folds([old, delta])
+        info = who.select(["recipient_id", "account_id", "email_id", "member_id"]).group_by(
+            "recipient_id", use_threads=False).aggregate(
+            [("account_id", "min"), ("email_id", "min"), ("member_id", "min")]
+        ).rename_columns(["recipient_id", "account_id", "email_id", "member_id"])
+        rows = states_of(merged).join(info, "recipient_id", join_type="left outer")
+        _upsert_arrow(conn, wh.email_recipient_states, _with_kind(rows, kind, now),
+                      ["kind", "recipient_id"])
+        failed = merged.filter(pc.is_valid(merged["failure_event_id"]))
+        _upsert_arrow(conn, email_state_failures, _with_kind(pa.table({
+            "recipient_id": failed["recipient_id"], "event_id": failed["failure_event_id"]}),
+            kind), ["kind", "recipient_id"])
+
+    # 5. waiting events: the matched ones leave, the unmatched new ones wait
+    u = email_state_unmatched.c
+    rematched = matched["event_id"].filter(pc.is_in(matched["event_id"], waiting_ids))
+    for chunk in _chunks(rematched):
+        conn.execute(email_state_unmatched.delete().where(u.kind == kind,
+                                                          u.event_id.in_(chunk)))
+    unmatched = _dedupe(unmatched)
+    _upsert_arrow(conn, email_state_unmatched,
+                  _with_kind(unmatched.drop_columns(["recipient_id"]), kind),
+                  ["kind", "event_id"])
+    result.unmatched = unmatched.num_rows
+
+    # 6. stats of the keys touched by new events or new recipients
+    touched = pa.concat_tables([who.select(["email_id", "automation_id", "member_id"]),
+                                fresh.select(["email_id", "automation_id", "member_id"])])
+    for key, target in STATS_TABLES.items():
+        if key == "automation_id" and kind != "automation":
+            continue
+        stats = _touched_stats(conn, kind, key, touched[key])
+        _upsert_arrow(conn, target, _with_kind(stats, kind, now), ["kind", key])
+        setattr(result, {"email_id": "emails", "automation_id": "automations",
+                         "member_id": "members"}[key], stats.num_rows)
+
+    # 7. the files are folded, with the state they built
+    for i in range(0, len(paths), ID_CHUNK):
+        chunk = paths[i:i + ID_CHUNK]
+        rows = {p: t.num_rows for p, t in zip(chunk, landed[i:i + ID_CHUNK], strict=True)}
+        stmt = email_log_files.update().where(
+            f.kind == kind, f.path == sa.bindparam("p")).values(
+            folded_at=now, rows=sa.bindparam("n"))
+        conn.execute(stmt, [{"p": p, "n": n} for p, n in rows.items()])
+    conn.execute(email_state_progress.update().where(email_state_progress.c.kind == kind)
+                 .values(recipient_watermark=watermark, refreshed_at=now))
+    return result
+
+
+# --- the full rebuild (repair path) ---------------------------------------------------------
+
+
+def rebuild_email_state(log: ProviderEventLog, emails: EmailSource, engine: Engine, kind: str,
+                        chunk_rows: int = FULL_CHUNK_ROWS) -> EmailStateResult:
+    """Recompute the kind's states, stats and bookkeeping from the whole log, in one
+    transaction. Reads the log in chunks of about ``chunk_rows`` events, so memory grows
+    with the number of recipients, not of events."""
+    started = time.perf_counter()
+    kind = _kind(kind)
+    with engine.begin() as conn:
+        _lock(conn, kind)
+        result = _rebuild(conn, log, emails, kind, chunk_rows)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _log_chunks(log: ProviderEventLog, paths: Sequence[str], chunk_rows: int,
+                rows: dict[str, int]) -> Iterator[pa.Table]:
+    parts: list[pa.Table] = []
+    n = 0
+    for p in paths:
+        t = read_log_file(log, p)
+        rows[p] = t.num_rows
+        parts.append(event_keys(t))
+        n += t.num_rows
+        if n >= chunk_rows:
+            yield pa.concat_tables(parts)
+            parts, n = [], 0
+    if parts:
+        yield pa.concat_tables(parts)
+
+
+def _dedupe(table: pa.Table, column: str = "event_id") -> pa.Table:
+    """One row per ``column`` value (copies of one event are identical)."""
+    if table.num_rows == 0:
+        return table
+    first = pa.table({"k": table[column], "i": pa.array(
+        np.arange(table.num_rows, dtype=np.int64))}).group_by("k", use_threads=False) \
+        .aggregate([("i", "min")])["i_min"]
+    return table.take(first)
+
+
+def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind: str,
+             chunk_rows: int = FULL_CHUNK_ROWS) -> EmailStateResult:
+    result = EmailStateResult("full")
+    now = wh._utcnow()
+    recipients = emails.recipients(kind)
+    mirror = recipient_mirror(recipients)
+    keys = match_keys(mirror)
+    paths = list_log_files(log)
+    rows: dict[str, int] = {}
+    fold = FOLD_SCHEMA.empty_table()
+    temps: list[pa.Table] = []
+    unmatched: list[pa.Table] = []
+    for chunk in _log_chunks(log, paths, chunk_rows, rows):
+        result.events += chunk.num_rows
+        chunk = match(chunk, keys)
+        hit = pc.is_valid(chunk["recipient_id"])
+        unmatched.append(chunk.filter(pc.invert(hit)).drop_columns(["recipient_id"]))
+        chunk = chunk.filter(hit)
+        result.matched += chunk.num_rows
+        temporary = temporary_failures(chunk)
+        temps.append(chunk.filter(temporary).select(
+            ["event_id", "event", "timestamp", "severity", "recipient_id"]))
+        fold = merge_folds([fold, fold_events(chunk.filter(pc.invert(temporary)))])
+        del chunk
+    temp = _dedupe(pa.concat_tables(temps)) if temps else None
+    if temp is not None and temp.num_rows:
+        n = temp.num_rows
+        fold = merge_folds([fold, fold_events(pa.table({
+            "event_id": temp["event_id"], "event": temp["event"],
+            "timestamp": temp["timestamp"], "severity": temp["severity"],
+            "delivery_status_code": pa.nulls(n, pa.string()),
+            "delivery_status_message": pa.nulls(n, pa.string()),
+            "message_id": pa.nulls(n, pa.string()), "address": pa.nulls(n, pa.string()),
+            "recipient_id": temp["recipient_id"]}, schema=EVENT_SCHEMA))])
+    waiting = _dedupe(pa.concat_tables(unmatched)) if unmatched else None
+    del temps, unmatched
+    result.files = len(paths)
+    result.unmatched = waiting.num_rows if waiting is not None else 0
+    result.recipients_touched = fold.num_rows
+
+    states = states_of(fold)
+    facts = recipient_facts(recipients, states)
+    info = recipients.select(["recipient_id", "account_id", "email_id", "member_id"])
+    tables = {wh.email_recipient_states: states.join(info, "recipient_id",
+                                                     join_type="left outer"),
+              wh.email_stats: email_stats(facts), wh.member_email_stats: member_stats(facts)}
+    if kind == "automation":
+        tables[wh.automation_email_stats] = automation_stats(facts)
+    del facts
+    result.emails = tables[wh.email_stats].num_rows
+    result.members = tables[wh.member_email_stats].num_rows
+    result.automations = tables.get(wh.automation_email_stats, pa.table({})).num_rows
+    failed = fold.filter(pc.is_valid(fold["failure_event_id"]))
+    tables[email_state_failures] = pa.table({"recipient_id": failed["recipient_id"],
+                                             "event_id": failed["failure_event_id"]})
+    tables[email_state_recipients] = mirror
+    tables[email_state_temporary_failures] = pa.table(
+        {"event_id": temp["event_id"] if temp is not None else pa.array([], pa.string())})
+    # always replaced: an empty log leaves no event waiting
+    tables[email_state_unmatched] = waiting if waiting is not None else \
+        EVENT_SCHEMA.empty_table().drop_columns(["recipient_id"])
+    for target, table in tables.items():
+        conn.execute(target.delete().where(target.c.kind == kind))
+        stamped = "updated_at" in target.c
+        wh.insert_arrow(conn, target, _with_kind(table, kind, now if stamped else None))
+
+    # every file read is folded; files registered meanwhile stay for the next refresh
+    f = email_log_files.c
+    _register(conn, kind, paths)
+    for i in range(0, len(paths), ID_CHUNK):
+        conn.execute(email_log_files.update().where(
+            f.kind == kind, f.path == sa.bindparam("p")).values(
+            folded_at=now, rows=sa.bindparam("n")),
+            [{"p": p, "n": rows[p]} for p in paths[i:i + ID_CHUNK]])
+    watermark = pc.max(mirror["recipient_id"]).as_py() if mirror.num_rows else 0
+    values = {"recipient_watermark": watermark, "refreshed_at": now, "rebuilt_at": now}
+    stmt = _insert(conn, email_state_progress).values(kind=kind, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["kind"], set_=values))
+    return result
+
