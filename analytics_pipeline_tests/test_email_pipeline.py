@@ -23,10 +23,10 @@ from analytics_pipeline.email.metrics import EMAIL_PIPELINES
 from analytics_pipeline.email.resources import Mailgun
 from analytics_pipeline.email.sensors import late_email_sensors
 from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
+from analytics_pipeline.email.state import refresh_email_state
 from analytics_pipeline.email.steps import (
     extract_email_partition,
     fetch_provider_events,
-    refresh_email_stats,
     rollup_email_partition,
 )
 from analytics_pipeline.report import metric_series
@@ -288,9 +288,9 @@ def test_nul_in_provider_text_is_sanitized_on_landing(tmp_path, warehouse_url):
     landed = log.read(log.days(), PROVIDER_EVENT_SCHEMA)
     assert landed.num_rows == 2
     assert all(_no_nul(v) for c in landed.columns for v in c.to_pylist())
-    r = refresh_email_stats(log, EmailSource(f"sqlite:///{tmp_path / 'app.db'}"), engine,
-                            NEWSLETTER)
-    assert r.recipients_with_events == 1 and r.unmatched == 1
+    r = refresh_email_state(log, EmailSource(f"sqlite:///{tmp_path / 'app.db'}"), engine,
+                            NEWSLETTER.name)
+    assert r.matched == 1 and r.unmatched == 1
     with engine.connect() as c:
         [msg] = c.execute(sa.select(et.email_recipient_states.c.failure_message)).scalars()
     assert msg == "mailbox\ufffd unavailable"
@@ -317,7 +317,7 @@ def test_stats_refresh_survives_nul_in_a_log_landed_before_the_fix(tmp_path, war
                  "raw": '{"id":"u\x00"}'}
     log.append(pa.Table.from_pylist([row, unmatched], schema=PROVIDER_EVENT_SCHEMA), "old")
     source = EmailSource(f"sqlite:///{tmp_path / 'app.db'}")
-    refresh_email_stats(log, source, engine, NEWSLETTER)
+    refresh_email_state(log, source, engine, NEWSLETTER.name)
     with engine.connect() as c:
         [msg] = c.execute(sa.select(et.email_recipient_states.c.failure_message)).scalars()
     assert msg == "mailbox\ufffd unavailable"

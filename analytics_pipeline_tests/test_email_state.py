@@ -14,10 +14,12 @@ import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
-from analytics_pipeline import email_state as es
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.demo import write_source
-from analytics_pipeline.email import (
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.dev.demo import write_source
+from analytics_pipeline.email import state as es
+from analytics_pipeline.email import tables as et
+from analytics_pipeline.email.compute import (
     automation_stats,
     email_stats,
     match_recipients,
@@ -25,9 +27,8 @@ from analytics_pipeline.email import (
     recipient_facts,
     recipient_states,
 )
-from analytics_pipeline.landing import ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA
-from analytics_pipeline.sources import EmailSource, src_email_recipients, src_emails
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA
+from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
 
 T0 = 1_772_000_000  # 2026-02-25
 EVENTS = ["delivered", "opened", "clicked", "failed", "failed", "unsubscribed", "complained",
@@ -153,8 +154,8 @@ class World:
                                       chunk_rows=chunk_rows)
 
 
-PUBLISHED = [wh.email_recipient_states, wh.email_stats, wh.automation_email_stats,
-             wh.member_email_stats]
+PUBLISHED = [et.email_recipient_states, et.email_stats, et.automation_email_stats,
+             et.member_email_stats]
 BOOKKEEPING = [es.email_state_recipients, es.email_state_failures,
                es.email_state_temporary_failures, es.email_state_unmatched]
 
@@ -297,7 +298,7 @@ def test_permanent_failure_ties_go_to_the_smallest_id_and_stick():
 
 def published(snap: dict, kind: str) -> dict:
     names = [t.name for t in PUBLISHED if kind == "automation" or
-             t is not wh.automation_email_stats]
+             t is not et.automation_email_stats]
     return {n: snap[n] for n in names}
 
 
@@ -377,7 +378,7 @@ def test_only_the_stats_of_touched_keys_are_rewritten(tmp_path, warehouse_url):
     w.refresh()
     old = datetime(2000, 1, 1)
     with w.engine.begin() as c:
-        for t in (wh.email_stats, wh.automation_email_stats, wh.member_email_stats):
+        for t in (et.email_stats, et.automation_email_stats, et.member_email_stats):
             c.execute(t.update().values(updated_at=old))
     r = next(r for r in w.recipients if r["member_id"] is not None)
     table = pa.Table.from_pylist([{
@@ -397,9 +398,9 @@ def test_only_the_stats_of_touched_keys_are_rewritten(tmp_path, warehouse_url):
             r["member_email"].strip().lower())).scalar_one()
         m = c.execute(sa.select(es.email_state_recipients).where(
             es.email_state_recipients.c.recipient_id == rid)).one()
-        for t, key, value in ((wh.email_stats, "email_id", m.email_id),
-                              (wh.member_email_stats, "member_id", m.member_id),
-                              (wh.automation_email_stats, "automation_id", m.automation_id)):
+        for t, key, value in ((et.email_stats, "email_id", m.email_id),
+                              (et.member_email_stats, "member_id", m.member_id),
+                              (et.automation_email_stats, "automation_id", m.automation_id)):
             fresh = c.execute(sa.select(t.c[key]).where(t.c.updated_at != old)).scalars().all()
             assert fresh == ([value] if value is not None else []), t.name
     assert_agrees_with_full_recompute(w)

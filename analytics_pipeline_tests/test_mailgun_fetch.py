@@ -377,3 +377,21 @@ def test_sensor_stops_waiting_for_a_fetch_in_flight_too_long(
         later = datetime.now(timezone.utc) + timedelta(hours=5)
         skip = evaluate(sensor_def, instance, sim, warehouse_url, landing_root)
         assert isinstance(skip, SkipReason) and queued.run_id in skip.skip_message
+
+
+def test_a_fetch_journals_the_files_it_appended_for_the_state_refresh(
+        sim, engine, landing_root, clock):
+    """The incremental state refresh folds exactly the journaled files: every file a fetch
+    appends is journaled before the cursor moves, and nothing else."""
+    import sqlalchemy as sa
+
+    from analytics_pipeline.email import state
+
+    for i in range(30):
+        add(sim, i, T0 - 90_000 + i * 3000)  # spread over two UTC dates
+    fetch(sim, engine, landing_root, clock)
+    log = ProviderEventLog(landing_root, NEWSLETTER.stream)
+    with engine.connect() as c:
+        journaled = sorted(c.execute(sa.select(state.email_log_files.c.path).where(
+            state.email_log_files.c.kind == "newsletter")).scalars())
+    assert journaled == state.list_log_files(log) and len(journaled) >= 2

@@ -36,16 +36,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from analytics_pipeline import email_state as es
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.landing import ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA
-from analytics_pipeline.sources import (
-    EmailSource,
-    source_metadata,
-    src_email_recipients,
-    src_emails,
-)
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.core.sources import source_metadata
+from analytics_pipeline.email import state as es
+from analytics_pipeline.email import tables as et
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA
+from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
 
 PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 KIND = "automation"
@@ -182,8 +179,8 @@ def run_child(mode: str, *args) -> dict:
     return out
 
 
-COMPARED = [wh.email_recipient_states, wh.email_stats, wh.automation_email_stats,
-            wh.member_email_stats, es.email_state_failures, es.email_state_temporary_failures,
+COMPARED = [et.email_recipient_states, et.email_stats, et.automation_email_stats,
+            et.member_email_stats, es.email_state_failures, es.email_state_temporary_failures,
             es.email_state_recipients, es.email_state_unmatched]
 
 

@@ -34,11 +34,11 @@ from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceD
 from analytics_pipeline.email.metrics import EMAIL_PIPELINES, EmailPipeline
 from analytics_pipeline.email.resources import Mailgun
 from analytics_pipeline.email.source import EmailSource
+from analytics_pipeline.email.state import refresh_email_state
 from analytics_pipeline.email.steps import (
     email_landing_source,
     extract_email_partition,
     fetch_provider_events,
-    refresh_email_stats,
     rollup_email_partition,
 )
 
@@ -203,14 +203,20 @@ def email_assets(pipeline: EmailPipeline) -> list:
         ],
     )
     def statistics(source_db: SourceDatabase, warehouse: Warehouse, landing: Landing):
-        r = refresh_email_stats(ProviderEventLog(landing.uri, pipeline.stream),
-                                EmailSource(source_db.url), warehouse.engine(), pipeline)
+        # Incremental: folds only the log files landed since the last refresh (the fetch
+        # journals them), and rewrites only the stats of what they touched. The first
+        # refresh of a pipeline is a full rebuild; `rebuild_email_state` is the repair path.
+        r = refresh_email_state(ProviderEventLog(landing.uri, pipeline.stream),
+                                EmailSource(source_db.url), warehouse.engine(), pipeline.name,
+                                discover=False)
         yield MaterializeResult(asset_key=states_key, metadata={
-            "events": r.events, "recipients_with_events": r.recipients_with_events,
-            "unmatched_events": r.unmatched})
+            "refresh": r.mode, "log_files_folded": r.files, "events_read": r.events,
+            "events_matched": r.matched, "events_waiting_for_recipient": r.unmatched,
+            "new_recipients": r.new_recipients, "recipients_touched": r.recipients_touched,
+            "seconds": round(r.seconds, 3)})
         yield MaterializeResult(asset_key=stats_key, metadata={
-            "emails": r.emails, "automations": r.automations, "members": r.members,
-            "recipients": r.recipients})
+            "email_rows_written": r.emails, "automation_rows_written": r.automations,
+            "member_rows_written": r.members})
 
     return [raw_email_events, email_rollups, statistics]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,16 +24,10 @@ from analytics_pipeline.core.steps import (
     _write_and_check,
     landed_accounts,
 )
-from analytics_pipeline.email import tables as et
 from analytics_pipeline.email.compute import (
     EMAIL_EVENT_SCHEMA,
-    automation_stats,
-    email_stats,
     match_recipients,
-    member_stats,
     quarantine_rows,
-    recipient_facts,
-    recipient_states,
 )
 from analytics_pipeline.email.mailgun import (
     PROVIDER_EVENT_SCHEMA,
@@ -43,6 +37,7 @@ from analytics_pipeline.email.mailgun import (
 )
 from analytics_pipeline.email.metrics import EMAIL_METRICS, EmailPipeline
 from analytics_pipeline.email.source import EmailSource
+from analytics_pipeline.email.state import register_log_files
 
 
 @dataclass
@@ -157,6 +152,7 @@ def fetch_provider_events(
                          reconciled_at=now if reconcile else last_reconciled)
     fetch_id = f"{int(now)}-{uuid.uuid4().hex[:6]}"
     malformed: list[tuple[str, str, str]] = []
+    appended_days: set[date] = set()
     for label, begin, end in windows:
         stats = result.passes[label]
         buffered: list[pa.Table] = []
@@ -179,11 +175,13 @@ def fetch_provider_events(
             buffered.append(parsed.events)
             rows += parsed.events.num_rows
             if rows >= flush_rows:
+                appended_days.update(_utc_days(buffered))
                 result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
                 result.fetched += rows
                 stats.stored += rows
                 buffered, rows = [], 0
         if buffered:
+            appended_days.update(_utc_days(buffered))
             result.landed_files += log.append(pa.concat_tables(buffered), fetch_id)
             result.fetched += rows
             stats.stored += rows
@@ -209,6 +207,9 @@ def fetch_provider_events(
     if reconcile or first_fetch_from is not None:
         wh.record_stream_state(engine, name, first_fetch_from=first_fetch_from,
                                reconciled_at=now if reconcile else None)
+    # journal the appended files for the incremental state refresh, before the cursor
+    # moves: a crash in between re-fetches (and registers) the same events again
+    register_log_files(engine, pipeline.name, log, fetch_id, days=sorted(appended_days))
     wh.advance_cursor(engine, name, result.fresh_until, result.settled_until)
     return result
 
@@ -313,48 +314,11 @@ def rollup_email_partition(
                             QUARANTINE_SCHEMA.empty_table(), accounts)
 
 
-@dataclass
-class EmailStatsResult:
-    events: int
-    recipients: int
-    recipients_with_events: int
-    emails: int
-    automations: int
-    members: int
-    unmatched: int
-
-
-def refresh_email_stats(
-    log: ProviderEventLog, emails: EmailSource, engine: Engine, pipeline: EmailPipeline
-) -> EmailStatsResult:
-    """Recompute recipient states and email/automation/member stats from the whole log.
-
-    A full recomputation from the de-duplicated log: the result does not depend on how
-    often or in which order events arrived, and a failure leaves the previous tables.
-    """
-    # everything but the raw JSON and the tags: the fold needs only these
-    # Sanitized on read as well as on landing: a NUL in a log landed before the fix would
-    # otherwise fail this refresh on PostgreSQL every time (it re-reads the whole log).
-    events = sanitize_text(log.read(log.days(), PROVIDER_EVENT_SCHEMA, columns=[
-        "event", "timestamp", "recipient", "message_id", "severity", "delivery_status_code",
-        "delivery_status_message"]))
-    recipients = emails.recipients(pipeline.name)
-    m = match_recipients(events, recipients)
-    states = recipient_states(m.events)
-    info = recipients.select(["recipient_id", "account_id", "email_id", "member_id"])
-    state_rows = states.join(info, "recipient_id", join_type="left outer")
-    facts = recipient_facts(recipients, states)
-    tables = {
-        et.email_recipient_states: state_rows,
-        et.email_stats: email_stats(facts),
-        et.member_email_stats: member_stats(facts),
-    }
-    if pipeline.name == "automation":
-        tables[et.automation_email_stats] = automation_stats(facts)
-    et.replace_kind_tables(engine, pipeline.name, tables)
-    return EmailStatsResult(
-        events=events.num_rows, recipients=recipients.num_rows,
-        recipients_with_events=states.num_rows, emails=tables[et.email_stats].num_rows,
-        automations=tables.get(et.automation_email_stats, pa.table({})).num_rows,
-        members=tables[et.member_email_stats].num_rows, unmatched=m.unmatched.num_rows,
-    )
+def _utc_days(tables: list[pa.Table]) -> set[date]:
+    """The UTC dates (log folders) that appending ``tables`` writes to."""
+    days: set[date] = set()
+    for t in tables:
+        if t.num_rows:
+            d = pc.unique(pc.cast(pc.cast(t["timestamp"], pa.timestamp("us")), pa.date32()))
+            days.update(d.to_pylist())
+    return days

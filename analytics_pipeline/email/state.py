@@ -46,8 +46,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from analytics_pipeline import warehouse as wh
-from analytics_pipeline.email import (
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import ProviderEventLog
+from analytics_pipeline.core.sources import arrow_batches
+from analytics_pipeline.email import tables as et
+from analytics_pipeline.email.compute import (
     COUNT_COLUMNS,
     MIN_RECIPIENTS_FOR_RATE,
     STATE_EVENTS,
@@ -57,12 +60,14 @@ from analytics_pipeline.email import (
     member_stats,
     recipient_facts,
 )
-from analytics_pipeline.landing import ProviderEventLog
-from analytics_pipeline.mailgun import PROVIDER_EVENT_SCHEMA, normalize_message_ids, sanitize_text
-from analytics_pipeline.sources import (
+from analytics_pipeline.email.mailgun import (
+    PROVIDER_EVENT_SCHEMA,
+    normalize_message_ids,
+    sanitize_text,
+)
+from analytics_pipeline.email.source import (
     RECIPIENT_SCHEMA,
     EmailSource,
-    arrow_batches,
     src_email_recipients,
     src_emails,
 )
@@ -343,7 +348,7 @@ def register_log_files(engine: Engine, kind: str, log: ProviderEventLog, fetch_i
 def _register(conn: Connection, kind: str, paths: Sequence[str]) -> int:
     if not paths:
         return 0
-    now = wh._utcnow()
+    now = wh.utc_now_naive()
     new = 0
     for i in range(0, len(paths), ID_CHUNK):
         stmt = _insert(conn, email_log_files).values(
@@ -441,18 +446,18 @@ def _with_kind(table: pa.Table, kind: str, now: datetime | None = None) -> pa.Ta
 
 # --- stats of touched keys, in the warehouse ------------------------------------------------
 
-STATS_TABLES = {"email_id": wh.email_stats, "automation_id": wh.automation_email_stats,
-                "member_id": wh.member_email_stats}
+STATS_TABLES = {"email_id": et.email_stats, "automation_id": et.automation_email_stats,
+                "member_id": et.member_email_stats}
 
 
 def _stats_query(kind: str, key: str, ids: sa.Table) -> sa.Select:
-    r, s = email_state_recipients.c, wh.email_recipient_states.c
+    r, s = email_state_recipients.c, et.email_recipient_states.c
     tracked = sa.case((r.track_opens, 1), else_=0)
     tracked_opened = sa.case((sa.and_(r.track_opens, s.opened_at.is_not(None)), 1), else_=0)
     counts = [sa.func.count(s[c]).label(n) for n, c in zip(COUNT_COLUMNS[1:], (
         "delivered_at", "opened_at", "clicked_at", "failed_at", "unsubscribed_at",
         "complained_at"), strict=True)]
-    j = email_state_recipients.outerjoin(wh.email_recipient_states, sa.and_(
+    j = email_state_recipients.outerjoin(et.email_recipient_states, sa.and_(
         s.kind == r.kind, s.recipient_id == r.recipient_id))
     return (sa.select(r[key], sa.func.count().label("sent_count"), *counts,
                       sa.func.sum(tracked).label("tracked"),
@@ -549,7 +554,7 @@ def refresh_email_state(log: ProviderEventLog, emails: EmailSource, engine: Engi
 def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind: str,
              progress: dict, discover: bool) -> EmailStateResult:
     result = EmailStateResult("incremental")
-    now = wh._utcnow()
+    now = wh.utc_now_naive()
     f = email_log_files.c
     if discover:
         known = set(conn.execute(sa.select(f.path).where(f.kind == kind)).scalars())
@@ -637,9 +642,9 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     result.recipients_touched = delta.num_rows
     if delta.num_rows:
         tmp = _stage(conn, delta.select(["recipient_id"]))
-        s, fl = wh.email_recipient_states.c, email_state_failures.c
+        s, fl = et.email_recipient_states.c, email_state_failures.c
         old = _select_arrow(conn, sa.select(*[s[c] for c in STATE_SCHEMA.names], fl.event_id)
-                            .select_from(tmp.join(wh.email_recipient_states, sa.and_(
+                            .select_from(tmp.join(et.email_recipient_states, sa.and_(
                                 s.kind == kind, s.recipient_id == tmp.c.recipient_id))
                                 .outerjoin(email_state_failures, sa.and_(
                                     fl.kind == kind, fl.recipient_id == s.recipient_id))),
@@ -651,7 +656,7 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
             [("account_id", "min"), ("email_id", "min"), ("member_id", "min")]
         ).rename_columns(["recipient_id", "account_id", "email_id", "member_id"])
         rows = states_of(merged).join(info, "recipient_id", join_type="left outer")
-        _upsert_arrow(conn, wh.email_recipient_states, _with_kind(rows, kind, now),
+        _upsert_arrow(conn, et.email_recipient_states, _with_kind(rows, kind, now),
                       ["kind", "recipient_id"])
         failed = merged.filter(pc.is_valid(merged["failure_event_id"]))
         _upsert_arrow(conn, email_state_failures, _with_kind(pa.table({
@@ -740,7 +745,7 @@ def _dedupe(table: pa.Table, column: str = "event_id") -> pa.Table:
 def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind: str,
              chunk_rows: int = FULL_CHUNK_ROWS) -> EmailStateResult:
     result = EmailStateResult("full")
-    now = wh._utcnow()
+    now = wh.utc_now_naive()
     recipients = emails.recipients(kind)
     mirror = recipient_mirror(recipients)
     keys = match_keys(mirror)
@@ -780,15 +785,15 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     states = states_of(fold)
     facts = recipient_facts(recipients, states)
     info = recipients.select(["recipient_id", "account_id", "email_id", "member_id"])
-    tables = {wh.email_recipient_states: states.join(info, "recipient_id",
+    tables = {et.email_recipient_states: states.join(info, "recipient_id",
                                                      join_type="left outer"),
-              wh.email_stats: email_stats(facts), wh.member_email_stats: member_stats(facts)}
+              et.email_stats: email_stats(facts), et.member_email_stats: member_stats(facts)}
     if kind == "automation":
-        tables[wh.automation_email_stats] = automation_stats(facts)
+        tables[et.automation_email_stats] = automation_stats(facts)
     del facts
-    result.emails = tables[wh.email_stats].num_rows
-    result.members = tables[wh.member_email_stats].num_rows
-    result.automations = tables.get(wh.automation_email_stats, pa.table({})).num_rows
+    result.emails = tables[et.email_stats].num_rows
+    result.members = tables[et.member_email_stats].num_rows
+    result.automations = tables.get(et.automation_email_stats, pa.table({})).num_rows
     failed = fold.filter(pc.is_valid(fold["failure_event_id"]))
     tables[email_state_failures] = pa.table({"recipient_id": failed["recipient_id"],
                                              "event_id": failed["failure_event_id"]})
