@@ -56,6 +56,9 @@ def test_partition_end_to_end(env):
     raw = [m for m in result.get_asset_materialization_events()
            if m.asset_key.path == ["raw_reporting_events"]][0].materialization.metadata
     assert raw["rows"].value == 7
+    # tabular metadata is a Dagster table: a partition key's "|" does not split its row
+    [record] = raw["per_partition"].value.records
+    assert record.data["partition"] == NY_KEY and record.data["rows"] == 7
 
 
 def test_materializing_twice_gives_identical_rows(env):

@@ -7,6 +7,9 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
 )
 
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
@@ -16,13 +19,36 @@ from analytics_pipeline.core.steps import RollupResult, landed_accounts
 OWNERS = ["team:data-platform"]
 
 
-def _md_table(rows: list[dict], limit: int = 20) -> MetadataValue:
+def table_metadata(rows: list[dict], limit: int = 20) -> MetadataValue:
+    """Rows as a Dagster table (typed columns; keys with ``|`` such as partition keys stay
+    whole, which a markdown table would split). The column types come from the values."""
+    rows = rows[:limit]
     if not rows:
-        return MetadataValue.md("_no rows_")
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows[:limit]]
-    return MetadataValue.md("\n".join(lines))
+        return MetadataValue.table(records=[], schema=TableSchema(columns=[]))
+
+    def kind(values: list) -> str:
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, bool) for v in present):
+            return "bool"
+        if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            return "int"
+        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           for v in present):
+            return "float"
+        return "string"
+
+    names = list(rows[0])
+    kinds = {c: kind([r.get(c) for r in rows]) for c in names}
+
+    def cell(value, k: str):
+        if value is None:
+            return None
+        return value if k != "string" else str(value)
+
+    return MetadataValue.table(
+        records=[TableRecord({c: cell(r.get(c), kinds[c]) for c in names}) for r in rows],
+        schema=TableSchema(columns=[TableColumn(c, kinds[c]) for c in names]),
+    )
 
 
 def require_current_landings(
@@ -53,7 +79,7 @@ def rollup_result(results: list[RollupResult], metadata: dict) -> MaterializeRes
             "rows_written": sum(r.rows_written for r in results),
             "rows_replaced": sum(r.rows_replaced for r in results),
             **metadata,
-            "preview": _md_table(preview),
+            "preview": table_metadata(preview),
         },
         check_results=[
             AssetCheckResult(

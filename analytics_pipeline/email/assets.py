@@ -23,9 +23,9 @@ from pydantic import Field
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
-    _md_table,
     require_current_landings,
     rollup_result,
+    table_metadata,
 )
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.landing import ProviderEventLog
@@ -160,7 +160,7 @@ def email_assets(pipeline: EmailPipeline) -> list:
             "events_in_window": sum(r.events for r in results),
             "events_landed": sum(r.matched for r in results),
             "events_quarantined": sum(r.quarantined for r in results),
-            "per_partition": _md_table([r.__dict__ for r in results], limit=100),
+            "per_partition": table_metadata([r.__dict__ for r in results], limit=100),
         })
 
     specs = [AssetCheckSpec(RECONCILES, asset=rollups_name,

@@ -18,9 +18,9 @@ from pydantic import Field
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
-    _md_table,
     require_current_landings,
     rollup_result,
+    table_metadata,
 )
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.partitions import LocalDay, daily_timezone_partitions
@@ -93,7 +93,7 @@ def raw_reporting_events(
             "duplicate_ids_dropped": sum(r.duplicates_dropped for r in results),
             "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
             "accounts_processed": sum(r.accounts for r in results),
-            "per_partition": _md_table(
+            "per_partition": table_metadata(
                 [{"partition": r.key, "rows": r.rows, "accounts": r.accounts,
                   "utc_window": r.window} for r in results], limit=100,
             ),
