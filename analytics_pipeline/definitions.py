@@ -4,9 +4,14 @@ Each source package contributes its definitions; the core contributes the accoun
 snapshot and the closed-days sensor that requests every source's days.
 """
 
-from dagster import Definitions
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+)
 
-from analytics_pipeline.core.accounts import accounts, accounts_job, refresh_accounts_schedule
+from analytics_pipeline.core.accounts import accounts, accounts_job
 from analytics_pipeline.core.resources import core_resources
 from analytics_pipeline.core.scheduling import build_closed_days_sensor
 from analytics_pipeline.email.assets import email_pipeline_assets, mailgun_event_assets
@@ -14,7 +19,6 @@ from analytics_pipeline.email.resources import mailgun_resource
 from analytics_pipeline.email.sensors import (
     email_daily_jobs,
     email_stats_jobs,
-    email_stats_schedules,
     email_streams,
     late_email_sensors,
     mailgun_jobs,
@@ -25,6 +29,17 @@ from analytics_pipeline.support.jobs import reporting_job, support_stream
 
 closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams])
 
+# Evaluates the assets' automation conditions (the periodic refreshes of accounts and of the
+# email statistics); on by default, like the other sensors, so nothing waits for an operator.
+periodic_refreshes_sensor = AutomationConditionSensorDefinition(
+    "periodic_refreshes_sensor",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Declarative automation: refreshes `accounts` every 30 minutes and each "
+    "email pipeline's recipient states and statistics every 15 minutes after new Mailgun "
+    "events landed.",
+)
+
 defs = Definitions(
     assets=[
         accounts, raw_reporting_events, reporting_rollups,
@@ -33,7 +48,7 @@ defs = Definitions(
     ],
     jobs=[accounts_job, reporting_job, *mailgun_jobs.values(), *email_daily_jobs.values(),
           *email_stats_jobs.values()],
-    schedules=[refresh_accounts_schedule, *email_stats_schedules.values()],
-    sensors=[closed_days_sensor, *mailgun_sensors.values(), *late_email_sensors.values()],
+    sensors=[closed_days_sensor, periodic_refreshes_sensor, *mailgun_sensors.values(),
+             *late_email_sensors.values()],
     resources={**core_resources(), "mailgun": mailgun_resource()},
 )

@@ -32,12 +32,9 @@ JOBS = [
 SENSORS = [
     "closed_days_sensor", "late_automation_email_events_sensor",
     "late_newsletter_email_events_sensor", "mailgun_automation_sensor",
-    "mailgun_newsletter_sensor",
+    "mailgun_newsletter_sensor", "periodic_refreshes_sensor",
 ]
-SCHEDULES = [
-    "automation_email_stats_every_15_minutes", "newsletter_email_stats_every_15_minutes",
-    "refresh_accounts_every_30_minutes",
-]
+SCHEDULES: list[str] = []  # periodic refreshes are automation conditions (on_cron)
 RESOURCES = ["landing", "mailgun", "settings", "source_db", "warehouse"]
 
 
@@ -64,3 +61,34 @@ def test_loading_the_code_location_imports_no_development_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_periodic_refreshes_are_declarative_automation():
+    """Accounts refresh after each 30-minute tick; an email pipeline's states and stats after
+    a 15-minute tick once its fetch has landed something new, both assets of the multi-asset
+    together; nothing is requested before a tick has passed."""
+    from datetime import datetime, timedelta, timezone
+
+    from dagster import (
+        AssetMaterialization,
+        evaluate_automation_conditions,
+        instance_for_test,
+    )
+
+    keys = sorted(defs.get_repository_def().asset_graph.get_all_asset_keys())
+
+    def requested(result) -> set[str]:
+        return {k.to_user_string() for k in keys if result.get_num_requested(k)}
+
+    t0 = datetime(2026, 2, 24, 10, 1, tzinfo=timezone.utc)
+    with instance_for_test() as instance:
+        first = evaluate_automation_conditions(defs, instance, evaluation_time=t0)
+        assert first.total_requested == 0
+        later = evaluate_automation_conditions(
+            defs, instance, evaluation_time=t0 + timedelta(minutes=15), cursor=first.cursor)
+        assert requested(later) == set()  # 10:15 passed, but no fetch landed since
+        instance.report_runless_asset_event(AssetMaterialization("mailgun_newsletter_events"))
+        after_fetch = evaluate_automation_conditions(
+            defs, instance, evaluation_time=t0 + timedelta(minutes=31), cursor=later.cursor)
+        assert requested(after_fetch) == {"accounts", "newsletter_recipient_states",
+                                          "newsletter_email_stats"}

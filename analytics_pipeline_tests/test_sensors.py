@@ -5,7 +5,6 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from dagster import (
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     SensorResult,
     SkipReason,
@@ -131,9 +130,8 @@ def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypa
 def test_scheduling_is_on_by_default():
     sensor = defs.resolve_sensor_def("closed_days_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING
-    schedule = defs.resolve_schedule_def("refresh_accounts_every_30_minutes")
-    assert schedule.default_status == DefaultScheduleStatus.RUNNING
-    assert schedule.job_name == "refresh_accounts"
+    automation = defs.resolve_sensor_def("periodic_refreshes_sensor")
+    assert automation.default_status == DefaultSensorStatus.RUNNING
 
 
 def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypatch, warehouse):

@@ -11,12 +11,11 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSelection,
+    AutomationCondition,
     Config,
-    DefaultScheduleStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
-    ScheduleDefinition,
     asset,
     define_asset_job,
 )
@@ -58,8 +57,14 @@ accounts_check_specs = [
 ]
 
 
+# Refreshed every 30 minutes by declarative automation (the code location's automation
+# sensor), so a new account's timezone gets its partitions without manual steps.
+ACCOUNTS_REFRESH = AutomationCondition.on_cron("*/30 * * * *")
+
+
 @asset(
     group_name="accounts",
+    automation_condition=ACCOUNTS_REFRESH,
     owners=OWNERS,
     kinds={"sql", "python"},
     check_specs=accounts_check_specs,
@@ -161,16 +166,6 @@ accounts_job = define_asset_job(
     "refresh_accounts",
     selection=AssetSelection.assets("accounts"),
     description="Snapshot accounts and register the timezones in use.",
-)
-
-
-refresh_accounts_schedule = ScheduleDefinition(
-    name="refresh_accounts_every_30_minutes",
-    job=accounts_job,
-    cron_schedule="*/30 * * * *",
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Every 30 minutes, snapshots the accounts, so that a new account's timezone "
-    "gets its partitions without manual steps.",
 )
 
 

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
+    AutomationCondition,
     BackfillPolicy,
     Config,
     MaterializeResult,
@@ -41,6 +42,10 @@ from analytics_pipeline.email.steps import (
     fetch_provider_events,
     rollup_email_partition,
 )
+
+# Recipient states and stats are refreshed every 15 minutes by declarative automation, once
+# the pipeline's Mailgun fetch has landed something since the tick (nothing to fold else).
+STATS_REFRESH = AutomationCondition.on_cron("*/15 * * * *")
 
 
 class MailgunFetchConfig(Config):
@@ -191,10 +196,12 @@ def email_assets(pipeline: EmailPipeline) -> list:
         group_name=group,
         specs=[
             AssetSpec(states_key, deps=[fetched], owners=OWNERS, kinds={"sql", "pyarrow"},
+                      automation_condition=STATS_REFRESH,
                       description=f"Per recipient of {p} emails: first delivered, opened, "
                       "clicked, unsubscribed, complained; permanent failure (never "
                       "downgraded by a temporary one) and temporary failures."),
             AssetSpec(stats_key, deps=[states_key], owners=OWNERS, kinds={"sql"},
+                      automation_condition=STATS_REFRESH,
                       description=f"Per {p} email"
                       + (" and per automation" if p == "automation" else "")
                       + ": sent, delivered, opened, clicked, failed, unsubscribed, "

@@ -15,11 +15,9 @@ from dagster import (
     AssetRecordsFilter,
     AssetSelection,
     DagsterRunStatus,
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
-    ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -172,19 +170,6 @@ def email_stats_job(pipeline: EmailPipeline):
 
 
 email_stats_jobs = {p.name: email_stats_job(p) for p in EMAIL_PIPELINES}
-
-
-email_stats_schedules = {
-    p.name: ScheduleDefinition(
-        name=p.names.stats_schedule,
-        job=email_stats_jobs[p.name],
-        cron_schedule="*/15 * * * *",
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"Every 15 minutes, refreshes the {p.name} recipient states and the "
-        "email, automation and member statistics from the landed Mailgun events.",
-    )
-    for p in EMAIL_PIPELINES
-}
 
 
 def _local_days(lo: datetime, hi: datetime, timezones: Iterable[str]) -> list[LocalDay]:
