@@ -17,7 +17,7 @@ from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.dev.demo import write_source
 from analytics_pipeline.support.assets import raw_reporting_events, reporting_rollups
-from analytics_pipeline_tests.conftest import event
+from analytics_pipeline_tests.helpers import event
 
 ACCOUNTS = [
     {"id": 1, "name": "Acme", "reporting_timezone": "America/New_York"},

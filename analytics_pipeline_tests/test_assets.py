@@ -7,7 +7,7 @@ from dagster import DagsterInstance, instance_for_test
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.dev.demo import write_source
-from analytics_pipeline_tests.conftest import event
+from analytics_pipeline_tests.helpers import event
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, make_env, sample_events
 
 NY_KEY = "2026-02-11|America/New_York"

@@ -21,7 +21,7 @@ from analytics_pipeline.core.partitions import LocalDay, resolve_account_timezon
 from analytics_pipeline.core.sources import read_accounts
 from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline.support.steps import extract_partition, rollup_partition
-from analytics_pipeline_tests.conftest import PG_SERVER, require_postgres
+from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
 
 NY = "America/New_York"
 PARTITIONS = [LocalDay(date(2026, 2, 11), NY), LocalDay(date(2026, 2, 11), "UTC"),

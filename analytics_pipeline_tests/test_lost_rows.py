@@ -18,7 +18,7 @@ from analytics_pipeline.core.sources import check_accounts, read_accounts
 from analytics_pipeline.dev.demo import write_source
 from analytics_pipeline.support.assets import reporting_rollups
 from analytics_pipeline.support.source import ReportingEventsSource
-from analytics_pipeline_tests.conftest import event
+from analytics_pipeline_tests.helpers import event
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, make_env, sample_events
 
 NY_KEY = "2026-02-11|America/New_York"

@@ -152,16 +152,19 @@ def test_email_days_are_requested_once_mailgun_is_configured(instance, monkeypat
     ]
 
 
-def test_affected_partitions_are_only_already_materialized_days():
-    from analytics_pipeline.email.sensors import affected_partitions
+def test_days_of_a_fetch_without_buckets_are_those_its_span_touches():
+    from dagster import MetadataValue
+
+    from analytics_pipeline.email.sensors import days_of_fetch
 
     # 2026-02-12T03:00Z .. 06:00Z: New York's 11th (until 05:00Z) and 12th; Kolkata's 12th
-    lo = datetime(2026, 2, 12, 3, tzinfo=UTC).timestamp()
-    hi = datetime(2026, 2, 12, 6, tzinfo=UTC).timestamp()
-    done = {"2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata",
-            "2026-02-10|America/New_York"}
-    days = affected_partitions(lo, hi, ["America/New_York", "Asia/Kolkata"], done)
-    assert [d.key for d in days] == ["2026-02-11|America/New_York", "2026-02-12|Asia/Kolkata"]
+    meta = {"event_time_min": MetadataValue.float(datetime(2026, 2, 12, 3, tzinfo=UTC)
+                                                  .timestamp()),
+            "event_time_max": MetadataValue.float(datetime(2026, 2, 12, 6, tzinfo=UTC)
+                                                  .timestamp())}
+    days = days_of_fetch(meta, ["America/New_York", "Asia/Kolkata"])
+    assert [d.key for d in days] == ["2026-02-11|America/New_York",
+                                     "2026-02-12|America/New_York", "2026-02-12|Asia/Kolkata"]
 
 
 # --- late email events: every fetch since the cursor, precise days, bounded ticks ----------

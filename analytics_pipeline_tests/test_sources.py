@@ -8,7 +8,7 @@ from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.sources import read_accounts
 from analytics_pipeline.dev.demo import write_source
 from analytics_pipeline.support.source import ReportingEventsSource
-from analytics_pipeline_tests.conftest import event
+from analytics_pipeline_tests.helpers import event
 
 NY = LocalDay(date(2026, 2, 11), "America/New_York")
 ACCOUNTS = [{"id": 1, "name": "ny", "reporting_timezone": "America/New_York"},

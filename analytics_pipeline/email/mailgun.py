@@ -51,8 +51,6 @@ PROVIDER_EVENT_SCHEMA = pa.schema([
     ("fetched_at", pa.timestamp("us", tz="UTC")),
 ])
 
-KNOWN_EVENTS = frozenset({"accepted", "delivered", "opened", "clicked", "failed",
-                          "unsubscribed", "complained", "rejected", "stored"})
 
 
 def normalize_message_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

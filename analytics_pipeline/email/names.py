@@ -24,7 +24,6 @@ class EmailNames:
     stats_job: str
     fetch_sensor: str
     late_sensor: str
-    stats_schedule: str
     stream: str  # the closed-days sensor's stream
 
 
@@ -41,7 +40,6 @@ NEWSLETTER = EmailNames(
     stats_job="newsletter_email_stats_refresh",
     fetch_sensor="mailgun_newsletter_sensor",
     late_sensor="late_newsletter_email_events_sensor",
-    stats_schedule="newsletter_email_stats_every_15_minutes",
     stream="email:newsletter",
 )
 
@@ -58,6 +56,5 @@ AUTOMATION = EmailNames(
     stats_job="automation_email_stats_refresh",
     fetch_sensor="mailgun_automation_sensor",
     late_sensor="late_automation_email_events_sensor",
-    stats_schedule="automation_email_stats_every_15_minutes",
     stream="email:automation",
 )

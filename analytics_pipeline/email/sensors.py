@@ -187,16 +187,6 @@ def _local_days(lo: datetime, hi: datetime, timezones: Iterable[str]) -> list[Lo
     return out
 
 
-def affected_partitions(
-    time_min: float, time_max: float, timezones: Iterable[str], materialized: set[str]
-) -> list[LocalDay]:
-    """Partitions whose local day overlaps [time_min, time_max] and that were already
-    materialized (the closed-days sensor takes care of the others)."""
-    lo = datetime.fromtimestamp(time_min, timezone.utc)
-    hi = datetime.fromtimestamp(time_max, timezone.utc)
-    return [d for d in _local_days(lo, hi, timezones) if d.key in materialized]
-
-
 def days_of_buckets(buckets: Iterable[int], timezones: Iterable[str]) -> list[LocalDay]:
     """The local days (per timezone) of 15-minute UTC buckets (epoch seconds // 900).
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.warehouse import insert_arrow, metadata
+from analytics_pipeline.core.warehouse import metadata
 
 _ts = sa.DateTime(timezone=True)
 
@@ -54,15 +51,3 @@ member_email_stats = _email_table("member_email_stats", "member_id", [
     sa.Column("email_opened_count", sa.BigInteger, nullable=False),
     sa.Column("email_open_rate", sa.Float(precision=53)),
 ])
-
-
-def replace_kind_tables(engine: Engine, kind: str, tables: dict[sa.Table, pa.Table]) -> None:
-    """Replace one email kind's rows of several tables in one transaction."""
-    now = pa.scalar(wh.utc_now_naive(), pa.timestamp("us"))
-    with engine.begin() as conn:
-        for target, rows in tables.items():
-            conn.execute(target.delete().where(target.c.kind == kind))
-            n = rows.num_rows
-            rows = rows.append_column("kind", pa.repeat(pa.scalar(kind), n)).append_column(
-                "updated_at", pa.repeat(now, n))
-            insert_arrow(conn, target, rows)

@@ -1,0 +1,55 @@
+"""Test helpers: the PostgreSQL used by the tests, and source rows as the app writes them."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+
+PG_SERVER = os.environ.get(
+    "ANALYTICS_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+
+
+def _pg_unavailable_reason() -> str | None:
+    try:
+        engine = sa.create_engine(PG_SERVER, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL not reachable at {sa.make_url(PG_SERVER).render_as_string()}: " \
+               f"{type(exc).__name__}"
+
+
+_PG_REASON = _pg_unavailable_reason()
+
+
+def require_postgres() -> None:
+    if _PG_REASON is None:
+        return
+    if os.environ.get("ANALYTICS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required in CI: {_PG_REASON}")
+    pytest.skip(_PG_REASON)
+
+
+def ts(s: str) -> str:
+    """A source timestamp as the app stores it (naive UTC text)."""
+    return datetime.fromisoformat(s.replace("Z", "")).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_ids = iter(range(1, 10**9))
+
+
+def event(name: str, at: str, account_id: int = 1, value: float | None = None, **kw) -> dict:
+    """A reporting_events row with sensible defaults."""
+    return {
+        "id": kw.pop("id", None) or next(_ids), "name": name, "value": value,
+        "value_in_business_hours": kw.pop("bh", None), "account_id": account_id,
+        "user_id": kw.pop("user_id", None), "inbox_id": kw.pop("inbox_id", None),
+        "conversation_id": kw.pop("conversation_id", None), "created_at": ts(at),
+        "updated_at": ts(at), **kw,
+    }
