@@ -405,6 +405,30 @@ class ProviderEventLog:
                 out.append(date.fromisoformat(name[5:]))
         return sorted(out)
 
+    def files(self, day: date) -> list[str]:
+        """Names of the date folder's visible files, sorted (hidden: ``.tmp-*``,
+        ``.replaced-*``); files are immutable once visible, so the list identifies the
+        folder's content."""
+        folder = self.date_dir(day)
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        return sorted(i.base_name for i in infos
+                      if i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+    def _read_day(self, day: date, schema: pa.Schema) -> list[pa.Table]:
+        """The files of one date folder. A compaction may replace files between the
+        listing and the read; it makes the compacted file visible before it hides the
+        files it replaces, so listing again after a file vanished sees all the events."""
+        folder = self.date_dir(day)
+        for attempt in range(5):
+            names = self.files(day)
+            try:
+                return [pq.read_table(posixpath.join(folder, n), filesystem=self.fs,
+                                      schema=schema, columns=schema.names) for n in names]
+            except OSError:
+                if attempt == 4 or set(names) <= set(self.files(day)):
+                    raise  # nothing vanished: a real error
+        raise AssertionError("unreachable")
+
     def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id",
              columns: Sequence[str] | None = None) -> pa.Table:
         """Events landed under ``days`` (UTC dates), each event id once (first fetched);
@@ -412,19 +436,92 @@ class ProviderEventLog:
         if columns is not None:
             wanted = list(dict.fromkeys([id_column, "fetched_at", *columns]))
             schema = pa.schema([schema.field(c) for c in wanted])
-        tables = []
-        for day in days:
-            folder = self.date_dir(day)
-            if self.fs.get_file_info(folder).type == pafs.FileType.NotFound:
-                continue
-            for info in self.fs.get_file_info(pafs.FileSelector(folder)):
-                name = posixpath.basename(info.path)
-                if name.endswith(".parquet") and not name.startswith("."):
-                    tables.append(pq.read_table(info.path, filesystem=self.fs, schema=schema,
-                                                columns=schema.names))
+        tables = [t for day in days for t in self._read_day(day, schema)]
         if not tables:
             return schema.empty_table()
         return dedupe(pa.concat_tables(tables), id_column)
+
+
+def _hash64(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (polynomial over the UTF-8 bytes, then the splitmix64
+    finalizer), vectorized in slices so that the temporaries stay small. Not for
+    security: only a pre-filter, every hit is confirmed by comparing the strings."""
+    values = pc.fill_null(values.cast(pa.large_string()), "")
+    out = np.empty(len(values), dtype=np.uint64)
+    step = 65_536
+    powers = np.ones(1, dtype=np.uint64)  # mult ** position, wrapping
+    mult = np.uint64(0x100000001B3)
+    for lo in range(0, len(values), step):
+        part = values[lo:lo + step]
+        _, offsets_buf, data_buf = part.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[part.offset:
+                                                              part.offset + len(part) + 1]
+        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                else np.zeros(0, np.uint8))[offsets[0]:offsets[-1]]
+        starts = offsets[:-1] - offsets[0]
+        lengths = np.diff(offsets)
+        longest = int(lengths.max()) if len(lengths) else 0
+        if longest > len(powers):
+            powers = np.cumprod(np.full(longest, mult, dtype=np.uint64), dtype=np.uint64)
+            powers = np.concatenate([np.ones(1, dtype=np.uint64), powers[:-1]])
+        pos = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+        contrib = (data.astype(np.uint64) + np.uint64(1)) * powers[pos]
+        h = np.zeros(len(part), dtype=np.uint64)
+        filled = lengths > 0
+        if filled.any():
+            h[filled] = np.add.reduceat(contrib, starts[filled])
+        h ^= lengths.astype(np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+        out[lo:lo + len(part)] = h
+    return out
+
+
+class IdLookup:
+    """Membership of strings in a fixed set, built once and probed many times.
+
+    ``pc.is_in`` builds a hash table of its value set on every call, which costs more than
+    the probe when the set is large (2M landed ids) and the probes small (a 300-item
+    page). This keeps the set's 64-bit hashes sorted (8 bytes per id) beside the ids in
+    the same order: a probe hashes its values, binary-searches them, and compares the
+    strings of the hits only, so the answer is exact.
+    """
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks() if ids.num_chunks else pa.array([], ids.type)
+        ids = ids.drop_null()
+        hashes = _hash64(ids)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
+        self.ids = ids.take(pa.array(order))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def contains(self, values: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
+        """A mask: which ``values`` are in the set (null: False)."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks else pa.array(
+                [], pa.string())
+        found = np.zeros(len(values), dtype=bool)
+        if len(values) == 0 or len(self.ids) == 0:
+            return pa.array(found)
+        h = _hash64(values)
+        lo = np.searchsorted(self.hashes, h, side="left")
+        run = np.searchsorted(self.hashes, h, side="right") - lo  # 1 unless collisions
+        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        k = 0
+        while True:
+            live = np.nonzero((run > k) & ~found & valid)[0]
+            if len(live) == 0:
+                return pa.array(found)
+            same = pc.equal(values.take(pa.array(live)), self.ids.take(pa.array(lo[live] + k)))
+            found[live[pc.fill_null(same, False).to_numpy(zero_copy_only=False)]] = True
+            k += 1
 
 
 def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_at") -> pa.Table:

@@ -15,7 +15,12 @@ import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.landing import LandingStore, ProviderEventLog, utc_dates_between
+from analytics_pipeline.core.landing import (
+    IdLookup,
+    LandingStore,
+    ProviderEventLog,
+    utc_dates_between,
+)
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, RollupAccumulator, TotalsAccumulator
 from analytics_pipeline.core.steps import (
@@ -157,18 +162,19 @@ def fetch_provider_events(
         stats = result.passes[label]
         buffered: list[pa.Table] = []
         rows = 0
-        seen = None
+        seen: IdLookup | None = None
         if label != "fresh":
             # Most of these windows was landed already: store only what is new.
             span = utc_dates_between(datetime.fromtimestamp(begin, timezone.utc),
                                      datetime.fromtimestamp(end, timezone.utc))
-            seen = log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"]
+            # built once per window: pc.is_in would rebuild a hash set of it every page
+            seen = IdLookup(log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"])
         for items in client.pages(begin, end, tags=tags or None):
             stats.items_read += len(items)
             parsed = parse_items(items, now, begin, end)
             if seen is not None and parsed.events.num_rows:
                 parsed.events = parsed.events.filter(
-                    pc.invert(pc.is_in(parsed.events["event_id"], seen)))
+                    pc.invert(seen.contains(parsed.events["event_id"])))
             result.note_times(parsed.events)
             stats.note(parsed.events, now)
             malformed.extend(parsed.malformed)
