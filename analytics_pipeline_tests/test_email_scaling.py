@@ -2,17 +2,35 @@
 window, compaction of the landed log per date, and recipient matching once per UTC date."""
 
 import random
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import sqlalchemy as sa
 
 from analytics_pipeline.core import landing as landing_mod
 from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.landing import IdLookup
+from analytics_pipeline.core.landing import IdLookup, ProviderEventLog
 from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator
-from analytics_pipeline_tests.test_mailgun_fetch import SETTLE, T0, Clock, add, fetch, landed
+from analytics_pipeline.email import state as es
+from analytics_pipeline.email.compaction import compact_log, recover
+from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
+from analytics_pipeline.email.metrics import EMAIL_PIPELINES
+from analytics_pipeline.email.steps import fetch_provider_events
+from analytics_pipeline_tests.test_email_state import World, assert_agrees_with_full_recompute
+from analytics_pipeline_tests.test_mailgun_fetch import SETTLE, T0, Clock, add, landed
+
+NEWSLETTER = EMAIL_PIPELINES[0]
+
+
+def fetch(sim, engine, root, clock, **kw):
+    client = MailgunClient(sim.domain, sim.api_key, sim.base_url, backoff_factor=0.01)
+    return fetch_provider_events(
+        client, ProviderEventLog(root, NEWSLETTER.stream), engine, NEWSLETTER,
+        NEWSLETTER.default_tags, until=clock.t - 60, now=clock.t, settle_seconds=SETTLE,
+        initial_lookback_seconds=3600, **kw)
 
 
 @pytest.fixture
@@ -87,3 +105,143 @@ def test_settling_pass_builds_its_lookup_of_landed_ids_once_not_per_page(
     assert sets_built == []  # no hash set of the landed ids rebuilt page after page
     assert hashed == [1500]  # one lookup, for the one settling window
     assert landed(landing_root).num_rows == 1501
+
+
+# --- 2. compaction of the landed log per date ---------------------------------------------
+
+
+def _log_content(log) -> list[dict]:
+    t = log.read(log.days(), PROVIDER_EVENT_SCHEMA)
+    return t.sort_by("event_id").to_pylist()
+
+
+def _visible(log) -> dict:
+    return {d: log.files(d) for d in log.days()}
+
+
+def _journal(w) -> dict:
+    f = es.email_log_files.c
+    with w.engine.connect() as c:
+        return {p: folded is not None for p, folded in c.execute(
+            sa.select(f.path, f.folded_at).where(f.kind == w.kind))}
+
+
+@pytest.mark.parametrize("fold_all", [True, False])
+def test_compaction_keeps_the_log_and_the_journal_exact(tmp_path, warehouse_url, fold_all):
+    """Compacted folders hold one file with the same events (first fetched kept); the
+    journal holds the compacted file, folded iff all it replaced were; a refresh then
+    (without discovery, as the asset runs it) equals the full rebuild."""
+    w = World(tmp_path, warehouse_url, 7 if fold_all else 8)
+    w.land(40, 0)
+    w.refresh()
+    for _ in range(3):
+        w.land(25, 10)  # copies of landed events, in other files, fetched later
+    es.register_log_files(w.engine, w.kind, w.log, "f")  # every fetch's files journaled
+    if fold_all:
+        w.refresh()
+    before = _log_content(w.log)
+    several = [d for d, names in _visible(w.log).items() if len(names) >= 2]
+    assert several
+    done = compact_log(w.log, w.engine, w.kind, w.log.days(), min_files=2)
+    assert sorted(c.day for c in done) == several
+    assert all(c.folded == fold_all for c in done)
+    assert _log_content(w.log) == before
+    after = _visible(w.log)
+    assert all(len(after[d]) == 1 and after[d][0].startswith("compact-") for d in several)
+    assert not any(log_leftovers(w.log).values())
+    journal = _journal(w)
+    assert sorted(journal) == es.list_log_files(w.log)  # no row of a replaced file is left
+    assert all(journal[f"date={c.day}/{after[c.day][0]}"] == fold_all for c in done)
+    r = es.refresh_email_state(w.log, w.emails, w.engine, w.kind, discover=False)
+    assert (r.files == 0) == fold_all  # not folded: the compacted files are folded again
+    assert_agrees_with_full_recompute(w)
+    # a second compaction finds nothing to do (every folder is one file now)
+    assert compact_log(w.log, w.engine, w.kind, w.log.days(), min_files=2) == []
+
+
+def log_leftovers(log) -> dict:
+    return {d: log.replaced_leftovers(d) for d in log.days()}
+
+
+def test_a_reader_listing_the_folder_during_a_compaction_reads_every_event_once(
+        tmp_path, warehouse_url, monkeypatch):
+    w = World(tmp_path, warehouse_url, 9)
+    for _ in range(3):
+        w.land(30, 5)
+    before = _log_content(w.log)
+    read_table = landing_mod.pq.read_table
+    state = {"compacted": False}
+
+    def read_then_compact(*a, **kw):
+        if not state["compacted"] and not state.get("inside"):
+            state["inside"] = True  # the reader has listed the folder and read one file
+            table = read_table(*a, **kw)
+            compact_log(w.log, w.engine, w.kind, w.log.days(), min_files=2)
+            state["compacted"], state["inside"] = True, False
+            return table
+        return read_table(*a, **kw)
+
+    monkeypatch.setattr(landing_mod.pq, "read_table", read_then_compact)
+    assert _log_content(w.log) == before
+    assert state["compacted"]
+
+
+def test_a_failed_or_killed_compaction_leaves_the_log_and_the_journal_consistent(
+        tmp_path, warehouse_url, monkeypatch):
+    w = World(tmp_path, warehouse_url, 10)
+    for _ in range(3):
+        w.land(30, 5)
+    es.register_log_files(w.engine, w.kind, w.log, "f")
+    w.refresh()
+    before, files, journal = _log_content(w.log), _visible(w.log), _journal(w)
+
+    # 1. the transaction fails after the switch: everything as before
+    publish = ProviderEventLog.publish_compaction
+
+    def publish_then_fail(self, c):
+        publish(self, c)
+        raise RuntimeError("warehouse gone")
+
+    monkeypatch.setattr(ProviderEventLog, "publish_compaction", publish_then_fail)
+    with pytest.raises(RuntimeError, match="warehouse gone"):
+        compact_log(w.log, w.engine, w.kind, w.log.days(), min_files=2)
+    monkeypatch.undo()
+    assert (_visible(w.log), _journal(w), _log_content(w.log)) == (files, journal, before)
+    assert not any(log_leftovers(w.log).values())
+
+    # 2. killed after publishing, before committing: the next compaction undoes it first
+    day = next(d for d, names in files.items() if len(names) >= 2)
+    c = w.log.prepare_compaction(day, PROVIDER_EVENT_SCHEMA)
+    w.log.publish_compaction(c)  # no journal switch: as if the process died here
+    assert _log_content(w.log) == before
+    assert recover(w.log, w.engine, w.kind, day) == 1
+    assert (_visible(w.log), _journal(w)) == (files, journal)
+
+    # 3. killed after committing, before deleting the replaced files: finished next time
+    monkeypatch.setattr(ProviderEventLog, "finish_compaction", lambda self, c: None)
+    done = compact_log(w.log, w.engine, w.kind, [day], min_files=2)
+    monkeypatch.undo()
+    assert log_leftovers(w.log)[day]
+    assert recover(w.log, w.engine, w.kind, day) == 1
+    assert not log_leftovers(w.log)[day] and len(done) == 1
+    assert _log_content(w.log) == before
+    assert es.refresh_email_state(w.log, w.emails, w.engine, w.kind, discover=False).files == 0
+    assert_agrees_with_full_recompute(w)
+
+
+def test_a_fetch_compacts_the_dates_that_settled(sim, engine, landing_root, clock):
+    for k in range(4):  # four fetches: four files in the date folder of T0
+        for i in range(5):
+            add(sim, 10 * k + i, clock.t - 120 + i)
+        r = fetch(sim, engine, landing_root, clock, compact_min_files=3)
+        assert r.compacted == []  # not settled yet
+        clock.t += 600
+    log = ProviderEventLog(landing_root, NEWSLETTER.stream)
+    day = datetime.fromtimestamp(T0, timezone.utc).date()
+    assert len(log.files(day)) >= 4
+    before = landed(landing_root).sort_by("event_id")
+    clock.t = datetime(2026, 2, 26, 1, tzinfo=timezone.utc).timestamp()  # day settled
+    r = fetch(sim, engine, landing_root, clock, compact_min_files=3)
+    assert [(c.day, c.files_replaced >= 4) for c in r.compacted] == [(day, True)]
+    assert len(log.files(day)) == 1
+    assert landed(landing_root).sort_by("event_id") == before

@@ -441,6 +441,123 @@ class ProviderEventLog:
             return schema.empty_table()
         return dedupe(pa.concat_tables(tables), id_column)
 
+    # --- compaction: written aside, published under the caller's lock, then deleted ----
+
+    def prepare_compaction(self, day: date, schema: pa.Schema, id_column: str = "event_id",
+                           min_files: int = 2, batch_rows: int = 65_536) -> Compaction | None:
+        """Rewrite the date folder's visible files into one hidden file, each event id once
+        (the first fetched, as ``read`` keeps it); None when it has fewer than
+        ``min_files`` files. Memory: the ids and fetch times of the folder, plus one
+        input file and ``batch_rows`` output rows at a time."""
+        names = self.files(day)
+        if len(names) < max(min_files, 1):
+            return None
+        folder = self.date_dir(day)
+        keys = pa.schema([schema.field(id_column), schema.field("fetched_at")])
+        parts = []
+        for i, n in enumerate(names):
+            t = pq.read_table(posixpath.join(folder, n), filesystem=self.fs, schema=keys,
+                              columns=keys.names)
+            parts.append(t.append_column("file", pa.repeat(pa.scalar(i, pa.int32()),
+                                                           t.num_rows))
+                         .append_column("row", pa.array(np.arange(t.num_rows,
+                                                                  dtype=np.int64))))
+        chosen = dedupe(pa.concat_tables(parts), id_column)  # read order, then fetched_at
+        del parts
+        file_of = chosen["file"].to_numpy()
+        row_of = chosen["row"].to_numpy()
+        del chosen
+        token = uuid.uuid4().hex[:12]
+        name = f"compact-{token}.parquet"
+        tmp = posixpath.join(folder, f".tmp-{name}")
+        rows = 0
+        buffer: list[pa.Table] = []
+        buffered = 0
+        with pq.ParquetWriter(tmp, schema, filesystem=self.fs, compression="zstd") as w:
+            for i, n in enumerate(names):
+                take = np.sort(row_of[file_of == i])
+                if len(take) == 0:
+                    continue
+                t = pq.read_table(posixpath.join(folder, n), filesystem=self.fs,
+                                  schema=schema, columns=schema.names).take(pa.array(take))
+                buffer.append(t)
+                buffered += t.num_rows
+                if buffered >= batch_rows:
+                    w.write_table(pa.concat_tables(buffer), row_group_size=1_000_000)
+                    rows += buffered
+                    buffer, buffered = [], 0
+            if buffer:
+                w.write_table(pa.concat_tables(buffer), row_group_size=1_000_000)
+                rows += buffered
+        return Compaction(day=day, replaced=names, name=name, token=token, rows=rows)
+
+    def publish_compaction(self, c: Compaction) -> None:
+        """Make the compacted file visible, then hide (rename to ``.replaced-<token>-*``)
+        the files it replaces; a reader lists the union or the compacted file alone, never
+        less than every event. Raises FileNotFoundError, changing nothing, if one of them
+        is gone (another compaction published first)."""
+        folder = self.date_dir(c.day)
+        if not set(c.replaced) <= set(self.files(c.day)):
+            raise FileNotFoundError(f"{folder}: files compacted meanwhile")
+        self.fs.move(posixpath.join(folder, f".tmp-{c.name}"), posixpath.join(folder, c.name))
+        for n in c.replaced:
+            self.fs.move(posixpath.join(folder, n), self._replaced(c, n))
+
+    def undo_compaction(self, c: Compaction) -> None:
+        """Back to before ``publish_compaction`` (after a failure of the caller's
+        transaction): the replaced files visible again, then the compacted one hidden."""
+        folder = self.date_dir(c.day)
+        for n in c.replaced:
+            if self._exists(self._replaced(c, n)):
+                self.fs.move(self._replaced(c, n), posixpath.join(folder, n))
+        final = posixpath.join(folder, c.name)
+        if self._exists(final):
+            self.fs.move(final, posixpath.join(folder, f".tmp-{c.name}"))
+        self.discard_compaction(c)
+
+    def discard_compaction(self, c: Compaction) -> None:
+        """Delete the unpublished compacted file (best effort)."""
+        try:
+            self.fs.delete_file(posixpath.join(self.date_dir(c.day), f".tmp-{c.name}"))
+        except OSError:
+            pass
+
+    def finish_compaction(self, c: Compaction) -> None:
+        """Delete the replaced files once the caller's switch is committed."""
+        for n in c.replaced:
+            try:
+                self.fs.delete_file(self._replaced(c, n))
+            except FileNotFoundError:
+                pass
+
+    def replaced_leftovers(self, day: date) -> dict[str, list[str]]:
+        """Hidden replaced files per compaction token: what a compaction killed between
+        its publication and its clean-up left (see ``finish``/``undo_compaction``)."""
+        folder = self.date_dir(day)
+        out: dict[str, list[str]] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.base_name.startswith(".replaced-"):
+                token, _, name = info.base_name[len(".replaced-"):].partition("-")
+                out.setdefault(token, []).append(name)
+        return out
+
+    def _replaced(self, c: Compaction, name: str) -> str:
+        return posixpath.join(self.date_dir(c.day), f".replaced-{c.token}-{name}")
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+@dataclass
+class Compaction:
+    """A date folder's files rewritten aside (``.tmp-<name>``), not yet published."""
+
+    day: date
+    replaced: list[str]  # file names in the date folder
+    name: str  # the compacted file's name once published: compact-<token>.parquet
+    token: str
+    rows: int
+
 
 def _hash64(values: pa.Array) -> np.ndarray:
     """A 64-bit hash of each string (polynomial over the UTF-8 bytes, then the splitmix64

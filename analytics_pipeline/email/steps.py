@@ -29,6 +29,12 @@ from analytics_pipeline.core.steps import (
     _write_and_check,
     landed_accounts,
 )
+from analytics_pipeline.email.compaction import (
+    COMPACT_MIN_FILES,
+    CompactionResult,
+    compact_log,
+    settled_days,
+)
 from analytics_pipeline.email.compute import (
     EMAIL_EVENT_SCHEMA,
     match_recipients,
@@ -84,6 +90,7 @@ class FetchResult:
         default_factory=lambda: {p: PassStats() for p in PASSES})
     reconciled: bool = False  # this run was due for, and ran, the reconciliation pass
     reconciled_at: float | None = None  # when the last reconciliation ran (epoch seconds)
+    compacted: list[CompactionResult] = field(default_factory=list)  # date folders
     _buckets: list[pa.Array] = field(default_factory=list, repr=False)
 
     def note_times(self, table: pa.Table) -> None:
@@ -117,6 +124,7 @@ def fetch_provider_events(
     flush_rows: int = 200_000,
     reconcile_every_seconds: float | None = 6 * 3600,
     retention_seconds: float = 72 * 3600,
+    compact_min_files: int | None = COMPACT_MIN_FILES,
 ) -> FetchResult:
     """Fetch a stream's new windows from Mailgun, land them, then advance its cursor.
 
@@ -130,6 +138,12 @@ def fetch_provider_events(
     reconciliation) move only after the events are landed, so a crash anywhere means a
     re-fetch, never a loss; a re-fetched event is stored again and counted once (the
     landed log is de-duplicated by event id).
+
+    Last, the date folders that ended before the settled watermark, within the retention
+    (where the reconciliation pass appends), are compacted once they hold
+    ``compact_min_files`` files (None: never); see ``email/compaction.py``. Here rather
+    than on a schedule: fetches of a stream run one at a time, so its only appender is
+    never writing during its compaction, and a day is compacted as soon as it settles.
     """
     name = pipeline.cursor_name
     cursor = wh.get_cursor(engine, name)
@@ -217,6 +231,10 @@ def fetch_provider_events(
     # moves: a crash in between re-fetches (and registers) the same events again
     register_log_files(engine, pipeline.name, log, fetch_id, days=sorted(appended_days))
     wh.advance_cursor(engine, name, result.fresh_until, result.settled_until)
+    if compact_min_files is not None:
+        days = settled_days(log, result.settled_until,
+                            days_back=int(retention_seconds // 86_400) + 2)
+        result.compacted = compact_log(log, engine, pipeline.name, days, compact_min_files)
     return result
 
 
