@@ -2,7 +2,7 @@
 window, compaction of the landed log per date, and recipient matching once per UTC date."""
 
 import random
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -12,13 +12,21 @@ import sqlalchemy as sa
 
 from analytics_pipeline.core import landing as landing_mod
 from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.landing import IdLookup, ProviderEventLog
+from analytics_pipeline.core.landing import IdLookup, LandingStore, ProviderEventLog
+from analytics_pipeline.core.partitions import LocalDay
+from analytics_pipeline.dev.demo import write_source
 from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator
 from analytics_pipeline.email import state as es
 from analytics_pipeline.email.compaction import compact_log, recover
+from analytics_pipeline.email.compute import EMAIL_EVENT_SCHEMA
 from analytics_pipeline.email.mailgun import PROVIDER_EVENT_SCHEMA, MailgunClient
 from analytics_pipeline.email.metrics import EMAIL_PIPELINES
-from analytics_pipeline.email.steps import fetch_provider_events
+from analytics_pipeline.email.source import EmailSource, src_email_recipients, src_emails
+from analytics_pipeline.email.steps import (
+    email_landing_source,
+    extract_email_partition,
+    fetch_provider_events,
+)
 from analytics_pipeline_tests.test_email_state import World, assert_agrees_with_full_recompute
 from analytics_pipeline_tests.test_mailgun_fetch import SETTLE, T0, Clock, add, landed
 
@@ -245,3 +253,126 @@ def test_a_fetch_compacts_the_dates_that_settled(sim, engine, landing_root, cloc
     assert [(c.day, c.files_replaced >= 4) for c in r.compacted] == [(day, True)]
     assert len(log.files(day)) == 1
     assert landed(landing_root).sort_by("event_id") == before
+
+
+# --- 3. recipient matching once per UTC date ----------------------------------------------
+
+TZS = ["UTC", "Asia/Kathmandu", "America/New_York"]  # accounts 1, 2, 3; 4 is unknown
+
+
+class MatchWorld:
+    def __init__(self, tmp_path, warehouse_url: str, seed: int):
+        self.rng = random.Random(seed)
+        self.source_url = f"sqlite:///{tmp_path / 'app.db'}"
+        write_source(self.source_url, [{"id": a, "name": f"A{a}", "reporting_timezone": tz}
+                                       for a, tz in enumerate(TZS, 1)], [])
+        src = wh.make_engine(self.source_url)
+        with src.begin() as c:
+            c.execute(src_emails.insert(), [
+                {"id": e, "account_id": a, "kind": "newsletter", "automation_id": None,
+                 "subject": "s", "track_opens": True} for e, a in ((1, 1), (2, 2), (3, 3),
+                                                                   (4, 4))])
+        src.dispose()
+        self.recipients: list[dict] = []
+        self.add_recipients(30)
+        self.engine = wh.make_engine(warehouse_url)
+        wh.ensure_schema(self.engine)
+        wh.replace_accounts(self.engine, [
+            {"id": a, "name": f"A{a}", "reporting_timezone": tz, "timezone": tz,
+             "timezone_valid": True} for a, tz in enumerate(TZS, 1)])
+        self.log = ProviderEventLog(str(tmp_path / "landing"), NEWSLETTER.stream)
+        self.store = LandingStore(str(tmp_path / "landing"))
+        self.emails = EmailSource(self.source_url)
+        self.n = 0
+
+    def add_recipients(self, n: int, insert: bool = True) -> list[dict]:
+        rows = []
+        for _ in range(n):
+            rid = len(self.recipients) + 1
+            email = self.rng.randint(1, 4)
+            rows.append({"id": rid, "account_id": email, "email_id": email,
+                         "member_id": rid, "member_email": f"M{rid}@Example.com",
+                         "provider_message_id": f"<m{email}@mg>"})
+            self.recipients.append(rows[-1])
+        if insert:
+            self.insert(rows)
+        return rows
+
+    def insert(self, rows: list[dict]) -> None:
+        src = wh.make_engine(self.source_url)
+        with src.begin() as c:
+            c.execute(src_email_recipients.insert(), rows)
+        src.dispose()
+
+    def land(self, n: int, fetched: float, who: list[dict] | None = None) -> None:
+        rows = []
+        for _ in range(n):
+            self.n += 1
+            r = self.rng.choice(who or self.recipients)
+            address = r["member_email"].lower() if self.rng.random() > 0.1 else "x@y.com"
+            rows.append({
+                "event_id": f"e{self.n}", "event": self.rng.choice(["delivered", "opened"]),
+                # 2026-02-23T12:00Z .. 2026-02-27T12:00Z, on quarter-hour edges and between
+                "timestamp": datetime.fromtimestamp(
+                    1_771_848_000 + self.rng.randint(0, 4 * 96) * 900
+                    + self.rng.choice([0, 0, 1, 899]), timezone.utc),
+                "recipient": address, "message_id": r["provider_message_id"].strip("<>"),
+                "raw": f'{{"id": "e{self.n}"}}',
+                "fetched_at": datetime.fromtimestamp(fetched, timezone.utc)})
+        rows += [dict(r, fetched_at=datetime.fromtimestamp(fetched + 1, timezone.utc))
+                 for r in self.rng.sample(rows, n // 10)]  # copies, fetched again
+        self.log.append(pa.Table.from_pylist(rows, schema=PROVIDER_EVENT_SCHEMA), f"f{self.n}")
+
+    def extract(self, day: LocalDay, cache: bool):
+        r = extract_email_partition(self.log, self.emails, self.store, self.engine, NEWSLETTER,
+                                    day, "UTC", cache=cache)
+        landed = self.store.read_partition(email_landing_source(NEWSLETTER), day,
+                                           EMAIL_EVENT_SCHEMA).sort_by("event_id")
+        q = wh.quarantine.c
+        with self.engine.connect() as c:
+            bad = sorted(c.execute(sa.select(q.event_id, q.reason, q.payload).where(
+                q.source == "mailgun:newsletter:match", q.partition_date == day.day,
+                q.timezone == day.tz)).all())
+        return r, landed.to_pylist(), bad
+
+
+def assert_cached_equals_uncached(w: MatchWorld, day: LocalDay):
+    cached = w.extract(day, cache=True)
+    uncached = w.extract(day, cache=False)
+    assert cached == uncached, day.key
+    return cached
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_matching_once_per_utc_date_lands_what_matching_per_partition_lands(
+        tmp_path, warehouse_url, seed, monkeypatch):
+    w = MatchWorld(tmp_path, warehouse_url, seed)
+    for k in range(4):
+        w.land(120, T0 + k)
+    days = [LocalDay(date(2026, 2, d), tz) for d in (24, 25, 26) for tz in TZS]
+    for day in days[:4]:
+        r, landed_rows, bad = assert_cached_equals_uncached(w, day)
+        assert r.events > 0 and landed_rows
+        assert bool(bad) == (day.tz == "UTC")  # quarantined by the default timezone only
+    # late events, some of recipients whose row is not in the app yet, between partitions
+    w.land(40, T0 + 10)
+    late = w.add_recipients(2, insert=False)
+    w.land(10, T0 + 11, who=late)
+    for day in days:
+        assert_cached_equals_uncached(w, day)
+    # their rows arrive, no file lands: the cached unmatched events are matched again
+    w.insert(late)
+    for day in days:
+        assert_cached_equals_uncached(w, day)
+    # with nothing new landed, a timezone whose UTC dates are cached reads no log
+    reads = []
+    read = ProviderEventLog.read
+    monkeypatch.setattr(ProviderEventLog, "read",
+                        lambda self, *a, **kw: reads.append(a) or read(self, *a, **kw))
+    w.extract(LocalDay(date(2026, 2, 25), "Asia/Kathmandu"), cache=True)
+    w.extract(LocalDay(date(2026, 2, 25), "America/New_York"), cache=True)
+    assert reads == []
+    # a compaction changes the files: the cache is rebuilt, with the same result
+    compact_log(w.log, w.engine, NEWSLETTER.name, w.log.days(), min_files=2)
+    assert_cached_equals_uncached(w, LocalDay(date(2026, 2, 25), "Asia/Kathmandu"))
+    assert reads
