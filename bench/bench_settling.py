@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--landed", type=int, default=2_000_000)
     ap.add_argument("--files", type=int, default=300)
     ap.add_argument("--pages", type=int, default=300)
+    ap.add_argument("--compact", action="store_true",
+                    help="then compact the day's folder and measure the id read again")
     args = ap.parse_args()
     pipeline = EMAIL_PIPELINES[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +111,17 @@ def main() -> None:
               f"({n:,} items, {stats.stored:,} new): {total:.2f} s = "
               f"{args.pages / total:.1f} pages/s; without the id read: "
               f"{args.pages / max(total - read_s, 1e-9):.1f} pages/s")
+        if args.compact:
+            from analytics_pipeline.email.compaction import compact_log
+
+            files = len(log.files(day))
+            started = time.perf_counter()
+            [c] = compact_log(log, engine, pipeline.name, [day], min_files=2)
+            compact_s = time.perf_counter() - started
+            started = time.perf_counter()
+            log.read([day], PROVIDER_EVENT_SCHEMA, columns=[])
+            print(f"compaction of {files} files ({c.rows:,} events): {compact_s:.2f} s; "
+                  f"landed ids read from 1 file: {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":
