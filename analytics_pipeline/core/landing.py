@@ -405,6 +405,30 @@ class ProviderEventLog:
                 out.append(date.fromisoformat(name[5:]))
         return sorted(out)
 
+    def files(self, day: date) -> list[str]:
+        """Names of the date folder's visible files, sorted (hidden: ``.tmp-*``,
+        ``.replaced-*``); files are immutable once visible, so the list identifies the
+        folder's content."""
+        folder = self.date_dir(day)
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        return sorted(i.base_name for i in infos
+                      if i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+    def _read_day(self, day: date, schema: pa.Schema) -> list[pa.Table]:
+        """The files of one date folder. A compaction may replace files between the
+        listing and the read; it makes the compacted file visible before it hides the
+        files it replaces, so listing again after a file vanished sees all the events."""
+        folder = self.date_dir(day)
+        for attempt in range(5):
+            names = self.files(day)
+            try:
+                return [pq.read_table(posixpath.join(folder, n), filesystem=self.fs,
+                                      schema=schema, columns=schema.names) for n in names]
+            except OSError:
+                if attempt == 4 or set(names) <= set(self.files(day)):
+                    raise  # nothing vanished: a real error
+        raise AssertionError("unreachable")
+
     def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id",
              columns: Sequence[str] | None = None) -> pa.Table:
         """Events landed under ``days`` (UTC dates), each event id once (first fetched);
@@ -412,19 +436,209 @@ class ProviderEventLog:
         if columns is not None:
             wanted = list(dict.fromkeys([id_column, "fetched_at", *columns]))
             schema = pa.schema([schema.field(c) for c in wanted])
-        tables = []
-        for day in days:
-            folder = self.date_dir(day)
-            if self.fs.get_file_info(folder).type == pafs.FileType.NotFound:
-                continue
-            for info in self.fs.get_file_info(pafs.FileSelector(folder)):
-                name = posixpath.basename(info.path)
-                if name.endswith(".parquet") and not name.startswith("."):
-                    tables.append(pq.read_table(info.path, filesystem=self.fs, schema=schema,
-                                                columns=schema.names))
+        tables = [t for day in days for t in self._read_day(day, schema)]
         if not tables:
             return schema.empty_table()
         return dedupe(pa.concat_tables(tables), id_column)
+
+    # --- compaction: written aside, published under the caller's lock, then deleted ----
+
+    def prepare_compaction(self, day: date, schema: pa.Schema, id_column: str = "event_id",
+                           min_files: int = 2, batch_rows: int = 65_536) -> Compaction | None:
+        """Rewrite the date folder's visible files into one hidden file, each event id once
+        (the first fetched, as ``read`` keeps it); None when it has fewer than
+        ``min_files`` files. Memory: the ids and fetch times of the folder, plus one
+        input file and ``batch_rows`` output rows at a time."""
+        names = self.files(day)
+        if len(names) < max(min_files, 1):
+            return None
+        folder = self.date_dir(day)
+        keys = pa.schema([schema.field(id_column), schema.field("fetched_at")])
+        parts = []
+        for i, n in enumerate(names):
+            t = pq.read_table(posixpath.join(folder, n), filesystem=self.fs, schema=keys,
+                              columns=keys.names)
+            parts.append(t.append_column("file", pa.repeat(pa.scalar(i, pa.int32()),
+                                                           t.num_rows))
+                         .append_column("row", pa.array(np.arange(t.num_rows,
+                                                                  dtype=np.int64))))
+        chosen = dedupe(pa.concat_tables(parts), id_column)  # read order, then fetched_at
+        del parts
+        file_of = chosen["file"].to_numpy()
+        row_of = chosen["row"].to_numpy()
+        del chosen
+        token = uuid.uuid4().hex[:12]
+        name = f"compact-{token}.parquet"
+        tmp = posixpath.join(folder, f".tmp-{name}")
+        rows = 0
+        buffer: list[pa.Table] = []
+        buffered = 0
+        with pq.ParquetWriter(tmp, schema, filesystem=self.fs, compression="zstd") as w:
+            for i, n in enumerate(names):
+                take = np.sort(row_of[file_of == i])
+                if len(take) == 0:
+                    continue
+                t = pq.read_table(posixpath.join(folder, n), filesystem=self.fs,
+                                  schema=schema, columns=schema.names).take(pa.array(take))
+                buffer.append(t)
+                buffered += t.num_rows
+                if buffered >= batch_rows:
+                    w.write_table(pa.concat_tables(buffer), row_group_size=1_000_000)
+                    rows += buffered
+                    buffer, buffered = [], 0
+            if buffer:
+                w.write_table(pa.concat_tables(buffer), row_group_size=1_000_000)
+                rows += buffered
+        return Compaction(day=day, replaced=names, name=name, token=token, rows=rows)
+
+    def publish_compaction(self, c: Compaction) -> None:
+        """Make the compacted file visible, then hide (rename to ``.replaced-<token>-*``)
+        the files it replaces; a reader lists the union or the compacted file alone, never
+        less than every event. Raises FileNotFoundError, changing nothing, if one of them
+        is gone (another compaction published first)."""
+        folder = self.date_dir(c.day)
+        if not set(c.replaced) <= set(self.files(c.day)):
+            raise FileNotFoundError(f"{folder}: files compacted meanwhile")
+        self.fs.move(posixpath.join(folder, f".tmp-{c.name}"), posixpath.join(folder, c.name))
+        for n in c.replaced:
+            self.fs.move(posixpath.join(folder, n), self._replaced(c, n))
+
+    def undo_compaction(self, c: Compaction) -> None:
+        """Back to before ``publish_compaction`` (after a failure of the caller's
+        transaction): the replaced files visible again, then the compacted one hidden."""
+        folder = self.date_dir(c.day)
+        for n in c.replaced:
+            if self._exists(self._replaced(c, n)):
+                self.fs.move(self._replaced(c, n), posixpath.join(folder, n))
+        final = posixpath.join(folder, c.name)
+        if self._exists(final):
+            self.fs.move(final, posixpath.join(folder, f".tmp-{c.name}"))
+        self.discard_compaction(c)
+
+    def discard_compaction(self, c: Compaction) -> None:
+        """Delete the unpublished compacted file (best effort)."""
+        try:
+            self.fs.delete_file(posixpath.join(self.date_dir(c.day), f".tmp-{c.name}"))
+        except OSError:
+            pass
+
+    def finish_compaction(self, c: Compaction) -> None:
+        """Delete the replaced files once the caller's switch is committed."""
+        for n in c.replaced:
+            try:
+                self.fs.delete_file(self._replaced(c, n))
+            except FileNotFoundError:
+                pass
+
+    def replaced_leftovers(self, day: date) -> dict[str, list[str]]:
+        """Hidden replaced files per compaction token: what a compaction killed between
+        its publication and its clean-up left (see ``finish``/``undo_compaction``)."""
+        folder = self.date_dir(day)
+        out: dict[str, list[str]] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.base_name.startswith(".replaced-"):
+                token, _, name = info.base_name[len(".replaced-"):].partition("-")
+                out.setdefault(token, []).append(name)
+        return out
+
+    def _replaced(self, c: Compaction, name: str) -> str:
+        return posixpath.join(self.date_dir(c.day), f".replaced-{c.token}-{name}")
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+@dataclass
+class Compaction:
+    """A date folder's files rewritten aside (``.tmp-<name>``), not yet published."""
+
+    day: date
+    replaced: list[str]  # file names in the date folder
+    name: str  # the compacted file's name once published: compact-<token>.parquet
+    token: str
+    rows: int
+
+
+def _hash64(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (polynomial over the UTF-8 bytes, then the splitmix64
+    finalizer), vectorized in slices so that the temporaries stay small. Not for
+    security: only a pre-filter, every hit is confirmed by comparing the strings."""
+    values = pc.fill_null(values.cast(pa.large_string()), "")
+    out = np.empty(len(values), dtype=np.uint64)
+    step = 65_536
+    powers = np.ones(1, dtype=np.uint64)  # mult ** position, wrapping
+    mult = np.uint64(0x100000001B3)
+    for lo in range(0, len(values), step):
+        part = values[lo:lo + step]
+        _, offsets_buf, data_buf = part.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[part.offset:
+                                                              part.offset + len(part) + 1]
+        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                else np.zeros(0, np.uint8))[offsets[0]:offsets[-1]]
+        starts = offsets[:-1] - offsets[0]
+        lengths = np.diff(offsets)
+        longest = int(lengths.max()) if len(lengths) else 0
+        if longest > len(powers):
+            powers = np.cumprod(np.full(longest, mult, dtype=np.uint64), dtype=np.uint64)
+            powers = np.concatenate([np.ones(1, dtype=np.uint64), powers[:-1]])
+        pos = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
+        contrib = (data.astype(np.uint64) + np.uint64(1)) * powers[pos]
+        h = np.zeros(len(part), dtype=np.uint64)
+        filled = lengths > 0
+        if filled.any():
+            h[filled] = np.add.reduceat(contrib, starts[filled])
+        h ^= lengths.astype(np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+        out[lo:lo + len(part)] = h
+    return out
+
+
+class IdLookup:
+    """Membership of strings in a fixed set, built once and probed many times.
+
+    ``pc.is_in`` builds a hash table of its value set on every call, which costs more than
+    the probe when the set is large (2M landed ids) and the probes small (a 300-item
+    page). This keeps the set's 64-bit hashes sorted (8 bytes per id) beside the ids in
+    the same order: a probe hashes its values, binary-searches them, and compares the
+    strings of the hits only, so the answer is exact.
+    """
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks() if ids.num_chunks else pa.array([], ids.type)
+        ids = ids.drop_null()
+        hashes = _hash64(ids)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
+        self.ids = ids.take(pa.array(order))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def contains(self, values: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
+        """A mask: which ``values`` are in the set (null: False)."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks else pa.array(
+                [], pa.string())
+        found = np.zeros(len(values), dtype=bool)
+        if len(values) == 0 or len(self.ids) == 0:
+            return pa.array(found)
+        h = _hash64(values)
+        lo = np.searchsorted(self.hashes, h, side="left")
+        run = np.searchsorted(self.hashes, h, side="right") - lo  # 1 unless collisions
+        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        k = 0
+        while True:
+            live = np.nonzero((run > k) & ~found & valid)[0]
+            if len(live) == 0:
+                return pa.array(found)
+            same = pc.equal(values.take(pa.array(live)), self.ids.take(pa.array(lo[live] + k)))
+            found[live[pc.fill_null(same, False).to_numpy(zero_copy_only=False)]] = True
+            k += 1
 
 
 def dedupe(table: pa.Table, id_column: str, order_column: str | None = "fetched_at") -> pa.Table:

@@ -114,6 +114,8 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             "reconciliation": "ran" if r.reconciled else "not due",
             "last_reconciliation": iso(r.reconciled_at) if r.reconciled_at else "never",
             "files_landed": r.landed_files,
+            "log_dates_compacted": len(r.compacted),
+            "log_files_compacted": sum(c.files_replaced for c in r.compacted),
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
             "fresh_until": iso(r.fresh_until),

@@ -822,3 +822,49 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     conn.execute(stmt.on_conflict_do_update(index_elements=["kind"], set_=values))
     return result
 
+
+
+# --- compaction of the log: the journal follows the files (appended for issue 7) ----------
+
+
+def record_compaction(conn: Connection, kind: str, replaced_paths: Sequence[str],
+                      new_path: str, rows: int) -> bool:
+    """Journal that ``new_path`` (relative to the stream's folder) replaces
+    ``replaced_paths``; returns whether it is recorded as folded.
+
+    Call it in the transaction that publishes the compacted file, before the replaced
+    files are deleted: it takes the kind's refresh lock, so a refresh sees the journal and
+    the files either both before or both after. The compacted file is folded if and only
+    if every file it replaces was (a file never registered counts as not folded);
+    otherwise the next refresh folds all of it again, which is idempotent (first times,
+    the sticky permanent failure; temporary failures are counted once by event id).
+    """
+    kind = _kind(kind)
+    _lock(conn, kind)
+    f = email_log_files.c
+    replaced = sorted(set(replaced_paths))
+    folded = 0
+    for i in range(0, len(replaced), ID_CHUNK):
+        chunk = replaced[i:i + ID_CHUNK]
+        folded += conn.execute(sa.select(sa.func.count()).select_from(email_log_files).where(
+            f.kind == kind, f.path.in_(chunk), f.folded_at.is_not(None))).scalar_one()
+        conn.execute(email_log_files.delete().where(f.kind == kind, f.path.in_(chunk)))
+    all_folded = bool(replaced) and folded == len(replaced)
+    now = wh.utc_now_naive()
+    values = {"registered_at": now, "folded_at": now if all_folded else None,
+              "rows": rows if all_folded else None}
+    stmt = _insert(conn, email_log_files).values(kind=kind, path=new_path, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "path"], set_=values))
+    return all_folded
+
+
+def journaled(conn: Connection, kind: str, path: str) -> bool:
+    """Whether ``path`` has a row in the kind's journal of log files."""
+    f = email_log_files.c
+    return conn.execute(sa.select(f.path).where(f.kind == _kind(kind), f.path == path)) \
+        .first() is not None
+
+
+def lock_email_state(conn: Connection, kind: str) -> None:
+    """Take the kind's refresh lock for the rest of ``conn``'s transaction."""
+    _lock(conn, _kind(kind))

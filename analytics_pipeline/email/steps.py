@@ -15,7 +15,12 @@ import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.landing import LandingStore, ProviderEventLog, utc_dates_between
+from analytics_pipeline.core.landing import (
+    IdLookup,
+    LandingStore,
+    ProviderEventLog,
+    utc_dates_between,
+)
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, RollupAccumulator, TotalsAccumulator
 from analytics_pipeline.core.steps import (
@@ -24,8 +29,15 @@ from analytics_pipeline.core.steps import (
     _write_and_check,
     landed_accounts,
 )
+from analytics_pipeline.email.compaction import (
+    COMPACT_MIN_FILES,
+    CompactionResult,
+    compact_log,
+    settled_days,
+)
 from analytics_pipeline.email.compute import (
     EMAIL_EVENT_SCHEMA,
+    Matched,
     match_recipients,
     quarantine_rows,
 )
@@ -79,6 +91,7 @@ class FetchResult:
         default_factory=lambda: {p: PassStats() for p in PASSES})
     reconciled: bool = False  # this run was due for, and ran, the reconciliation pass
     reconciled_at: float | None = None  # when the last reconciliation ran (epoch seconds)
+    compacted: list[CompactionResult] = field(default_factory=list)  # date folders
     _buckets: list[pa.Array] = field(default_factory=list, repr=False)
 
     def note_times(self, table: pa.Table) -> None:
@@ -112,6 +125,7 @@ def fetch_provider_events(
     flush_rows: int = 200_000,
     reconcile_every_seconds: float | None = 6 * 3600,
     retention_seconds: float = 72 * 3600,
+    compact_min_files: int | None = COMPACT_MIN_FILES,
 ) -> FetchResult:
     """Fetch a stream's new windows from Mailgun, land them, then advance its cursor.
 
@@ -125,6 +139,12 @@ def fetch_provider_events(
     reconciliation) move only after the events are landed, so a crash anywhere means a
     re-fetch, never a loss; a re-fetched event is stored again and counted once (the
     landed log is de-duplicated by event id).
+
+    Last, the date folders that ended before the settled watermark, within the retention
+    (where the reconciliation pass appends), are compacted once they hold
+    ``compact_min_files`` files (None: never); see ``email/compaction.py``. Here rather
+    than on a schedule: fetches of a stream run one at a time, so its only appender is
+    never writing during its compaction, and a day is compacted as soon as it settles.
     """
     name = pipeline.cursor_name
     cursor = wh.get_cursor(engine, name)
@@ -157,18 +177,19 @@ def fetch_provider_events(
         stats = result.passes[label]
         buffered: list[pa.Table] = []
         rows = 0
-        seen = None
+        seen: IdLookup | None = None
         if label != "fresh":
             # Most of these windows was landed already: store only what is new.
             span = utc_dates_between(datetime.fromtimestamp(begin, timezone.utc),
                                      datetime.fromtimestamp(end, timezone.utc))
-            seen = log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"]
+            # built once per window: pc.is_in would rebuild a hash set of it every page
+            seen = IdLookup(log.read(span, PROVIDER_EVENT_SCHEMA, columns=[])["event_id"])
         for items in client.pages(begin, end, tags=tags or None):
             stats.items_read += len(items)
             parsed = parse_items(items, now, begin, end)
             if seen is not None and parsed.events.num_rows:
                 parsed.events = parsed.events.filter(
-                    pc.invert(pc.is_in(parsed.events["event_id"], seen)))
+                    pc.invert(seen.contains(parsed.events["event_id"])))
             result.note_times(parsed.events)
             stats.note(parsed.events, now)
             malformed.extend(parsed.malformed)
@@ -211,6 +232,10 @@ def fetch_provider_events(
     # moves: a crash in between re-fetches (and registers) the same events again
     register_log_files(engine, pipeline.name, log, fetch_id, days=sorted(appended_days))
     wh.advance_cursor(engine, name, result.fresh_until, result.settled_until)
+    if compact_min_files is not None:
+        days = settled_days(log, result.settled_until,
+                            days_back=int(retention_seconds // 86_400) + 2)
+        result.compacted = compact_log(log, engine, pipeline.name, days, compact_min_files)
     return result
 
 
@@ -227,6 +252,60 @@ class EmailExtractResult:
     quarantined: int = 0
 
 
+def matched_landing_sources(pipeline: EmailPipeline) -> tuple[str, str]:
+    """Landing sources of the per-UTC-date cache: matched events, unmatched events."""
+    return f"email_matched_{pipeline.name}", f"email_unmatched_{pipeline.name}"
+
+
+def _log_fingerprint(log: ProviderEventLog, day: date) -> str:
+    # visible log files are immutable: their names identify the date folder's content
+    return hashlib.sha1("\n".join(log.files(day)).encode()).hexdigest()
+
+
+def matched_utc_date(log: ProviderEventLog, emails: EmailSource, store: LandingStore,
+                     pipeline: EmailPipeline, day: date) -> tuple[pa.Table, pa.Table]:
+    """The events of one UTC date matched to recipients (EMAIL_EVENT_SCHEMA) and those
+    that matched none (PROVIDER_EVENT_SCHEMA), matched once and shared by every timezone
+    partition whose local day overlaps the date.
+
+    Kept as two landed partitions ``date=<day>|UTC`` whose manifest meta holds a
+    fingerprint of the date folder's files, listed before reading: files landing (or a
+    compaction) change it, and the date is read and matched again.
+    """
+    matched_src, unmatched_src = matched_landing_sources(pipeline)
+    key = LocalDay(day, "UTC")
+    fingerprint = _log_fingerprint(log, day)
+    try:
+        if all(store.partition_meta(src, key).get("log_files") == fingerprint
+               for src in (matched_src, unmatched_src)):
+            return (store.read_partition(matched_src, key, EMAIL_EVENT_SCHEMA),
+                    store.read_partition(unmatched_src, key, PROVIDER_EVENT_SCHEMA))
+    except FileNotFoundError:  # not cached yet
+        pass
+    # sanitized on read too: logs landed before NUL was replaced on landing
+    events = sanitize_text(log.read([day], PROVIDER_EVENT_SCHEMA))
+    m = _match(events, emails, pipeline)
+    meta = {"log_files": fingerprint, "events": events.num_rows}
+    store.write_partition(unmatched_src, key, m.unmatched.cast(PROVIDER_EVENT_SCHEMA), meta)
+    store.write_partition(matched_src, key, m.events, meta)
+    return m.events, m.unmatched
+
+
+def _match(events: pa.Table, emails: EmailSource, pipeline: EmailPipeline) -> Matched:
+    if events.num_rows == 0:
+        return Matched(EMAIL_EVENT_SCHEMA.empty_table(), events)
+    recipients = emails.recipients(
+        pipeline.name, message_ids=pc.unique(events["message_id"]).drop_null().to_pylist())
+    return match_recipients(events, recipients)
+
+
+def _in_window(table: pa.Table, day: LocalDay) -> pa.Table:
+    lo = pa.scalar(day.start_utc, pa.timestamp("us", tz="UTC"))
+    hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
+    return table.filter(pc.and_(pc.greater_equal(table["timestamp"], lo),
+                                pc.less(table["timestamp"], hi)))
+
+
 def extract_email_partition(
     log: ProviderEventLog,
     emails: EmailSource,
@@ -235,29 +314,36 @@ def extract_email_partition(
     pipeline: EmailPipeline,
     day: LocalDay,
     default_tz: str,
+    cache: bool = True,
 ) -> EmailExtractResult:
     """Land one partition's email events, each matched to its recipient and account.
 
-    Events of the local day (any account) are read from the provider log, matched to
-    recipients, and those of the partition's accounts are landed. Events that match no
-    recipient, or a recipient of an unknown account, are quarantined by the default
-    timezone's partitions only, so each is quarantined once.
+    Events of the local day (any account) are matched to recipients, and those of the
+    partition's accounts are landed. Events that match no recipient, or a recipient of an
+    unknown account, are quarantined by the default timezone's partitions only, so each is
+    quarantined once. With ``cache``, the UTC dates of the window are matched once
+    (``matched_utc_date``) for every timezone; only their unmatched events are matched
+    again, against the recipients of now (recipients are insert-only: a new one can only
+    match an event that matched none). Without, the window is read and matched here.
     """
-    # sanitized on read too: logs landed before NUL was replaced on landing
-    events = sanitize_text(log.read(utc_dates_between(day.start_utc, day.end_utc),
-                                    PROVIDER_EVENT_SCHEMA))
-    lo = pa.scalar(day.start_utc, pa.timestamp("us", tz="UTC"))
-    hi = pa.scalar(day.end_utc, pa.timestamp("us", tz="UTC"))
-    events = events.filter(pc.and_(pc.greater_equal(events["timestamp"], lo),
-                                   pc.less(events["timestamp"], hi)))
-    recipients = emails.recipients(
-        pipeline.name, message_ids=pc.unique(events["message_id"]).drop_null().to_pylist())
-    m = match_recipients(events, recipients)
+    dates = utc_dates_between(day.start_utc, day.end_utc)
+    if cache:
+        parts = [matched_utc_date(log, emails, store, pipeline, d) for d in dates]
+        matched = _in_window(pa.concat_tables([p[0] for p in parts]), day)
+        unmatched = _in_window(pa.concat_tables([p[1] for p in parts]), day)
+        again = _match(unmatched, emails, pipeline)
+        m = Matched(pa.concat_tables([matched, again.events]), again.unmatched)
+        n_events = matched.num_rows + unmatched.num_rows
+    else:
+        # sanitized on read too: logs landed before NUL was replaced on landing
+        events = _in_window(sanitize_text(log.read(dates, PROVIDER_EVENT_SCHEMA)), day)
+        m = _match(events, emails, pipeline)
+        n_events = events.num_rows
     accounts_here = wh.account_ids_in_timezone(engine, day.tz)
     in_tz = pa.array(accounts_here, pa.int64())
     known = pa.array(wh.known_account_ids(engine), pa.int64())
     mine = m.events.filter(pc.is_in(m.events["account_id"], in_tz))
-    result = EmailExtractResult(key=day.key, events=events.num_rows, matched=mine.num_rows,
+    result = EmailExtractResult(key=day.key, events=n_events, matched=mine.num_rows,
                                 other_timezone=m.events.num_rows - mine.num_rows)
     store.write_partition(email_landing_source(pipeline), day, mine,
                           {"window_start_utc": day.start_utc.isoformat(),
@@ -265,7 +351,11 @@ def extract_email_partition(
     source = f"mailgun:{pipeline.name}:match"
     if day.tz == default_tz:
         unknown = m.events.filter(pc.invert(pc.is_in(m.events["account_id"], known)))
-        unknown = events.filter(pc.is_in(events["event_id"], unknown["event_id"]))
+        if unknown.num_rows:  # their raw items, from the log (rare: not worth caching)
+            events = _in_window(sanitize_text(log.read(dates, PROVIDER_EVENT_SCHEMA)), day)
+            unknown = events.filter(pc.is_in(events["event_id"], unknown["event_id"]))
+        else:
+            unknown = PROVIDER_EVENT_SCHEMA.empty_table()
         bad = pa.concat_tables([quarantine_rows(m.unmatched, source),
                                 quarantine_rows(unknown, source, "unknown_account")])
     else:
