@@ -156,7 +156,7 @@ class World:
 
 PUBLISHED = [et.email_recipient_states, et.email_stats, et.automation_email_stats,
              et.member_email_stats]
-BOOKKEEPING = [es.email_state_recipients, es.email_state_failures,
+BOOKKEEPING = [es.email_state_recipients, es.email_state_failures, es.email_state_totals,
                es.email_state_temporary_failures, es.email_state_unmatched]
 
 
@@ -361,7 +361,7 @@ def test_a_failed_refresh_changes_nothing_and_the_rerun_counts_once(tmp_path, wa
     def boom(*a, **kw):
         raise RuntimeError("killed mid-refresh")
 
-    monkeypatch.setattr(es, "_touched_stats", boom)
+    monkeypatch.setattr(es, "_apply_stat_deltas", boom)
     with pytest.raises(RuntimeError, match="killed"):
         w.refresh()
     assert snapshot(w.engine, w.kind) == before

@@ -55,6 +55,7 @@ from analytics_pipeline.email.compute import (
     MIN_RECIPIENTS_FOR_RATE,
     STATE_EVENTS,
     STATE_SCHEMA,
+    _sum_by,
     automation_stats,
     email_stats,
     member_stats,
@@ -140,8 +141,19 @@ email_state_progress = sa.Table(
     sa.Column("refreshed_at", sa.DateTime, nullable=False),
     sa.Column("rebuilt_at", sa.DateTime, nullable=False),
 )
+email_state_totals = sa.Table(  # what open rates need, kept beside the published counts
+    "email_state_totals", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("dimension", wh.KeyText, primary_key=True,
+              comment="email_id | automation_id | member_id"),
+    sa.Column("key_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("tracked", sa.BigInteger, nullable=False, comment="recipients of tracked emails"),
+    sa.Column("tracked_opened", sa.BigInteger, nullable=False,
+              comment="... of which opened"),
+)
 INTERNAL_TABLES = [email_log_files, email_state_recipients, email_state_failures,
-                   email_state_temporary_failures, email_state_unmatched, email_state_progress]
+                   email_state_temporary_failures, email_state_unmatched, email_state_progress,
+                   email_state_totals]
 
 # --- pure Arrow: keys, matching, the fold ---------------------------------------------------
 
@@ -303,14 +315,6 @@ def states_of(fold: pa.Table) -> pa.Table:
     return fold.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
 
 
-def _rate(opened: pa.Array, tracked: pa.Array) -> pa.Array:
-    # the same arithmetic as email._rate, so that both paths give identical floats
-    enough = pc.greater_equal(tracked, MIN_RECIPIENTS_FOR_RATE)
-    ratio = pc.divide(pc.cast(opened, pa.float64()),
-                      pc.cast(pc.max_element_wise(tracked, 1), pa.float64()))
-    return pc.if_else(enough, ratio, pa.scalar(None, pa.float64()))
-
-
 # --- the log and its journal ----------------------------------------------------------------
 
 
@@ -444,45 +448,137 @@ def _with_kind(table: pa.Table, kind: str, now: datetime | None = None) -> pa.Ta
     return table
 
 
-# --- stats of touched keys, in the warehouse ------------------------------------------------
+# --- stats of touched keys: count deltas applied in the warehouse -------------------------
 
 STATS_TABLES = {"email_id": et.email_stats, "automation_id": et.automation_email_stats,
                 "member_id": et.member_email_stats}
+# a recipient's 0/1 facts that depend on its state, as email.recipient_facts derives them
+STATE_FACTS = {"delivered_count": "delivered_at", "opened_count": "opened_at",
+               "clicked_count": "clicked_at", "failed_count": "failed_at",
+               "unsubscribed_count": "unsubscribed_at", "complained_count": "complained_at"}
+DELTA_COLUMNS = [*COUNT_COLUMNS, "tracked", "tracked_opened"]
+DELTA_SCHEMA = pa.schema([("dimension", pa.string()), ("key_id", pa.int64()),
+                          *[(c, pa.int64()) for c in DELTA_COLUMNS]])
+# what a recipient's contribution is keyed by (MIRROR_SCHEMA's attributes)
+ATTRS = ["recipient_id", "email_id", "automation_id", "member_id", "track_opens"]
 
 
-def _stats_query(kind: str, key: str, ids: sa.Table) -> sa.Select:
-    r, s = email_state_recipients.c, et.email_recipient_states.c
-    tracked = sa.case((r.track_opens, 1), else_=0)
-    tracked_opened = sa.case((sa.and_(r.track_opens, s.opened_at.is_not(None)), 1), else_=0)
-    counts = [sa.func.count(s[c]).label(n) for n, c in zip(COUNT_COLUMNS[1:], (
-        "delivered_at", "opened_at", "clicked_at", "failed_at", "unsubscribed_at",
-        "complained_at"), strict=True)]
-    j = email_state_recipients.outerjoin(et.email_recipient_states, sa.and_(
-        s.kind == r.kind, s.recipient_id == r.recipient_id))
-    return (sa.select(r[key], sa.func.count().label("sent_count"), *counts,
-                      sa.func.sum(tracked).label("tracked"),
-                      sa.func.sum(tracked_opened).label("tracked_opened"))
-            .select_from(ids.join(j, r[key] == ids.c.id)).where(r.kind == kind)
-            .group_by(r[key]))
+def _dimensions(kind: str) -> list[str]:
+    return [k for k in STATS_TABLES if k != "automation_id" or kind == "automation"]
 
 
-def _touched_stats(conn: Connection, kind: str, key: str, ids: pa.Array) -> pa.Table:
-    """The stats rows of ``ids``, as ``email.{email,automation,member}_stats`` computes them
-    from all their recipients."""
-    schema = pa.schema([(key, pa.int64()), *[(c, pa.int64()) for c in COUNT_COLUMNS],
-                        ("tracked", pa.int64()), ("tracked_opened", pa.int64())])
-    ids = pc.unique(ids).drop_null()
-    if len(ids) == 0:
-        g = schema.empty_table()
-    else:
-        tmp = _stage(conn, pa.table({"id": ids}))
-        g = _select_arrow(conn, _stats_query(kind, key, tmp), schema)
-        tmp.drop(conn)
-    rate = _rate(g["tracked_opened"], g["tracked"])
-    if key == "member_id":
-        return pa.table({"member_id": g["member_id"], "email_count": g["sent_count"],
-                         "email_opened_count": g["opened_count"], "email_open_rate": rate})
-    return g.select([key, *COUNT_COLUMNS]).append_column("open_rate", rate)
+def recipient_contributions(attrs: pa.Table, states: pa.Table | None, sign: int = 1,
+                            sent: bool = False) -> pa.Table:
+    """Per recipient of ``attrs`` (ATTRS columns), its part of the sums behind the stats,
+    times ``sign``: the facts that depend on ``states`` (STATE_SCHEMA columns; a recipient
+    without a state row has none), and with ``sent`` the ones that do not (sent, tracked).
+
+    The stats of a key are the sums of its recipients' contributions, so a refresh adds,
+    for each recipient whose state changed, its new contribution minus its old one, and
+    for each new recipient its whole contribution.
+    """
+    if states is not None:
+        attrs = attrs.join(states.select(["recipient_id", *STATE_FACTS.values()]),
+                           "recipient_id", join_type="left outer")
+    n = attrs.num_rows
+    zero = pa.array(np.zeros(n, dtype=np.int64))
+    tracked = pc.fill_null(attrs["track_opens"], False)
+
+    def flag(mask) -> pa.Array:
+        return pc.multiply(pc.cast(mask, pa.int64()), sign)
+
+    cols = {k: attrs[k] for k in STATS_TABLES}
+    cols["sent_count"] = pa.array(np.full(n, sign, dtype=np.int64)) if sent else zero
+    for name, col in STATE_FACTS.items():
+        cols[name] = flag(pc.is_valid(attrs[col])) if states is not None else zero
+    cols["tracked"] = flag(tracked) if sent else zero
+    cols["tracked_opened"] = flag(pc.and_(tracked, pc.is_valid(attrs["opened_at"]))) \
+        if states is not None else zero
+    return pa.table({c: cols[c] for c in [*STATS_TABLES, *DELTA_COLUMNS]})
+
+
+def stat_deltas(contributions: Sequence[pa.Table], kind: str) -> pa.Table:
+    """Summed contributions per dimension and key (DELTA_SCHEMA): every key of a touched
+    recipient has a row, if only of zeros (its stats row is rewritten all the same)."""
+    parts = [t for t in contributions if t.num_rows]
+    if not parts:
+        return DELTA_SCHEMA.empty_table()
+    facts = pa.concat_tables(parts)
+    out = []
+    for key in _dimensions(kind):
+        g = _sum_by(facts, key, DELTA_COLUMNS)
+        out.append(pa.table({"dimension": pa.repeat(pa.scalar(key), g.num_rows),
+                             "key_id": g[key], **{c: g[c] for c in DELTA_COLUMNS}},
+                            schema=DELTA_SCHEMA))
+    return pa.concat_tables(out)
+
+
+def stat_totals(facts: pa.Table, kind: str) -> pa.Table:
+    """email_state_totals rows (no kind) of ``email.recipient_facts``."""
+    out = []
+    for key in _dimensions(kind):
+        g = _sum_by(facts, key, ["tracked", "tracked_opened"])
+        out.append(pa.table({"dimension": pa.repeat(pa.scalar(key), g.num_rows),
+                             "key_id": g[key], "tracked": g["tracked"],
+                             "tracked_opened": g["tracked_opened"]}))
+    return pa.concat_tables(out)
+
+
+def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
+                       now: datetime) -> dict[str, int]:
+    """Add ``deltas`` (DELTA_SCHEMA) to the totals and the stats rows of their keys (a
+    missing row counts as zeros) and set their open rates from the new totals, with the
+    arithmetic of ``email._rate`` (IEEE division of the same integers: the same floats).
+    Returns the stats rows written per dimension."""
+    written = {k: 0 for k in STATS_TABLES}
+    if deltas.num_rows == 0:
+        return written
+    tmp = _stage(conn, deltas)
+    d, t = tmp.c, email_state_totals.c
+    stmt = _insert(conn, email_state_totals).from_select(
+        ["kind", "dimension", "key_id", "tracked", "tracked_opened"],
+        sa.select(sa.literal(kind, wh.KeyText), d.dimension, d.key_id, d.tracked,
+                  d.tracked_opened).where(sa.true()))  # sqlite: see _upsert_arrow
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["kind", "dimension", "key_id"],
+        set_={"tracked": t.tracked + stmt.excluded.tracked,
+              "tracked_opened": t.tracked_opened + stmt.excluded.tracked_opened}))
+    f64 = sa.Float(precision=53)
+    rate = sa.case((t.tracked >= MIN_RECIPIENTS_FOR_RATE,
+                    sa.cast(t.tracked_opened, f64) / sa.cast(t.tracked, f64)),
+                   else_=sa.null())
+    for key, target in STATS_TABLES.items():
+        if key not in _dimensions(kind):
+            continue
+        if key == "member_id":
+            counts = {"email_count": d.sent_count, "email_opened_count": d.opened_count}
+            rate_column = "email_open_rate"
+        else:
+            counts = {c: d[c] for c in COUNT_COLUMNS}
+            rate_column = "open_rate"
+        names = ["kind", key, *counts, rate_column, "updated_at"]
+        stmt = _insert(conn, target).from_select(names, sa.select(
+            sa.literal(kind, wh.KeyText), d.key_id, *counts.values(), rate,
+            sa.literal(now, sa.DateTime)).select_from(tmp.join(email_state_totals, sa.and_(
+                t.kind == kind, t.dimension == d.dimension, t.key_id == d.key_id)))
+            .where(d.dimension == key))
+        set_ = {c: target.c[c] + stmt.excluded[c] for c in counts}
+        set_[rate_column] = stmt.excluded[rate_column]
+        set_["updated_at"] = stmt.excluded.updated_at
+        written[key] = conn.execute(stmt.on_conflict_do_update(
+            index_elements=["kind", key], set_=set_)).rowcount
+    tmp.drop(conn)
+    return written
+
+
+def _has_totals(conn: Connection, kind: str) -> bool:
+    """False for a state built before email_state_totals existed (a non-empty mirror,
+    no totals): the rates cannot be updated by deltas until a rebuild."""
+    t, m = email_state_totals.c, email_state_recipients.c
+    if conn.execute(sa.select(t.key_id).where(t.kind == kind).limit(1)).first():
+        return True
+    return conn.execute(sa.select(m.recipient_id).where(m.kind == kind).limit(1)).first() \
+        is None
 
 
 # --- the incremental refresh ----------------------------------------------------------------
@@ -535,14 +631,15 @@ def refresh_email_state(log: ProviderEventLog, emails: EmailSource, engine: Engi
     and update the stats of the emails, automations and members they touch.
 
     One transaction: a failure leaves the previous state, and a re-run folds the same files
-    again from it. The first refresh of a kind (nothing folded yet) is a full rebuild.
+    again from it. The first refresh of a kind (nothing folded yet, or a state built before
+    the totals behind the rates were kept) is a full rebuild.
     ``discover`` also lists the log for files nobody registered.
     """
     started = time.perf_counter()
     kind = _kind(kind)
     with engine.begin() as conn:
         progress = _lock(conn, kind)
-        if progress is None:
+        if progress is None or not _has_totals(conn, kind):
             result = _rebuild(conn, log, emails, kind)
             result.seconds = time.perf_counter() - started
             return result
@@ -597,7 +694,8 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     attrs = pa.schema([("message_id", pa.string()), ("address", pa.string()),
                        ("recipient_id", pa.int64()),
                        ("account_id", pa.int64()), ("email_id", pa.int64()),
-                       ("automation_id", pa.int64()), ("member_id", pa.int64())])
+                       ("automation_id", pa.int64()), ("member_id", pa.int64()),
+                       ("track_opens", pa.bool_())])
     who = attrs.empty_table()
     if batch.num_rows:
         # each distinct key once: events of one recipient share it
@@ -612,7 +710,7 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                  .group_by(tmp.c.message_id, tmp.c.address).subquery())
         who = _select_arrow(conn, sa.select(
             first.c.message_id, first.c.address, first.c.recipient_id, m.account_id,
-            m.email_id, m.automation_id, m.member_id).select_from(
+            m.email_id, m.automation_id, m.member_id, m.track_opens).select_from(
             first.join(email_state_recipients, sa.and_(
                 m.kind == kind, m.recipient_id == first.c.recipient_id))), attrs)
         tmp.drop(conn)
@@ -637,9 +735,11 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                         pa.table({"kind": pa.repeat(pa.scalar(kind), temp.num_rows),
                                   "event_id": temp["event_id"]}))
 
-    # 4. fold into the stored states of the recipients touched
+    # 4. fold into the stored states of the recipients touched; their part of the stats
+    #    changes by their new facts minus their old ones, a new recipient's by all of it
     delta = fold_events(matched)
     result.recipients_touched = delta.num_rows
+    contributions = [recipient_contributions(fresh.select(ATTRS), None, sent=True)]
     if delta.num_rows:
         tmp = _stage(conn, delta.select(["recipient_id"]))
         s, fl = et.email_recipient_states.c, email_state_failures.c
@@ -651,10 +751,11 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                             FOLD_SCHEMA)
         tmp.drop(conn)
         merged = merge_folds([old, delta])
-        info = who.select(["recipient_id", "account_id", "email_id", "member_id"]).group_by(
-            "recipient_id", use_threads=False).aggregate(
-            [("account_id", "min"), ("email_id", "min"), ("member_id", "min")]
-        ).rename_columns(["recipient_id", "account_id", "email_id", "member_id"])
+        # one recipient, one match key: ``who`` has one row per recipient
+        touched = who.filter(pc.is_in(who["recipient_id"], merged["recipient_id"]))
+        contributions += [recipient_contributions(touched.select(ATTRS), merged),
+                          recipient_contributions(touched.select(ATTRS), old, sign=-1)]
+        info = touched.select(["recipient_id", "account_id", "email_id", "member_id"])
         rows = states_of(merged).join(info, "recipient_id", join_type="left outer")
         _upsert_arrow(conn, et.email_recipient_states, _with_kind(rows, kind, now),
                       ["kind", "recipient_id"])
@@ -675,16 +776,10 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                   ["kind", "event_id"])
     result.unmatched = unmatched.num_rows
 
-    # 6. stats of the keys touched by new events or new recipients
-    touched = pa.concat_tables([who.select(["email_id", "automation_id", "member_id"]),
-                                fresh.select(["email_id", "automation_id", "member_id"])])
-    for key, target in STATS_TABLES.items():
-        if key == "automation_id" and kind != "automation":
-            continue
-        stats = _touched_stats(conn, kind, key, touched[key])
-        _upsert_arrow(conn, target, _with_kind(stats, kind, now), ["kind", key])
-        setattr(result, {"email_id": "emails", "automation_id": "automations",
-                         "member_id": "members"}[key], stats.num_rows)
+    # 6. stats of the keys of the recipients folded or added: counts += deltas
+    written = _apply_stat_deltas(conn, kind, stat_deltas(contributions, kind), now)
+    result.emails, result.members = written["email_id"], written["member_id"]
+    result.automations = written["automation_id"]
 
     # 7. the files are folded, with the state they built
     for i in range(0, len(paths), ID_CHUNK):
@@ -790,6 +885,7 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
               et.email_stats: email_stats(facts), et.member_email_stats: member_stats(facts)}
     if kind == "automation":
         tables[et.automation_email_stats] = automation_stats(facts)
+    tables[email_state_totals] = stat_totals(facts, kind)
     del facts
     result.emails = tables[et.email_stats].num_rows
     result.members = tables[et.member_email_stats].num_rows
