@@ -178,6 +178,8 @@ MIRROR_SCHEMA = pa.schema([
     ("automation_id", pa.int64()), ("member_id", pa.int64()), ("track_opens", pa.bool_()),
     ("message_id", pa.string()), ("address", pa.string()),
 ])
+# A recipient matched by a refresh: its mirror row and its stored fold (nulls: none yet).
+WHO_SCHEMA = pa.schema([*MIRROR_SCHEMA, *[f for f in FOLD_SCHEMA if f.name != "recipient_id"]])
 
 
 def event_keys(landed: pa.Table) -> pa.Table:
@@ -313,6 +315,24 @@ def merge_folds(tables: Sequence[pa.Table]) -> pa.Table:
 def states_of(fold: pa.Table) -> pa.Table:
     """The published state (STATE_SCHEMA) of a fold."""
     return fold.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+
+
+def changed_states(merged: pa.Table, old: pa.Table) -> pa.Table:
+    """The rows of ``merged`` (FOLD_SCHEMA) that differ from ``old``'s row of their
+    recipient (nulls equal) or that ``old`` has none of."""
+    if merged.num_rows == 0 or old.num_rows == 0:
+        return merged
+    cols = [c for c in FOLD_SCHEMA.names if c != "recipient_id"]
+    both = merged.join(old.rename_columns([c if c == "recipient_id" else f"old_{c}"
+                                           for c in old.column_names]),
+                       "recipient_id", join_type="left outer")
+    changed = pc.is_null(both["old_temporary_failures"])  # no old row (never null else)
+    for c in cols:
+        a, b = both[c], both[f"old_{c}"]
+        ne = pc.not_equal(a, b)
+        changed = pc.or_(changed, pc.if_else(pc.is_null(ne), pc.xor(pc.is_valid(a),
+                                                                    pc.is_valid(b)), ne))
+    return both.filter(changed).select(FOLD_SCHEMA.names).sort_by("recipient_id")
 
 
 # --- the log and its journal ----------------------------------------------------------------
@@ -592,7 +612,8 @@ class EmailStateResult:
     matched: int = 0
     unmatched: int = 0  # events waiting for their recipient after this refresh's matching
     new_recipients: int = 0
-    recipients_touched: int = 0
+    recipients_touched: int = 0  # recipients with events folded
+    states_changed: int = 0  # ... whose state changed (the states written)
     emails: int = 0  # stats rows written
     automations: int = 0
     members: int = 0
@@ -689,32 +710,32 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                 events.append(waiting.append_column("recipient_id",
                                                     pa.nulls(waiting.num_rows, pa.int64())))
 
-    # 2. match in the warehouse: only the new events' keys travel
+    # 2. match in the warehouse: only the new events' keys travel, and come back with the
+    #    recipients having them, their attributes and their stored state (one scan each)
     batch = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
-    attrs = pa.schema([("message_id", pa.string()), ("address", pa.string()),
-                       ("recipient_id", pa.int64()),
-                       ("account_id", pa.int64()), ("email_id", pa.int64()),
-                       ("automation_id", pa.int64()), ("member_id", pa.int64()),
-                       ("track_opens", pa.bool_())])
-    who = attrs.empty_table()
+    who = WHO_SCHEMA.empty_table()
     if batch.num_rows:
         # each distinct key once: events of one recipient share it
         probe = batch.select(["message_id", "address"]).group_by(
             ["message_id", "address"], use_threads=False).aggregate([])
         tmp = _stage(conn, probe)
-        first = (sa.select(tmp.c.message_id, tmp.c.address,
-                           sa.func.min(m.recipient_id).label("recipient_id"))
-                 .select_from(tmp.join(email_state_recipients, sa.and_(
-                     m.kind == kind, m.message_id == tmp.c.message_id,
-                     m.address == tmp.c.address)))
-                 .group_by(tmp.c.message_id, tmp.c.address).subquery())
+        s, fl = et.email_recipient_states.c, email_state_failures.c
         who = _select_arrow(conn, sa.select(
-            first.c.message_id, first.c.address, first.c.recipient_id, m.account_id,
-            m.email_id, m.automation_id, m.member_id, m.track_opens).select_from(
-            first.join(email_state_recipients, sa.and_(
-                m.kind == kind, m.recipient_id == first.c.recipient_id))), attrs)
+            *[m[c] for c in MIRROR_SCHEMA.names],
+            *[s[c] for c in STATE_SCHEMA.names if c != "recipient_id"],
+            fl.event_id.label("failure_event_id"))
+            .select_from(tmp.join(email_state_recipients, sa.and_(
+                m.kind == kind, m.message_id == tmp.c.message_id,
+                m.address == tmp.c.address))
+                .outerjoin(et.email_recipient_states, sa.and_(
+                    s.kind == kind, s.recipient_id == m.recipient_id))
+                .outerjoin(email_state_failures, sa.and_(
+                    fl.kind == kind, fl.recipient_id == m.recipient_id))), WHO_SCHEMA)
         tmp.drop(conn)
-        batch = match(batch, who.select(["message_id", "address", "recipient_id"]))
+        keys = match_keys(who)  # a key shared by several recipients: the lowest id
+        # one recipient, one key: ``who`` is now one row per recipient matched
+        who = who.filter(pc.is_in(who["recipient_id"], keys["recipient_id"]))
+        batch = match(batch, keys)
     matched = batch.filter(pc.is_valid(batch["recipient_id"]))
     unmatched = batch.filter(pc.is_null(batch["recipient_id"]))
     result.matched = matched.num_rows
@@ -735,23 +756,18 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                         pa.table({"kind": pa.repeat(pa.scalar(kind), temp.num_rows),
                                   "event_id": temp["event_id"]}))
 
-    # 4. fold into the stored states of the recipients touched; their part of the stats
-    #    changes by their new facts minus their old ones, a new recipient's by all of it
+    # 4. fold into the stored states of the recipients touched; a state that changes is
+    #    written, and its part of the stats changes by its new facts minus its old ones
+    #    (a new recipient's: all of it)
     delta = fold_events(matched)
     result.recipients_touched = delta.num_rows
     contributions = [recipient_contributions(fresh.select(ATTRS), None, sent=True)]
     if delta.num_rows:
-        tmp = _stage(conn, delta.select(["recipient_id"]))
-        s, fl = et.email_recipient_states.c, email_state_failures.c
-        old = _select_arrow(conn, sa.select(*[s[c] for c in STATE_SCHEMA.names], fl.event_id)
-                            .select_from(tmp.join(et.email_recipient_states, sa.and_(
-                                s.kind == kind, s.recipient_id == tmp.c.recipient_id))
-                                .outerjoin(email_state_failures, sa.and_(
-                                    fl.kind == kind, fl.recipient_id == s.recipient_id))),
-                            FOLD_SCHEMA)
-        tmp.drop(conn)
-        merged = merge_folds([old, delta])
-        # one recipient, one match key: ``who`` has one row per recipient
+        stored = who.filter(pc.is_valid(who["temporary_failures"]))  # has a state row
+        old = stored.filter(pc.is_in(stored["recipient_id"], delta["recipient_id"])) \
+            .select(FOLD_SCHEMA.names).cast(FOLD_SCHEMA)
+        merged = changed_states(merge_folds([old, delta]), old)
+        old = old.filter(pc.is_in(old["recipient_id"], merged["recipient_id"]))
         touched = who.filter(pc.is_in(who["recipient_id"], merged["recipient_id"]))
         contributions += [recipient_contributions(touched.select(ATTRS), merged),
                           recipient_contributions(touched.select(ATTRS), old, sign=-1)]
@@ -763,6 +779,7 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
         _upsert_arrow(conn, email_state_failures, _with_kind(pa.table({
             "recipient_id": failed["recipient_id"], "event_id": failed["failure_event_id"]}),
             kind), ["kind", "recipient_id"])
+        result.states_changed = merged.num_rows
 
     # 5. waiting events: the matched ones leave, the unmatched new ones wait
     u = email_state_unmatched.c
