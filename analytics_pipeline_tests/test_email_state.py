@@ -7,7 +7,7 @@ is a reproducible scenario (``pytest -k 'seed'`` shows which one failed).
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -372,7 +372,47 @@ def test_a_failed_refresh_changes_nothing_and_the_rerun_counts_once(tmp_path, wa
     assert_agrees_with_full_recompute(w)
 
 
-def test_only_the_stats_of_touched_keys_are_rewritten(tmp_path, warehouse_url):
+def matched_recipients(w: World) -> list[dict]:
+    """The mirrored recipients events can match (the lowest id of each key), with their
+    stored state's first open and click."""
+    m, s = es.email_state_recipients.c, et.email_recipient_states.c
+    with w.engine.connect() as c:
+        rows = c.execute(sa.select(m.recipient_id, m.message_id, m.address, m.email_id,
+                                   m.automation_id, m.member_id, m.track_opens, s.opened_at,
+                                   s.clicked_at)
+                         .select_from(es.email_state_recipients.outerjoin(
+                             et.email_recipient_states, sa.and_(
+                                 s.kind == m.kind, s.recipient_id == m.recipient_id)))
+                         .where(m.kind == w.kind).order_by(m.recipient_id)).all()
+    first: dict = {}
+    for r in rows:
+        first.setdefault((r.message_id, r.address), dict(r._mapping))
+    return list(first.values())
+
+
+def land_one(w: World, r: dict, event: str, when: datetime, name: str) -> None:
+    w.log.append(pa.Table.from_pylist([{
+        "event_id": name, "event": event, "timestamp": when, "recipient": r["address"],
+        "message_id": r["message_id"],
+        "fetched_at": datetime.fromtimestamp(T0 + 999_999, timezone.utc)}],
+        schema=PROVIDER_EVENT_SCHEMA), name)
+
+
+def stats_rows(w: World) -> dict:
+    out = {}
+    with w.engine.connect() as c:
+        for t in (et.email_stats, et.automation_email_stats, et.member_email_stats):
+            key = next(col for col in t.primary_key.columns if col.name != "kind")
+            for r in c.execute(sa.select(t).where(t.c.kind == w.kind)):
+                row = dict(r._mapping)
+                out[(t.name, row[key.name])] = row
+    return out
+
+
+def test_only_the_stats_rows_that_change_are_rewritten(tmp_path, warehouse_url):
+    """A first open changes its recipient's state and the rows of its email, automation
+    and member; a later click of a recipient who clicked before changes nothing: exactly
+    the rows whose values change get a new updated_at (a click is not in member stats)."""
     w = World(tmp_path, warehouse_url, 3)
     w.land(60, 0)
     w.refresh()
@@ -380,29 +420,27 @@ def test_only_the_stats_of_touched_keys_are_rewritten(tmp_path, warehouse_url):
     with w.engine.begin() as c:
         for t in (et.email_stats, et.automation_email_stats, et.member_email_stats):
             c.execute(t.update().values(updated_at=old))
-    r = next(r for r in w.recipients if r["member_id"] is not None)
-    table = pa.Table.from_pylist([{
-        "event_id": "only-one", "event": "clicked",
-        "timestamp": datetime.fromtimestamp(T0, timezone.utc),
-        "recipient": r["member_email"].strip().lower(),
-        "message_id": r["provider_message_id"].strip().strip("<>"),
-        "fetched_at": datetime.fromtimestamp(T0 + 999_999, timezone.utc)}],
-        schema=PROVIDER_EVENT_SCHEMA)
-    w.log.append(table, "single")
+    recipients = matched_recipients(w)
+    opener = next(r for r in recipients if r["opened_at"] is None and
+                  r["member_id"] is not None and r["automation_id"] is not None)
+    clicker = next(r for r in recipients if r["clicked_at"] is not None and
+                   r["email_id"] != opener["email_id"])
+    before = stats_rows(w)
+    land_one(w, opener, "opened", datetime.fromtimestamp(T0, timezone.utc), "first-open")
+    land_one(w, clicker, "clicked", _value(clicker["clicked_at"]) + timedelta(hours=1),
+             "later-click")
     result = w.refresh()
-    assert result.recipients_touched == 1
-    with w.engine.connect() as c:
-        rid = c.execute(sa.select(sa.func.min(es.email_state_recipients.c.recipient_id)).where(
-            es.email_state_recipients.c.message_id == r["provider_message_id"].strip()
-            .strip("<>"), es.email_state_recipients.c.address ==
-            r["member_email"].strip().lower())).scalar_one()
-        m = c.execute(sa.select(es.email_state_recipients).where(
-            es.email_state_recipients.c.recipient_id == rid)).one()
-        for t, key, value in ((et.email_stats, "email_id", m.email_id),
-                              (et.member_email_stats, "member_id", m.member_id),
-                              (et.automation_email_stats, "automation_id", m.automation_id)):
-            fresh = c.execute(sa.select(t.c[key]).where(t.c.updated_at != old)).scalars().all()
-            assert fresh == ([value] if value is not None else []), t.name
+    assert (result.recipients_touched, result.states_changed) == (2, 1)
+    after = stats_rows(w)
+    rewritten = {k for k, r in after.items() if r["updated_at"] != old}
+    changed = {k for k, r in after.items()
+               if {c: v for c, v in r.items() if c != "updated_at"} !=
+               {c: v for c, v in before.get(k, {}).items() if c != "updated_at"}}
+    assert rewritten == changed
+    assert {("email_stats", opener["email_id"]), ("member_email_stats", opener["member_id"]),
+            ("automation_email_stats", opener["automation_id"])} == changed
+    assert after[("email_stats", opener["email_id"])]["opened_count"] == \
+        before[("email_stats", opener["email_id"])]["opened_count"] + 1
     assert_agrees_with_full_recompute(w)
 
 

@@ -517,9 +517,14 @@ def recipient_contributions(attrs: pa.Table, states: pa.Table | None, sign: int 
     return pa.table({c: cols[c] for c in [*STATS_TABLES, *DELTA_COLUMNS]})
 
 
+# the sums a dimension's stats row is made of: a key whose deltas are all zero keeps its row
+STATS_INPUTS = {"email_id": DELTA_COLUMNS, "automation_id": DELTA_COLUMNS,
+                "member_id": ["sent_count", "opened_count", "tracked", "tracked_opened"]}
+
+
 def stat_deltas(contributions: Sequence[pa.Table], kind: str) -> pa.Table:
-    """Summed contributions per dimension and key (DELTA_SCHEMA): every key of a touched
-    recipient has a row, if only of zeros (its stats row is rewritten all the same)."""
+    """Summed contributions per dimension and key (DELTA_SCHEMA), for the keys whose stats
+    row changes (a delta of its sums is not zero)."""
     parts = [t for t in contributions if t.num_rows]
     if not parts:
         return DELTA_SCHEMA.empty_table()
@@ -527,6 +532,10 @@ def stat_deltas(contributions: Sequence[pa.Table], kind: str) -> pa.Table:
     out = []
     for key in _dimensions(kind):
         g = _sum_by(facts, key, DELTA_COLUMNS)
+        changes = pa.array(np.zeros(g.num_rows, dtype=bool))
+        for c in STATS_INPUTS[key]:
+            changes = pc.or_(changes, pc.not_equal(g[c], 0))
+        g = g.filter(changes)
         out.append(pa.table({"dimension": pa.repeat(pa.scalar(key), g.num_rows),
                              "key_id": g[key], **{c: g[c] for c in DELTA_COLUMNS}},
                             schema=DELTA_SCHEMA))
@@ -548,8 +557,9 @@ def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
                        now: datetime) -> dict[str, int]:
     """Add ``deltas`` (DELTA_SCHEMA) to the totals and the stats rows of their keys (a
     missing row counts as zeros) and set their open rates from the new totals, with the
-    arithmetic of ``email._rate`` (IEEE division of the same integers: the same floats).
-    Returns the stats rows written per dimension."""
+    arithmetic of ``email._rate`` (IEEE division of the same integers: the same floats;
+    ``tracked`` is at least 5 where it divides). Returns the stats rows written per
+    dimension."""
     written = {k: 0 for k in STATS_TABLES}
     if deltas.num_rows == 0:
         return written
@@ -558,7 +568,7 @@ def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
     stmt = _insert(conn, email_state_totals).from_select(
         ["kind", "dimension", "key_id", "tracked", "tracked_opened"],
         sa.select(sa.literal(kind, wh.KeyText), d.dimension, d.key_id, d.tracked,
-                  d.tracked_opened).where(sa.true()))  # sqlite: see _upsert_arrow
+                  d.tracked_opened).where(sa.or_(d.tracked != 0, d.tracked_opened != 0)))
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["kind", "dimension", "key_id"],
         set_={"tracked": t.tracked + stmt.excluded.tracked,
@@ -793,7 +803,7 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                   ["kind", "event_id"])
     result.unmatched = unmatched.num_rows
 
-    # 6. stats of the keys of the recipients folded or added: counts += deltas
+    # 6. stats of the keys of the states changed and recipients added: sums += deltas
     written = _apply_stat_deltas(conn, kind, stat_deltas(contributions, kind), now)
     result.emails, result.members = written["email_id"], written["member_id"]
     result.automations = written["automation_id"]
@@ -920,6 +930,10 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
         conn.execute(target.delete().where(target.c.kind == kind))
         stamped = "updated_at" in target.c
         wh.insert_arrow(conn, target, _with_kind(table, kind, now if stamped else None))
+    if conn.dialect.name == "postgresql":
+        # statistics of the rewritten tables, for the plans of the refreshes that follow
+        # (autovacuum may be off or late; ANALYZE samples, it takes well under a second)
+        conn.execute(sa.text("ANALYZE " + ", ".join(f'"{t.name}"' for t in tables)))
 
     # every file read is folded; files registered meanwhile stay for the next refresh
     f = email_log_files.c
