@@ -78,6 +78,10 @@ from analytics_pipeline.email.source import (
 RECIPIENT_ID_OVERLAP = 10_000
 ID_CHUNK = 10_000  # SQLite binds at most 32,766 parameters
 FULL_CHUNK_ROWS = 1_000_000  # events per chunk of the full rebuild
+# the full rebuild's fold is kept in this many parts (by recipient id), each merged with its
+# share of a chunk: a merge's transient copies are a part's size, not the whole fold's
+FOLD_BUCKETS = 8
+INSERT_ROWS = 250_000  # rows per COPY of the full rebuild (each is buffered as CSV)
 
 _ts = sa.DateTime(timezone=True)
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -854,6 +858,17 @@ def _log_chunks(log: ProviderEventLog, paths: Sequence[str], chunk_rows: int,
         yield pa.concat_tables(parts)
 
 
+def _fold_into(buckets: list[pa.Table], events: pa.Table) -> None:
+    """Fold ``events`` (matched, each temporary failure once) into ``buckets``: the part of
+    recipient ``r`` is ``buckets[r % len(buckets)]``."""
+    fold = fold_events(events)
+    if fold.num_rows == 0:
+        return
+    part = fold["recipient_id"].to_numpy() % len(buckets)
+    for b in range(len(buckets)):
+        buckets[b] = merge_folds([buckets[b], fold.filter(pa.array(part == b))])
+
+
 def _dedupe(table: pa.Table, column: str = "event_id") -> pa.Table:
     """One row per ``column`` value (copies of one event are identical)."""
     if table.num_rows == 0:
@@ -873,7 +888,7 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     keys = match_keys(mirror)
     paths = list_log_files(log)
     rows: dict[str, int] = {}
-    fold = FOLD_SCHEMA.empty_table()
+    buckets = [FOLD_SCHEMA.empty_table()] * FOLD_BUCKETS
     temps: list[pa.Table] = []
     unmatched: list[pa.Table] = []
     for chunk in _log_chunks(log, paths, chunk_rows, rows):
@@ -886,18 +901,20 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
         temporary = temporary_failures(chunk)
         temps.append(chunk.filter(temporary).select(
             ["event_id", "event", "timestamp", "severity", "recipient_id"]))
-        fold = merge_folds([fold, fold_events(chunk.filter(pc.invert(temporary)))])
+        _fold_into(buckets, chunk.filter(pc.invert(temporary)))
         del chunk
     temp = _dedupe(pa.concat_tables(temps)) if temps else None
     if temp is not None and temp.num_rows:
         n = temp.num_rows
-        fold = merge_folds([fold, fold_events(pa.table({
+        _fold_into(buckets, pa.table({
             "event_id": temp["event_id"], "event": temp["event"],
             "timestamp": temp["timestamp"], "severity": temp["severity"],
             "delivery_status_code": pa.nulls(n, pa.string()),
             "delivery_status_message": pa.nulls(n, pa.string()),
             "message_id": pa.nulls(n, pa.string()), "address": pa.nulls(n, pa.string()),
-            "recipient_id": temp["recipient_id"]}, schema=EVENT_SCHEMA))])
+            "recipient_id": temp["recipient_id"]}, schema=EVENT_SCHEMA))
+    fold = pa.concat_tables(buckets)
+    del buckets
     waiting = _dedupe(pa.concat_tables(unmatched)) if unmatched else None
     del temps, unmatched
     result.files = len(paths)
@@ -929,7 +946,9 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     for target, table in tables.items():
         conn.execute(target.delete().where(target.c.kind == kind))
         stamped = "updated_at" in target.c
-        wh.insert_arrow(conn, target, _with_kind(table, kind, now if stamped else None))
+        for offset in range(0, table.num_rows, INSERT_ROWS):
+            wh.insert_arrow(conn, target, _with_kind(table.slice(offset, INSERT_ROWS), kind,
+                                                     now if stamped else None))
     if conn.dialect.name == "postgresql":
         # statistics of the rewritten tables, for the plans of the refreshes that follow
         # (autovacuum may be off or late; ANALYZE samples, it takes well under a second)
