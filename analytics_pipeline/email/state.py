@@ -416,14 +416,15 @@ _SA_TYPES = {pa.int64(): sa.BigInteger, pa.string(): sa.Text, pa.bool_(): sa.Boo
              UTC_US: _ts, pa.float64(): sa.Float(precision=53), pa.timestamp("us"): sa.DateTime}
 
 
-def _stage(conn: Connection, table: pa.Table) -> sa.Table:
-    """``table`` in a new temporary table of the transaction (COPY on PostgreSQL)."""
+def _stage(conn: Connection, table: pa.Table, analyze: bool = True) -> sa.Table:
+    """``table`` in a new temporary table of the transaction (COPY on PostgreSQL);
+    ``analyze``: with statistics, for the plans of joins with it."""
     name = f"tmp_email_state_{uuid.uuid4().hex[:10]}"
     cols = [sa.Column(f.name, _SA_TYPES[f.type]) for f in table.schema]
     tmp = sa.Table(name, sa.MetaData(), *cols, prefixes=["TEMPORARY"])
     tmp.create(conn)
     wh.insert_arrow(conn, tmp, table)
-    if conn.dialect.name == "postgresql":
+    if analyze and conn.dialect.name == "postgresql":
         conn.execute(sa.text(f'ANALYZE "{name}"'))
     return tmp
 
@@ -433,7 +434,7 @@ def _upsert_arrow(conn: Connection, target: sa.Table, table: pa.Table,
     """Insert or update ``table``'s rows (columns by name) by ``keys``, set-based."""
     if table.num_rows == 0:
         return
-    tmp = _stage(conn, table)
+    tmp = _stage(conn, table, analyze=False)  # only scanned
     names = table.column_names
     stmt = _insert(conn, target).from_select(
         names, sa.select(*[tmp.c[n] for n in names]).where(sa.true()))  # sqlite: see docs
