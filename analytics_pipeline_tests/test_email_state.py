@@ -296,6 +296,34 @@ def test_permanent_failure_ties_go_to_the_smallest_id_and_stick():
 # --- refreshes against the warehouse ----------------------------------------------------------
 
 
+def test_rows_read_back_as_arrow_keep_nulls_empty_strings_and_instants(warehouse_url):
+    """What the refresh reads of the warehouse (COPY out as CSV on PostgreSQL) comes back
+    as written: NULL and '' apart, text that looks like NULL, separators, quotes, line
+    breaks, booleans, timestamps in UTC."""
+    engine = wh.make_engine(warehouse_url)
+    wh.ensure_schema(engine)
+    texts = [None, "", "NULL", "a,b", 'say "hi"', "two\nlines", "\\N", " "]
+    when = datetime.fromtimestamp(T0 + 0.123456, timezone.utc)
+    rows = pa.table({"kind": pa.array(["newsletter"] * len(texts)),
+                     "event_id": pa.array([f"e{i}" for i in range(len(texts))]),
+                     "event": pa.array(texts, pa.string()),
+                     "timestamp": pa.array([when, None] * (len(texts) // 2), es.UTC_US)})
+    u = es.email_state_unmatched.c
+    schema = pa.schema([("event_id", pa.string()), ("event", pa.string()),
+                        ("timestamp", es.UTC_US), ("flag", pa.bool_())])
+    with engine.begin() as c:
+        wh.insert_arrow(c, es.email_state_unmatched, rows)
+        got = es._select_arrow(c, sa.select(
+            u.event_id, u.event, u.timestamp, (u.event == "NULL").label("flag"))
+            .where(u.kind == "newsletter").order_by(u.event_id), schema)
+    assert got.column("event").to_pylist() == texts
+    assert got.column("timestamp").to_pylist() == [when, None] * (len(texts) // 2)
+    assert got.column("flag").to_pylist() == [None if t is None else t == "NULL"
+                                              for t in texts]
+    engine.dispose()
+
+
+
 def published(snap: dict, kind: str) -> dict:
     names = [t.name for t in PUBLISHED if kind == "automation" or
              t is not et.automation_email_stats]

@@ -29,6 +29,7 @@ recipients, not of events.
 
 from __future__ import annotations
 
+import io
 import posixpath
 import time
 import uuid
@@ -40,6 +41,7 @@ from datetime import date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -455,7 +457,37 @@ def _to_arrow(rows: Sequence, schema: pa.Schema) -> pa.Table:
 
 
 def _select_arrow(conn: Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    """``query``'s rows as ``schema`` (columns in order); PostgreSQL: COPY out as CSV."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
+        return _copy_out(conn, query, schema)
     return _to_arrow(conn.execute(query).all(), schema)
+
+
+_CSV_OUT = (pacsv.ParseOptions(newlines_in_values=True),
+            dict(strings_can_be_null=True, quoted_strings_can_be_null=False,
+                 null_values=[""], true_values=["t"], false_values=["f"]))
+
+
+def _copy_out(conn: Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    # PostgreSQL's CSV writes a NULL unquoted and empty, an empty string quoted, and
+    # timestamptz with its UTC offset (which the reader applies)
+    compiled = query.compile(dialect=conn.dialect,
+                             compile_kwargs={"render_postcompile": True})
+    buf = io.BytesIO()
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        sql = cursor.mogrify(compiled.string, compiled.params).decode()
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buf)
+    finally:
+        cursor.close()
+    if buf.tell() == 0:
+        return schema.empty_table()
+    buf.seek(0)
+    parse, convert = _CSV_OUT
+    table = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=schema.names),
+                           parse_options=parse,
+                           convert_options=pacsv.ConvertOptions(column_types=schema, **convert))
+    return table.cast(schema)
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> Iterator[list]:
