@@ -12,8 +12,11 @@ What is new is known from a journal of landed log files (``email_log_files``): t
 registers what it appended (``register_log_files``) and each refresh also lists the log for
 files nobody registered (a crash between append and register, logs landed before this
 change). A refresh reads the unfolded files, folds them into the stored states of the
-recipients they touch, recomputes the stats of the emails, automations and members of those
-recipients, and marks the files folded, all in one transaction.
+recipients they touch, adds to the stats of their emails, automations and members the
+difference between each changed recipient's new and old facts (and a new recipient's facts),
+and marks the files folded, all in one transaction: its cost grows with the recipients
+touched, not with the recipients of the keys touched. Open rates need the tracked
+recipients and the tracked ones who opened, kept per key in ``email_state_totals``.
 
 Matching happens in the warehouse against a mirror of the recipients
 (``email_state_recipients``) that each refresh extends with the recipients added since the
