@@ -492,3 +492,41 @@ def test_logs_landed_before_are_folded_once_and_registration_is_idempotent(tmp_p
     assert es.refresh_email_state(w.log, w.emails, w.engine, w.kind, discover=False).files >= 1
     assert w.refresh().files == 0
     assert_agrees_with_full_recompute(w)
+
+
+def test_deltas_follow_one_recipient_through_several_refreshes(tmp_path, warehouse_url):
+    """Scripted deltas, each refresh checked against the full recompute: a recipient with
+    no state yet is delivered, then opens (not-opened -> opened: tracked_opened and the
+    rates move), then fails permanently after delivery, then gets a temporary failure
+    twice (a copy counts once) and an earlier open (a changed first time, no count
+    change); new recipients arrive without any event (sent counts and rate denominators
+    move)."""
+    w = World(tmp_path, warehouse_url, 21)
+    w.land(30, 0)
+    w.refresh()
+    r = next(x for x in matched_recipients(w) if x["opened_at"] is None and
+             x["member_id"] is not None)
+    at = [datetime.fromtimestamp(T0 + h * 3600, timezone.utc) for h in range(200)]
+    steps = [[("delivered", 100, "d1")], [("opened", 120, "o1")],
+             [("failed", 130, "p1")], [("failed", 140, "t1"), ("opened", 110, "o0")]]
+    for i, step in enumerate(steps):
+        for event, hour, name in step:
+            w.log.append(pa.Table.from_pylist([{
+                "event_id": name, "event": event, "timestamp": at[hour],
+                "recipient": r["address"], "message_id": r["message_id"],
+                "severity": {"p1": "permanent", "t1": "temporary"}.get(name),
+                "delivery_status_code": "550", "delivery_status_message": "gone",
+                "fetched_at": at[199]}], schema=PROVIDER_EVENT_SCHEMA), f"{name}-{i}")
+        if name == "t1":  # the same temporary failure landed again
+            w.log.append(w.log.read(w.log.days(), PROVIDER_EVENT_SCHEMA).filter(
+                pc.equal(pc.field("event_id"), "t1")), "t1-copy")
+        w.add_recipients(2)  # recipients without events
+        result = w.refresh()
+        assert result.mode == "incremental" and result.states_changed >= 1
+        assert_agrees_with_full_recompute(w)
+    (state,) = [x for x in snapshot(w.engine, w.kind)["email_recipient_states"]
+                if x["recipient_id"] == r["recipient_id"]]
+    assert (state["opened_at"], state["failed_at"], state["temporary_failures"]) == \
+        (at[110], at[130], 1 + sum(1 for e in w.landed if e["recipient"] == r["address"] and
+                                   e["message_id"] == r["message_id"] and
+                                   e["event"] == "failed" and e["severity"] == "temporary"))

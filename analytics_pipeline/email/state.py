@@ -608,7 +608,8 @@ def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
     stmt = _insert(conn, email_state_totals).from_select(
         ["kind", "dimension", "key_id", "tracked", "tracked_opened"],
         sa.select(sa.literal(kind, wh.KeyText), d.dimension, d.key_id, d.tracked,
-                  d.tracked_opened).where(sa.or_(d.tracked != 0, d.tracked_opened != 0)))
+                  d.tracked_opened).where(  # a new key (sent) has a row, if of zeros
+            sa.or_(d.tracked != 0, d.tracked_opened != 0, d.sent_count != 0)))
     conn.execute(stmt.on_conflict_do_update(
         index_elements=["kind", "dimension", "key_id"],
         set_={"tracked": t.tracked + stmt.excluded.tracked,
