@@ -180,8 +180,9 @@ def run_child(mode: str, *args) -> dict:
 
 
 COMPARED = [et.email_recipient_states, et.email_stats, et.automation_email_stats,
-            et.member_email_stats, es.email_state_failures, es.email_state_temporary_failures,
-            es.email_state_recipients, es.email_state_unmatched]
+            et.member_email_stats, es.email_state_totals, es.email_state_failures,
+            es.email_state_temporary_failures, es.email_state_recipients,
+            es.email_state_unmatched]
 
 
 def verify(landing: str, src: str, wh_url: str) -> str:

@@ -12,8 +12,11 @@ What is new is known from a journal of landed log files (``email_log_files``): t
 registers what it appended (``register_log_files``) and each refresh also lists the log for
 files nobody registered (a crash between append and register, logs landed before this
 change). A refresh reads the unfolded files, folds them into the stored states of the
-recipients they touch, recomputes the stats of the emails, automations and members of those
-recipients, and marks the files folded, all in one transaction.
+recipients they touch, adds to the stats of their emails, automations and members the
+difference between each changed recipient's new and old facts (and a new recipient's facts),
+and marks the files folded, all in one transaction: its cost grows with the recipients
+touched, not with the recipients of the keys touched. Open rates need the tracked
+recipients and the tracked ones who opened, kept per key in ``email_state_totals``.
 
 Matching happens in the warehouse against a mirror of the recipients
 (``email_state_recipients``) that each refresh extends with the recipients added since the
@@ -29,6 +32,7 @@ recipients, not of events.
 
 from __future__ import annotations
 
+import io
 import posixpath
 import time
 import uuid
@@ -40,6 +44,7 @@ from datetime import date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -55,6 +60,7 @@ from analytics_pipeline.email.compute import (
     MIN_RECIPIENTS_FOR_RATE,
     STATE_EVENTS,
     STATE_SCHEMA,
+    _sum_by,
     automation_stats,
     email_stats,
     member_stats,
@@ -77,6 +83,10 @@ from analytics_pipeline.email.source import (
 RECIPIENT_ID_OVERLAP = 10_000
 ID_CHUNK = 10_000  # SQLite binds at most 32,766 parameters
 FULL_CHUNK_ROWS = 1_000_000  # events per chunk of the full rebuild
+# the full rebuild's fold is kept in this many parts (by recipient id), each merged with its
+# share of a chunk: a merge's transient copies are a part's size, not the whole fold's
+FOLD_BUCKETS = 8
+INSERT_ROWS = 250_000  # rows per COPY of the full rebuild (each is buffered as CSV)
 
 _ts = sa.DateTime(timezone=True)
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -140,8 +150,19 @@ email_state_progress = sa.Table(
     sa.Column("refreshed_at", sa.DateTime, nullable=False),
     sa.Column("rebuilt_at", sa.DateTime, nullable=False),
 )
+email_state_totals = sa.Table(  # what open rates need, kept beside the published counts
+    "email_state_totals", wh.metadata,
+    sa.Column("kind", wh.KeyText, primary_key=True),
+    sa.Column("dimension", wh.KeyText, primary_key=True,
+              comment="email_id | automation_id | member_id"),
+    sa.Column("key_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("tracked", sa.BigInteger, nullable=False, comment="recipients of tracked emails"),
+    sa.Column("tracked_opened", sa.BigInteger, nullable=False,
+              comment="... of which opened"),
+)
 INTERNAL_TABLES = [email_log_files, email_state_recipients, email_state_failures,
-                   email_state_temporary_failures, email_state_unmatched, email_state_progress]
+                   email_state_temporary_failures, email_state_unmatched, email_state_progress,
+                   email_state_totals]
 
 # --- pure Arrow: keys, matching, the fold ---------------------------------------------------
 
@@ -166,6 +187,8 @@ MIRROR_SCHEMA = pa.schema([
     ("automation_id", pa.int64()), ("member_id", pa.int64()), ("track_opens", pa.bool_()),
     ("message_id", pa.string()), ("address", pa.string()),
 ])
+# A recipient matched by a refresh: its mirror row and its stored fold (nulls: none yet).
+WHO_SCHEMA = pa.schema([*MIRROR_SCHEMA, *[f for f in FOLD_SCHEMA if f.name != "recipient_id"]])
 
 
 def event_keys(landed: pa.Table) -> pa.Table:
@@ -303,12 +326,22 @@ def states_of(fold: pa.Table) -> pa.Table:
     return fold.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
 
 
-def _rate(opened: pa.Array, tracked: pa.Array) -> pa.Array:
-    # the same arithmetic as email._rate, so that both paths give identical floats
-    enough = pc.greater_equal(tracked, MIN_RECIPIENTS_FOR_RATE)
-    ratio = pc.divide(pc.cast(opened, pa.float64()),
-                      pc.cast(pc.max_element_wise(tracked, 1), pa.float64()))
-    return pc.if_else(enough, ratio, pa.scalar(None, pa.float64()))
+def changed_states(merged: pa.Table, old: pa.Table) -> pa.Table:
+    """The rows of ``merged`` (FOLD_SCHEMA) that differ from ``old``'s row of their
+    recipient (nulls equal) or that ``old`` has none of."""
+    if merged.num_rows == 0 or old.num_rows == 0:
+        return merged
+    cols = [c for c in FOLD_SCHEMA.names if c != "recipient_id"]
+    both = merged.join(old.rename_columns([c if c == "recipient_id" else f"old_{c}"
+                                           for c in old.column_names]),
+                       "recipient_id", join_type="left outer")
+    changed = pc.is_null(both["old_temporary_failures"])  # no old row (never null else)
+    for c in cols:
+        a, b = both[c], both[f"old_{c}"]
+        ne = pc.not_equal(a, b)
+        changed = pc.or_(changed, pc.if_else(pc.is_null(ne), pc.xor(pc.is_valid(a),
+                                                                    pc.is_valid(b)), ne))
+    return both.filter(changed).select(FOLD_SCHEMA.names).sort_by("recipient_id")
 
 
 # --- the log and its journal ----------------------------------------------------------------
@@ -388,14 +421,15 @@ _SA_TYPES = {pa.int64(): sa.BigInteger, pa.string(): sa.Text, pa.bool_(): sa.Boo
              UTC_US: _ts, pa.float64(): sa.Float(precision=53), pa.timestamp("us"): sa.DateTime}
 
 
-def _stage(conn: Connection, table: pa.Table) -> sa.Table:
-    """``table`` in a new temporary table of the transaction (COPY on PostgreSQL)."""
+def _stage(conn: Connection, table: pa.Table, analyze: bool = True) -> sa.Table:
+    """``table`` in a new temporary table of the transaction (COPY on PostgreSQL);
+    ``analyze``: with statistics, for the plans of joins with it."""
     name = f"tmp_email_state_{uuid.uuid4().hex[:10]}"
     cols = [sa.Column(f.name, _SA_TYPES[f.type]) for f in table.schema]
     tmp = sa.Table(name, sa.MetaData(), *cols, prefixes=["TEMPORARY"])
     tmp.create(conn)
     wh.insert_arrow(conn, tmp, table)
-    if conn.dialect.name == "postgresql":
+    if analyze and conn.dialect.name == "postgresql":
         conn.execute(sa.text(f'ANALYZE "{name}"'))
     return tmp
 
@@ -405,7 +439,7 @@ def _upsert_arrow(conn: Connection, target: sa.Table, table: pa.Table,
     """Insert or update ``table``'s rows (columns by name) by ``keys``, set-based."""
     if table.num_rows == 0:
         return
-    tmp = _stage(conn, table)
+    tmp = _stage(conn, table, analyze=False)  # only scanned
     names = table.column_names
     stmt = _insert(conn, target).from_select(
         names, sa.select(*[tmp.c[n] for n in names]).where(sa.true()))  # sqlite: see docs
@@ -426,7 +460,37 @@ def _to_arrow(rows: Sequence, schema: pa.Schema) -> pa.Table:
 
 
 def _select_arrow(conn: Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    """``query``'s rows as ``schema`` (columns in order); PostgreSQL: COPY out as CSV."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
+        return _copy_out(conn, query, schema)
     return _to_arrow(conn.execute(query).all(), schema)
+
+
+_CSV_OUT = (pacsv.ParseOptions(newlines_in_values=True),
+            dict(strings_can_be_null=True, quoted_strings_can_be_null=False,
+                 null_values=[""], true_values=["t"], false_values=["f"]))
+
+
+def _copy_out(conn: Connection, query: sa.Select, schema: pa.Schema) -> pa.Table:
+    # PostgreSQL's CSV writes a NULL unquoted and empty, an empty string quoted, and
+    # timestamptz with its UTC offset (which the reader applies)
+    compiled = query.compile(dialect=conn.dialect,
+                             compile_kwargs={"render_postcompile": True})
+    buf = io.BytesIO()
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        sql = cursor.mogrify(compiled.string, compiled.params).decode()
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", buf)
+    finally:
+        cursor.close()
+    if buf.tell() == 0:
+        return schema.empty_table()
+    buf.seek(0)
+    parse, convert = _CSV_OUT
+    table = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=schema.names),
+                           parse_options=parse,
+                           convert_options=pacsv.ConvertOptions(column_types=schema, **convert))
+    return table.cast(schema)
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> Iterator[list]:
@@ -444,45 +508,148 @@ def _with_kind(table: pa.Table, kind: str, now: datetime | None = None) -> pa.Ta
     return table
 
 
-# --- stats of touched keys, in the warehouse ------------------------------------------------
+# --- stats of touched keys: count deltas applied in the warehouse -------------------------
 
 STATS_TABLES = {"email_id": et.email_stats, "automation_id": et.automation_email_stats,
                 "member_id": et.member_email_stats}
+# a recipient's 0/1 facts that depend on its state, as email.recipient_facts derives them
+STATE_FACTS = {"delivered_count": "delivered_at", "opened_count": "opened_at",
+               "clicked_count": "clicked_at", "failed_count": "failed_at",
+               "unsubscribed_count": "unsubscribed_at", "complained_count": "complained_at"}
+DELTA_COLUMNS = [*COUNT_COLUMNS, "tracked", "tracked_opened"]
+DELTA_SCHEMA = pa.schema([("dimension", pa.string()), ("key_id", pa.int64()),
+                          *[(c, pa.int64()) for c in DELTA_COLUMNS]])
+# what a recipient's contribution is keyed by (MIRROR_SCHEMA's attributes)
+ATTRS = ["recipient_id", "email_id", "automation_id", "member_id", "track_opens"]
 
 
-def _stats_query(kind: str, key: str, ids: sa.Table) -> sa.Select:
-    r, s = email_state_recipients.c, et.email_recipient_states.c
-    tracked = sa.case((r.track_opens, 1), else_=0)
-    tracked_opened = sa.case((sa.and_(r.track_opens, s.opened_at.is_not(None)), 1), else_=0)
-    counts = [sa.func.count(s[c]).label(n) for n, c in zip(COUNT_COLUMNS[1:], (
-        "delivered_at", "opened_at", "clicked_at", "failed_at", "unsubscribed_at",
-        "complained_at"), strict=True)]
-    j = email_state_recipients.outerjoin(et.email_recipient_states, sa.and_(
-        s.kind == r.kind, s.recipient_id == r.recipient_id))
-    return (sa.select(r[key], sa.func.count().label("sent_count"), *counts,
-                      sa.func.sum(tracked).label("tracked"),
-                      sa.func.sum(tracked_opened).label("tracked_opened"))
-            .select_from(ids.join(j, r[key] == ids.c.id)).where(r.kind == kind)
-            .group_by(r[key]))
+def _dimensions(kind: str) -> list[str]:
+    return [k for k in STATS_TABLES if k != "automation_id" or kind == "automation"]
 
 
-def _touched_stats(conn: Connection, kind: str, key: str, ids: pa.Array) -> pa.Table:
-    """The stats rows of ``ids``, as ``email.{email,automation,member}_stats`` computes them
-    from all their recipients."""
-    schema = pa.schema([(key, pa.int64()), *[(c, pa.int64()) for c in COUNT_COLUMNS],
-                        ("tracked", pa.int64()), ("tracked_opened", pa.int64())])
-    ids = pc.unique(ids).drop_null()
-    if len(ids) == 0:
-        g = schema.empty_table()
-    else:
-        tmp = _stage(conn, pa.table({"id": ids}))
-        g = _select_arrow(conn, _stats_query(kind, key, tmp), schema)
-        tmp.drop(conn)
-    rate = _rate(g["tracked_opened"], g["tracked"])
-    if key == "member_id":
-        return pa.table({"member_id": g["member_id"], "email_count": g["sent_count"],
-                         "email_opened_count": g["opened_count"], "email_open_rate": rate})
-    return g.select([key, *COUNT_COLUMNS]).append_column("open_rate", rate)
+def recipient_contributions(attrs: pa.Table, states: pa.Table | None, sign: int = 1,
+                            sent: bool = False) -> pa.Table:
+    """Per recipient of ``attrs`` (ATTRS columns), its part of the sums behind the stats,
+    times ``sign``: the facts that depend on ``states`` (STATE_SCHEMA columns; a recipient
+    without a state row has none), and with ``sent`` the ones that do not (sent, tracked).
+
+    The stats of a key are the sums of its recipients' contributions, so a refresh adds,
+    for each recipient whose state changed, its new contribution minus its old one, and
+    for each new recipient its whole contribution.
+    """
+    if states is not None:
+        attrs = attrs.join(states.select(["recipient_id", *STATE_FACTS.values()]),
+                           "recipient_id", join_type="left outer")
+    n = attrs.num_rows
+    zero = pa.array(np.zeros(n, dtype=np.int64))
+    tracked = pc.fill_null(attrs["track_opens"], False)
+
+    def flag(mask) -> pa.Array:
+        return pc.multiply(pc.cast(mask, pa.int64()), sign)
+
+    cols = {k: attrs[k] for k in STATS_TABLES}
+    cols["sent_count"] = pa.array(np.full(n, sign, dtype=np.int64)) if sent else zero
+    for name, col in STATE_FACTS.items():
+        cols[name] = flag(pc.is_valid(attrs[col])) if states is not None else zero
+    cols["tracked"] = flag(tracked) if sent else zero
+    cols["tracked_opened"] = flag(pc.and_(tracked, pc.is_valid(attrs["opened_at"]))) \
+        if states is not None else zero
+    return pa.table({c: cols[c] for c in [*STATS_TABLES, *DELTA_COLUMNS]})
+
+
+# the sums a dimension's stats row is made of: a key whose deltas are all zero keeps its row
+STATS_INPUTS = {"email_id": DELTA_COLUMNS, "automation_id": DELTA_COLUMNS,
+                "member_id": ["sent_count", "opened_count", "tracked", "tracked_opened"]}
+
+
+def stat_deltas(contributions: Sequence[pa.Table], kind: str) -> pa.Table:
+    """Summed contributions per dimension and key (DELTA_SCHEMA), for the keys whose stats
+    row changes (a delta of its sums is not zero)."""
+    parts = [t for t in contributions if t.num_rows]
+    if not parts:
+        return DELTA_SCHEMA.empty_table()
+    facts = pa.concat_tables(parts)
+    out = []
+    for key in _dimensions(kind):
+        g = _sum_by(facts, key, DELTA_COLUMNS)
+        changes = pa.array(np.zeros(g.num_rows, dtype=bool))
+        for c in STATS_INPUTS[key]:
+            changes = pc.or_(changes, pc.not_equal(g[c], 0))
+        g = g.filter(changes)
+        out.append(pa.table({"dimension": pa.repeat(pa.scalar(key), g.num_rows),
+                             "key_id": g[key], **{c: g[c] for c in DELTA_COLUMNS}},
+                            schema=DELTA_SCHEMA))
+    return pa.concat_tables(out)
+
+
+def stat_totals(facts: pa.Table, kind: str) -> pa.Table:
+    """email_state_totals rows (no kind) of ``email.recipient_facts``."""
+    out = []
+    for key in _dimensions(kind):
+        g = _sum_by(facts, key, ["tracked", "tracked_opened"])
+        out.append(pa.table({"dimension": pa.repeat(pa.scalar(key), g.num_rows),
+                             "key_id": g[key], "tracked": g["tracked"],
+                             "tracked_opened": g["tracked_opened"]}))
+    return pa.concat_tables(out)
+
+
+def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
+                       now: datetime) -> dict[str, int]:
+    """Add ``deltas`` (DELTA_SCHEMA) to the totals and the stats rows of their keys (a
+    missing row counts as zeros) and set their open rates from the new totals, with the
+    arithmetic of ``email._rate`` (IEEE division of the same integers: the same floats;
+    ``tracked`` is at least 5 where it divides). Returns the stats rows written per
+    dimension."""
+    written = {k: 0 for k in STATS_TABLES}
+    if deltas.num_rows == 0:
+        return written
+    tmp = _stage(conn, deltas)
+    d, t = tmp.c, email_state_totals.c
+    stmt = _insert(conn, email_state_totals).from_select(
+        ["kind", "dimension", "key_id", "tracked", "tracked_opened"],
+        sa.select(sa.literal(kind, wh.KeyText), d.dimension, d.key_id, d.tracked,
+                  d.tracked_opened).where(  # a new key (sent) has a row, if of zeros
+            sa.or_(d.tracked != 0, d.tracked_opened != 0, d.sent_count != 0)))
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["kind", "dimension", "key_id"],
+        set_={"tracked": t.tracked + stmt.excluded.tracked,
+              "tracked_opened": t.tracked_opened + stmt.excluded.tracked_opened}))
+    f64 = sa.Float(precision=53)
+    rate = sa.case((t.tracked >= MIN_RECIPIENTS_FOR_RATE,
+                    sa.cast(t.tracked_opened, f64) / sa.cast(t.tracked, f64)),
+                   else_=sa.null())
+    for key, target in STATS_TABLES.items():
+        if key not in _dimensions(kind):
+            continue
+        if key == "member_id":
+            counts = {"email_count": d.sent_count, "email_opened_count": d.opened_count}
+            rate_column = "email_open_rate"
+        else:
+            counts = {c: d[c] for c in COUNT_COLUMNS}
+            rate_column = "open_rate"
+        names = ["kind", key, *counts, rate_column, "updated_at"]
+        stmt = _insert(conn, target).from_select(names, sa.select(
+            sa.literal(kind, wh.KeyText), d.key_id, *counts.values(), rate,
+            sa.literal(now, sa.DateTime)).select_from(tmp.join(email_state_totals, sa.and_(
+                t.kind == kind, t.dimension == d.dimension, t.key_id == d.key_id)))
+            .where(d.dimension == key))
+        set_ = {c: target.c[c] + stmt.excluded[c] for c in counts}
+        set_[rate_column] = stmt.excluded[rate_column]
+        set_["updated_at"] = stmt.excluded.updated_at
+        written[key] = conn.execute(stmt.on_conflict_do_update(
+            index_elements=["kind", key], set_=set_)).rowcount
+    tmp.drop(conn)
+    return written
+
+
+def _has_totals(conn: Connection, kind: str) -> bool:
+    """False for a state built before email_state_totals existed (a non-empty mirror,
+    no totals): the rates cannot be updated by deltas until a rebuild."""
+    t, m = email_state_totals.c, email_state_recipients.c
+    if conn.execute(sa.select(t.key_id).where(t.kind == kind).limit(1)).first():
+        return True
+    return conn.execute(sa.select(m.recipient_id).where(m.kind == kind).limit(1)).first() \
+        is None
 
 
 # --- the incremental refresh ----------------------------------------------------------------
@@ -496,7 +663,8 @@ class EmailStateResult:
     matched: int = 0
     unmatched: int = 0  # events waiting for their recipient after this refresh's matching
     new_recipients: int = 0
-    recipients_touched: int = 0
+    recipients_touched: int = 0  # recipients with events folded
+    states_changed: int = 0  # ... whose state changed (the states written)
     emails: int = 0  # stats rows written
     automations: int = 0
     members: int = 0
@@ -535,14 +703,15 @@ def refresh_email_state(log: ProviderEventLog, emails: EmailSource, engine: Engi
     and update the stats of the emails, automations and members they touch.
 
     One transaction: a failure leaves the previous state, and a re-run folds the same files
-    again from it. The first refresh of a kind (nothing folded yet) is a full rebuild.
+    again from it. The first refresh of a kind (nothing folded yet, or a state built before
+    the totals behind the rates were kept) is a full rebuild.
     ``discover`` also lists the log for files nobody registered.
     """
     started = time.perf_counter()
     kind = _kind(kind)
     with engine.begin() as conn:
         progress = _lock(conn, kind)
-        if progress is None:
+        if progress is None or not _has_totals(conn, kind):
             result = _rebuild(conn, log, emails, kind)
             result.seconds = time.perf_counter() - started
             return result
@@ -592,31 +761,32 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                 events.append(waiting.append_column("recipient_id",
                                                     pa.nulls(waiting.num_rows, pa.int64())))
 
-    # 2. match in the warehouse: only the new events' keys travel
+    # 2. match in the warehouse: only the new events' keys travel, and come back with the
+    #    recipients having them, their attributes and their stored state (one scan each)
     batch = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
-    attrs = pa.schema([("message_id", pa.string()), ("address", pa.string()),
-                       ("recipient_id", pa.int64()),
-                       ("account_id", pa.int64()), ("email_id", pa.int64()),
-                       ("automation_id", pa.int64()), ("member_id", pa.int64())])
-    who = attrs.empty_table()
+    who = WHO_SCHEMA.empty_table()
     if batch.num_rows:
         # each distinct key once: events of one recipient share it
         probe = batch.select(["message_id", "address"]).group_by(
             ["message_id", "address"], use_threads=False).aggregate([])
         tmp = _stage(conn, probe)
-        first = (sa.select(tmp.c.message_id, tmp.c.address,
-                           sa.func.min(m.recipient_id).label("recipient_id"))
-                 .select_from(tmp.join(email_state_recipients, sa.and_(
-                     m.kind == kind, m.message_id == tmp.c.message_id,
-                     m.address == tmp.c.address)))
-                 .group_by(tmp.c.message_id, tmp.c.address).subquery())
+        s, fl = et.email_recipient_states.c, email_state_failures.c
         who = _select_arrow(conn, sa.select(
-            first.c.message_id, first.c.address, first.c.recipient_id, m.account_id,
-            m.email_id, m.automation_id, m.member_id).select_from(
-            first.join(email_state_recipients, sa.and_(
-                m.kind == kind, m.recipient_id == first.c.recipient_id))), attrs)
+            *[m[c] for c in MIRROR_SCHEMA.names],
+            *[s[c] for c in STATE_SCHEMA.names if c != "recipient_id"],
+            fl.event_id.label("failure_event_id"))
+            .select_from(tmp.join(email_state_recipients, sa.and_(
+                m.kind == kind, m.message_id == tmp.c.message_id,
+                m.address == tmp.c.address))
+                .outerjoin(et.email_recipient_states, sa.and_(
+                    s.kind == kind, s.recipient_id == m.recipient_id))
+                .outerjoin(email_state_failures, sa.and_(
+                    fl.kind == kind, fl.recipient_id == m.recipient_id))), WHO_SCHEMA)
         tmp.drop(conn)
-        batch = match(batch, who.select(["message_id", "address", "recipient_id"]))
+        keys = match_keys(who)  # a key shared by several recipients: the lowest id
+        # one recipient, one key: ``who`` is now one row per recipient matched
+        who = who.filter(pc.is_in(who["recipient_id"], keys["recipient_id"]))
+        batch = match(batch, keys)
     matched = batch.filter(pc.is_valid(batch["recipient_id"]))
     unmatched = batch.filter(pc.is_null(batch["recipient_id"]))
     result.matched = matched.num_rows
@@ -637,24 +807,22 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                         pa.table({"kind": pa.repeat(pa.scalar(kind), temp.num_rows),
                                   "event_id": temp["event_id"]}))
 
-    # 4. fold into the stored states of the recipients touched
+    # 4. fold into the stored states of the recipients touched; a state that changes is
+    #    written, and its part of the stats changes by its new facts minus its old ones
+    #    (a new recipient's: all of it)
     delta = fold_events(matched)
     result.recipients_touched = delta.num_rows
+    contributions = [recipient_contributions(fresh.select(ATTRS), None, sent=True)]
     if delta.num_rows:
-        tmp = _stage(conn, delta.select(["recipient_id"]))
-        s, fl = et.email_recipient_states.c, email_state_failures.c
-        old = _select_arrow(conn, sa.select(*[s[c] for c in STATE_SCHEMA.names], fl.event_id)
-                            .select_from(tmp.join(et.email_recipient_states, sa.and_(
-                                s.kind == kind, s.recipient_id == tmp.c.recipient_id))
-                                .outerjoin(email_state_failures, sa.and_(
-                                    fl.kind == kind, fl.recipient_id == s.recipient_id))),
-                            FOLD_SCHEMA)
-        tmp.drop(conn)
-        merged = merge_folds([old, delta])
-        info = who.select(["recipient_id", "account_id", "email_id", "member_id"]).group_by(
-            "recipient_id", use_threads=False).aggregate(
-            [("account_id", "min"), ("email_id", "min"), ("member_id", "min")]
-        ).rename_columns(["recipient_id", "account_id", "email_id", "member_id"])
+        stored = who.filter(pc.is_valid(who["temporary_failures"]))  # has a state row
+        old = stored.filter(pc.is_in(stored["recipient_id"], delta["recipient_id"])) \
+            .select(FOLD_SCHEMA.names).cast(FOLD_SCHEMA)
+        merged = changed_states(merge_folds([old, delta]), old)
+        old = old.filter(pc.is_in(old["recipient_id"], merged["recipient_id"]))
+        touched = who.filter(pc.is_in(who["recipient_id"], merged["recipient_id"]))
+        contributions += [recipient_contributions(touched.select(ATTRS), merged),
+                          recipient_contributions(touched.select(ATTRS), old, sign=-1)]
+        info = touched.select(["recipient_id", "account_id", "email_id", "member_id"])
         rows = states_of(merged).join(info, "recipient_id", join_type="left outer")
         _upsert_arrow(conn, et.email_recipient_states, _with_kind(rows, kind, now),
                       ["kind", "recipient_id"])
@@ -662,6 +830,7 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
         _upsert_arrow(conn, email_state_failures, _with_kind(pa.table({
             "recipient_id": failed["recipient_id"], "event_id": failed["failure_event_id"]}),
             kind), ["kind", "recipient_id"])
+        result.states_changed = merged.num_rows
 
     # 5. waiting events: the matched ones leave, the unmatched new ones wait
     u = email_state_unmatched.c
@@ -675,16 +844,10 @@ def _refresh(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
                   ["kind", "event_id"])
     result.unmatched = unmatched.num_rows
 
-    # 6. stats of the keys touched by new events or new recipients
-    touched = pa.concat_tables([who.select(["email_id", "automation_id", "member_id"]),
-                                fresh.select(["email_id", "automation_id", "member_id"])])
-    for key, target in STATS_TABLES.items():
-        if key == "automation_id" and kind != "automation":
-            continue
-        stats = _touched_stats(conn, kind, key, touched[key])
-        _upsert_arrow(conn, target, _with_kind(stats, kind, now), ["kind", key])
-        setattr(result, {"email_id": "emails", "automation_id": "automations",
-                         "member_id": "members"}[key], stats.num_rows)
+    # 6. stats of the keys of the states changed and recipients added: sums += deltas
+    written = _apply_stat_deltas(conn, kind, stat_deltas(contributions, kind), now)
+    result.emails, result.members = written["email_id"], written["member_id"]
+    result.automations = written["automation_id"]
 
     # 7. the files are folded, with the state they built
     for i in range(0, len(paths), ID_CHUNK):
@@ -732,6 +895,17 @@ def _log_chunks(log: ProviderEventLog, paths: Sequence[str], chunk_rows: int,
         yield pa.concat_tables(parts)
 
 
+def _fold_into(buckets: list[pa.Table], events: pa.Table) -> None:
+    """Fold ``events`` (matched, each temporary failure once) into ``buckets``: the part of
+    recipient ``r`` is ``buckets[r % len(buckets)]``."""
+    fold = fold_events(events)
+    if fold.num_rows == 0:
+        return
+    part = fold["recipient_id"].to_numpy() % len(buckets)
+    for b in range(len(buckets)):
+        buckets[b] = merge_folds([buckets[b], fold.filter(pa.array(part == b))])
+
+
 def _dedupe(table: pa.Table, column: str = "event_id") -> pa.Table:
     """One row per ``column`` value (copies of one event are identical)."""
     if table.num_rows == 0:
@@ -751,7 +925,7 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     keys = match_keys(mirror)
     paths = list_log_files(log)
     rows: dict[str, int] = {}
-    fold = FOLD_SCHEMA.empty_table()
+    buckets = [FOLD_SCHEMA.empty_table()] * FOLD_BUCKETS
     temps: list[pa.Table] = []
     unmatched: list[pa.Table] = []
     for chunk in _log_chunks(log, paths, chunk_rows, rows):
@@ -764,18 +938,20 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
         temporary = temporary_failures(chunk)
         temps.append(chunk.filter(temporary).select(
             ["event_id", "event", "timestamp", "severity", "recipient_id"]))
-        fold = merge_folds([fold, fold_events(chunk.filter(pc.invert(temporary)))])
+        _fold_into(buckets, chunk.filter(pc.invert(temporary)))
         del chunk
     temp = _dedupe(pa.concat_tables(temps)) if temps else None
     if temp is not None and temp.num_rows:
         n = temp.num_rows
-        fold = merge_folds([fold, fold_events(pa.table({
+        _fold_into(buckets, pa.table({
             "event_id": temp["event_id"], "event": temp["event"],
             "timestamp": temp["timestamp"], "severity": temp["severity"],
             "delivery_status_code": pa.nulls(n, pa.string()),
             "delivery_status_message": pa.nulls(n, pa.string()),
             "message_id": pa.nulls(n, pa.string()), "address": pa.nulls(n, pa.string()),
-            "recipient_id": temp["recipient_id"]}, schema=EVENT_SCHEMA))])
+            "recipient_id": temp["recipient_id"]}, schema=EVENT_SCHEMA))
+    fold = pa.concat_tables(buckets)
+    del buckets
     waiting = _dedupe(pa.concat_tables(unmatched)) if unmatched else None
     del temps, unmatched
     result.files = len(paths)
@@ -790,6 +966,7 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
               et.email_stats: email_stats(facts), et.member_email_stats: member_stats(facts)}
     if kind == "automation":
         tables[et.automation_email_stats] = automation_stats(facts)
+    tables[email_state_totals] = stat_totals(facts, kind)
     del facts
     result.emails = tables[et.email_stats].num_rows
     result.members = tables[et.member_email_stats].num_rows
@@ -806,7 +983,13 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
     for target, table in tables.items():
         conn.execute(target.delete().where(target.c.kind == kind))
         stamped = "updated_at" in target.c
-        wh.insert_arrow(conn, target, _with_kind(table, kind, now if stamped else None))
+        for offset in range(0, table.num_rows, INSERT_ROWS):
+            wh.insert_arrow(conn, target, _with_kind(table.slice(offset, INSERT_ROWS), kind,
+                                                     now if stamped else None))
+    if conn.dialect.name == "postgresql":
+        # statistics of the rewritten tables, for the plans of the refreshes that follow
+        # (autovacuum may be off or late; ANALYZE samples, it takes well under a second)
+        conn.execute(sa.text("ANALYZE " + ", ".join(f'"{t.name}"' for t in tables)))
 
     # every file read is folded; files registered meanwhile stay for the next refresh
     f = email_log_files.c
