@@ -199,7 +199,8 @@ def utc_now_naive() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _upsert(conn: Connection, table: sa.Table):
+def upsert_insert(conn: Connection, table: sa.Table):
+    """The dialect's INSERT that supports ``on_conflict_do_update/nothing``."""
     name = conn.dialect.name
     if name == "postgresql":
         return postgresql.insert(table)
@@ -299,7 +300,7 @@ def _upsert_quarantine(conn: Connection, day: date, tz: str, rows: pa.Table) -> 
         {**r, "partition_date": day, "timezone": tz, "detected_at": now}
         for r in rows.select(["source", "event_id", "reason", "payload"]).to_pylist()
     ]
-    stmt = _upsert(conn, quarantine)
+    stmt = upsert_insert(conn, quarantine)
     stmt = stmt.on_conflict_do_update(
         index_elements=["source", "event_id", "reason"],
         set_={
@@ -471,7 +472,7 @@ def record_stream_state(engine: Engine, name: str, first_fetch_from: float | Non
         row = conn.execute(q).first()
         now = utc_now_naive()
         if row is None:
-            stmt = _upsert(conn, provider_streams).values(
+            stmt = upsert_insert(conn, provider_streams).values(
                 name=name, first_fetch_from=first_fetch_from, reconciled_at=reconciled_at,
                 updated_at=now).on_conflict_do_nothing(index_elements=["name"])
             if conn.execute(stmt).rowcount:

@@ -48,7 +48,6 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from analytics_pipeline.core import warehouse as wh
@@ -384,7 +383,7 @@ def _register(conn: Connection, kind: str, paths: Sequence[str]) -> int:
     now = wh.utc_now_naive()
     new = 0
     for i in range(0, len(paths), ID_CHUNK):
-        stmt = _insert(conn, email_log_files).values(
+        stmt = wh.upsert_insert(conn, email_log_files).values(
             [{"kind": kind, "path": p, "registered_at": now} for p in paths[i:i + ID_CHUNK]]
         ).on_conflict_do_nothing(index_elements=["kind", "path"])
         new += max(conn.execute(stmt).rowcount, 0)
@@ -392,15 +391,6 @@ def _register(conn: Connection, kind: str, paths: Sequence[str]) -> int:
 
 
 # --- SQL helpers ----------------------------------------------------------------------------
-
-
-def _insert(conn: Connection, table: sa.Table):
-    name = conn.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"upsert is not implemented for dialect {name!r}")
 
 
 def _lock(conn: Connection, kind: str) -> dict | None:
@@ -441,7 +431,7 @@ def _upsert_arrow(conn: Connection, target: sa.Table, table: pa.Table,
         return
     tmp = _stage(conn, table, analyze=False)  # only scanned
     names = table.column_names
-    stmt = _insert(conn, target).from_select(
+    stmt = wh.upsert_insert(conn, target).from_select(
         names, sa.select(*[tmp.c[n] for n in names]).where(sa.true()))  # sqlite: see docs
     update = {n: stmt.excluded[n] for n in names if n not in keys}
     stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=update) if update \
@@ -605,7 +595,7 @@ def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
         return written
     tmp = _stage(conn, deltas)
     d, t = tmp.c, email_state_totals.c
-    stmt = _insert(conn, email_state_totals).from_select(
+    stmt = wh.upsert_insert(conn, email_state_totals).from_select(
         ["kind", "dimension", "key_id", "tracked", "tracked_opened"],
         sa.select(sa.literal(kind, wh.KeyText), d.dimension, d.key_id, d.tracked,
                   d.tracked_opened).where(  # a new key (sent) has a row, if of zeros
@@ -628,7 +618,7 @@ def _apply_stat_deltas(conn: Connection, kind: str, deltas: pa.Table,
             counts = {c: d[c] for c in COUNT_COLUMNS}
             rate_column = "open_rate"
         names = ["kind", key, *counts, rate_column, "updated_at"]
-        stmt = _insert(conn, target).from_select(names, sa.select(
+        stmt = wh.upsert_insert(conn, target).from_select(names, sa.select(
             sa.literal(kind, wh.KeyText), d.key_id, *counts.values(), rate,
             sa.literal(now, sa.DateTime)).select_from(tmp.join(email_state_totals, sa.and_(
                 t.kind == kind, t.dimension == d.dimension, t.key_id == d.key_id)))
@@ -1001,7 +991,7 @@ def _rebuild(conn: Connection, log: ProviderEventLog, emails: EmailSource, kind:
             [{"p": p, "n": rows[p]} for p in paths[i:i + ID_CHUNK]])
     watermark = pc.max(mirror["recipient_id"]).as_py() if mirror.num_rows else 0
     values = {"recipient_watermark": watermark, "refreshed_at": now, "rebuilt_at": now}
-    stmt = _insert(conn, email_state_progress).values(kind=kind, **values)
+    stmt = wh.upsert_insert(conn, email_state_progress).values(kind=kind, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["kind"], set_=values))
     return result
 
@@ -1036,7 +1026,7 @@ def record_compaction(conn: Connection, kind: str, replaced_paths: Sequence[str]
     now = wh.utc_now_naive()
     values = {"registered_at": now, "folded_at": now if all_folded else None,
               "rows": rows if all_folded else None}
-    stmt = _insert(conn, email_log_files).values(kind=kind, path=new_path, **values)
+    stmt = wh.upsert_insert(conn, email_log_files).values(kind=kind, path=new_path, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "path"], set_=values))
     return all_folded
 
