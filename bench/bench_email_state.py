@@ -117,7 +117,7 @@ def time_to_date(t: float):
 
 
 def land_new(log: ProviderEventLog, n: int, n_recipients: int, days: int, first_id: int,
-             seed: int = 11) -> int:
+             seed: int = 11, fetch_id: str = "newfetch") -> int:
     """``n`` new events (+1% copies) appended as a fetch would; returns the files count."""
     rng = np.random.default_rng(seed)
     late = n // 5
@@ -129,7 +129,7 @@ def land_new(log: ProviderEventLog, n: int, n_recipients: int, days: int, first_
     table = events_for(rng, np.concatenate([recent, old]), ts, first_id,
                        (T0 + days * DAY + 60) * 1_000_000)
     table = pa.concat_tables([table, table.take(rng.integers(0, n, n // 100))])
-    return log.append(table, "newfetch")
+    return log.append(table, fetch_id)
 
 
 def setup_source(url: str, n_recipients: int) -> None:
@@ -258,6 +258,17 @@ def main() -> int:
         print(f"ratio: incremental {ratio:,.0f}x faster than the full recompute "
               f"(target >= 50x); peak RSS incremental {inc['peak_mb']:,.0f} MB "
               f"(target < 1024), full {full['peak_mb']:,.0f} MB (target < 2048)")
+        # Steady state: the refresh before this one was incremental too (the first one above
+        # also pays for being the first reader of everything the rebuild had just written).
+        engine = wh.make_engine(wh_url)
+        land_new(log, args.new, args.recipients, args.days, args.events + 2 * args.new,
+                 seed=12, fetch_id="nextfetch")
+        es.register_log_files(engine, KIND, log, "nextfetch")
+        engine.dispose()
+        steady = run_child("incremental", landing, src, wh_url)
+        print(f"(3) next incremental refresh after {args.new:,} more new events: "
+              f"{steady['seconds']:.2f}s, peak RSS {steady['peak_mb']:,.0f} MB; ratio "
+              f"{full['seconds'] / steady['seconds']:,.0f}x")
         if args.verify:
             print(verify(landing, src, wh_url))
     finally:
