@@ -1,6 +1,6 @@
 """The accounts snapshot, shared by every source: each account's effective reporting
 timezone, the ``timezones`` partitions registered from it, its checks, its job and the
-schedule that refreshes it.
+automation condition that refreshes it.
 """
 
 from collections import Counter
@@ -34,7 +34,7 @@ class AccountsConfig(Config):
     confirm_account_loss: bool = Field(
         default=False,
         description="Accept a snapshot that drops more of the previous snapshot's accounts "
-        "than ANALYTICS_MAX_ACCOUNT_LOSS allows (e.g. a real mass deletion).",
+        "than ANALYTICS_MAX_ACCOUNT_LOSS_PERCENT allows (e.g. a real mass deletion).",
     )
 
 
@@ -158,7 +158,7 @@ def account_loss_problem(previous: int, lost: int, max_fraction: float) -> str |
         return None
     if lost / previous > max_fraction:
         return (f"it would drop {lost} of the {previous} accounts of the previous snapshot "
-                f"({lost / previous:.0%} > ANALYTICS_MAX_ACCOUNT_LOSS {max_fraction:.0%})")
+                f"({lost / previous:.0%} > ANALYTICS_MAX_ACCOUNT_LOSS_PERCENT {max_fraction:.0%})")
     return None
 
 
