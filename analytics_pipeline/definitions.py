@@ -35,7 +35,7 @@ periodic_refreshes_sensor = AutomationConditionSensorDefinition(
     "periodic_refreshes_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Declarative automation: refreshes `accounts` every 30 minutes and each "
+    description="Declarative automation: refreshes the accounts snapshot every 30 minutes and each "
     "email pipeline's recipient states and statistics every 15 minutes after new Mailgun "
     "events landed.",
 )
