@@ -14,8 +14,10 @@ import sqlalchemy as sa
 
 from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
 
-# Fixtures shared by several test modules (``instance``, ``env``) live there.
-pytest_plugins = ["analytics_pipeline_tests.pipeline_fixtures"]
+# Fixtures shared by several test modules (``instance``, ``env``, ``clock``, ``sim``) live
+# there.
+pytest_plugins = ["analytics_pipeline_tests.pipeline_fixtures",
+                  "analytics_pipeline_tests.mailgun_fixtures"]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import IdLookup, LandingStore, ProviderEventLog
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.dev.demo import write_source
-from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator
 from analytics_pipeline.email import state as es
 from analytics_pipeline.email.compaction import compact_log, recover
 from analytics_pipeline.email.compute import EMAIL_EVENT_SCHEMA
@@ -27,8 +26,8 @@ from analytics_pipeline.email.steps import (
     extract_email_partition,
     fetch_provider_events,
 )
-from analytics_pipeline_tests.test_email_state import World, assert_agrees_with_full_recompute
-from analytics_pipeline_tests.test_mailgun_fetch import SETTLE, T0, Clock, add, landed
+from analytics_pipeline_tests.email_state_fixtures import World, assert_agrees_with_full_recompute
+from analytics_pipeline_tests.mailgun_fixtures import SETTLE, T0, add, landed
 
 NEWSLETTER = EMAIL_PIPELINES[0]
 
@@ -41,23 +40,10 @@ def fetch(sim, engine, root, clock, **kw):
         initial_lookback_seconds=3600, **kw)
 
 
-@pytest.fixture
-def clock():
-    return Clock(T0)
 
 
-@pytest.fixture
-def sim(clock):
-    with MailgunSimulator(clock=clock) as s:
-        yield s
 
 
-@pytest.fixture
-def engine(warehouse_url):
-    e = wh.make_engine(warehouse_url)
-    wh.ensure_schema(e)
-    yield e
-    e.dispose()
 
 
 # --- 1. de-duplication against the landed ids -----------------------------------------------
