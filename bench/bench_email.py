@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
+from bench_common import peak_rss_mb, prefixed_strings
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import ProviderEventLog
@@ -50,16 +51,8 @@ EVENTS = np.array(["delivered", "opened", "clicked", "failed", "unsubscribed", "
 EVENT_P = [0.45, 0.35, 0.12, 0.05, 0.02, 0.01]
 
 
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
-def _strings(prefix: str, ints: np.ndarray, suffix: str = "") -> pa.Array:
-    return pc.binary_join_element_wise(prefix, pc.cast(pa.array(ints), pa.string()), suffix, "")
 
 
 def generate(n_events: int, n_recipients: int, seed: int = 5) -> tuple[pa.Table, pa.Table]:
@@ -69,8 +62,8 @@ def generate(n_events: int, n_recipients: int, seed: int = 5) -> tuple[pa.Table,
     recipients = pa.table({
         "recipient_id": rid, "account_id": email % 200 + 1, "email_id": email,
         "member_id": rng.integers(1, n_recipients // 3 + 2, n_recipients),
-        "member_email": _strings("member", rid, "@example.com"),
-        "message_id": _strings("<batch", email, "@mg>"),
+        "member_email": prefixed_strings("member", rid, "@example.com"),
+        "message_id": prefixed_strings("<batch", email, "@mg>"),
         "automation_id": pa.array(np.where(email % 4 == 0, email % 50 + 1, 0),
                                   mask=email % 4 != 0),
         "track_opens": pa.array(email % 10 != 0),
@@ -79,11 +72,11 @@ def generate(n_events: int, n_recipients: int, seed: int = 5) -> tuple[pa.Table,
     kind = rng.choice(EVENTS, n_events, p=EVENT_P)
     ts = (T0 + rng.uniform(0, 7 * 86400, n_events)) * 1e6
     events = pa.table({
-        "event_id": _strings("ev", np.arange(n_events)),
+        "event_id": prefixed_strings("ev", np.arange(n_events)),
         "event": pa.array(kind),
         "timestamp": pa.array(ts.astype(np.int64)).cast(pa.timestamp("us", tz="UTC")),
-        "recipient": _strings("MEMBER", who, "@Example.com"),
-        "message_id": _strings("<batch", who // 500 + 1, "@mg>"),
+        "recipient": prefixed_strings("MEMBER", who, "@Example.com"),
+        "message_id": prefixed_strings("<batch", who // 500 + 1, "@mg>"),
         "severity": pa.array(np.where(rng.random(n_events) < 0.5, "permanent", "temporary"),
                              mask=kind != "failed"),
         "tags": pa.nulls(n_events, pa.list_(pa.string())),

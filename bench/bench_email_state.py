@@ -32,9 +32,9 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from bench_common import peak_rss_mb, prefixed_strings
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import ProviderEventLog
@@ -54,16 +54,8 @@ EVENT_P = [0.25, 0.35, 0.25, 0.09, 0.04, 0.015, 0.005]
 PER_EMAIL = 500  # recipients per email: a batch send shares one message id
 
 
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
-def _strings(prefix: str, ints: np.ndarray, suffix: str = "") -> pa.Array:
-    return pc.binary_join_element_wise(prefix, pc.cast(pa.array(ints), pa.string()), suffix, "")
 
 
 def events_for(rng: np.random.Generator, who: np.ndarray, ts_us: np.ndarray, first_id: int,
@@ -72,11 +64,11 @@ def events_for(rng: np.random.Generator, who: np.ndarray, ts_us: np.ndarray, fir
     kind = rng.choice(EVENTS, n, p=EVENT_P)
     failed = kind == "failed"
     return pa.table({
-        "event_id": _strings("ev", np.arange(first_id, first_id + n)),
+        "event_id": prefixed_strings("ev", np.arange(first_id, first_id + n)),
         "event": pa.array(kind),
         "timestamp": pa.array(ts_us).cast(pa.timestamp("us", tz="UTC")),
-        "recipient": _strings("member", who, "@example.com"),
-        "message_id": _strings("batch", who // PER_EMAIL + 1, "@mg"),
+        "recipient": prefixed_strings("member", who, "@example.com"),
+        "message_id": prefixed_strings("batch", who // PER_EMAIL + 1, "@mg"),
         "severity": pa.array(np.where(rng.random(n) < 0.5, "permanent", "temporary"),
                              mask=~failed),
         "tags": pa.nulls(n, pa.list_(pa.string())),
@@ -148,8 +140,8 @@ def setup_source(url: str, n_recipients: int) -> None:
         wh.insert_arrow(c, src_email_recipients, pa.table({
             "id": rid, "account_id": email % 200 + 1, "email_id": email,
             "member_id": rng.integers(1, n_recipients // 3 + 2, n_recipients),
-            "member_email": _strings("Member", rid, "@Example.com"),
-            "provider_message_id": _strings("<batch", email, "@mg>"),
+            "member_email": prefixed_strings("Member", rid, "@Example.com"),
+            "provider_message_id": prefixed_strings("<batch", email, "@mg>"),
             "sent_at": pa.nulls(n_recipients, pa.timestamp("us"))}))
     engine.dispose()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from datetime import date
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
+from bench_common import peak_rss_mb
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import LandingStore
@@ -105,17 +105,6 @@ def load_source(url: str, events: pa.Table, accounts: int) -> None:
     e.dispose()
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS of this process image. VmHWM resets at exec, unlike ru_maxrss, which Linux
-    carries over from the parent that forked the benchmark's child."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def project_run(src_url: str, wh_url: str, landing: str, out: mp.Queue) -> None:
