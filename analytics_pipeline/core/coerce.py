@@ -182,3 +182,16 @@ def to_timestamp_utc(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     parsed, impossible = _safe_cast(candidates, pa.timestamp("us"))
     bad = pc.or_(bad_utf8, pc.or_(_flag(text, pc.invert(shaped)), impossible))
     return pc.assume_timezone(parsed, "UTC"), bad
+
+
+def first_failing_rule(rules: list[tuple[str | pa.Array | pa.ChunkedArray, pa.Array]],
+                       n: int) -> pa.Array:
+    """Per row, the reason of the first rule whose mask is true (null where none is):
+    ``rules`` are (reason, mask) in priority order; a reason is a string or, for reasons
+    already carried by the rows, an array of them."""
+    reason = pa.nulls(n, pa.string())
+    for why, mask in rules:
+        value = pa.scalar(why) if isinstance(why, str) else why
+        reason = pc.if_else(pc.and_(pc.is_null(reason), pc.fill_null(mask, False)), value,
+                            reason)
+    return reason

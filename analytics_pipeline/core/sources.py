@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from analytics_pipeline.core.coerce import to_int64, to_text
+from analytics_pipeline.core.coerce import first_failing_rule, to_int64, to_text
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.warehouse import make_engine, normalize_url, redact, scrub
 
@@ -186,10 +186,7 @@ def check_accounts(table: pa.Table) -> AccountsRead:
         ("reporting_timezone is not valid UTF-8", tz_utf8),
         ("NUL byte in reporting_timezone", tz_nul),
     ]
-    reason = pa.nulls(n, pa.string())
-    for why, mask in rules:
-        reason = pc.if_else(pc.and_(pc.is_null(reason), pc.fill_null(mask, False)),
-                            pa.scalar(why), reason)
+    reason = first_failing_rule(rules, n)
     ok = pc.is_null(reason)
     good = pa.table({"id": ids, "name": name, "reporting_timezone": tz}).filter(ok)
     bad = table.filter(pc.invert(ok))

@@ -63,8 +63,8 @@ rollup_check_specs = [
     partitions_def=daily_timezone_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     description="Support reporting events of the partition's accounts over the exact UTC "
-    "window of their local day, landed as Parquet (one directory per partition, swapped "
-    "in atomically).",
+    "window of their local day, landed as Parquet (one directory per partition; each write "
+    "is a new version made current atomically) with the account ids it holds.",
 )
 def raw_reporting_events(
     context: AssetExecutionContext,

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from analytics_pipeline.core.coerce import (
     decode_utf8,
     false_mask,
+    first_failing_rule,
     to_float64,
     to_int64,
     to_text,
@@ -189,12 +190,8 @@ def land_reporting_batch(batch: pa.RecordBatch) -> pa.Table:
     out["created_at"], bad_ts = to_timestamp_utc(col["created_at"])
     rules.insert(1, (REASON_TIMESTAMP, pc.or_(bad_ts, pc.is_null(col["created_at"]))))
     rules = [("invalid_utf8", utf8_bad), ("nul_byte", name_nul), *rules]
-    reason = pa.nulls(n, pa.string())
-    any_bad = false_mask(n)
-    for why, mask in rules:
-        mask = pc.fill_null(mask, False)
-        reason = pc.if_else(pc.and_(pc.is_null(reason), mask), pa.scalar(why), reason)
-        any_bad = pc.or_(any_bad, mask)
+    reason = first_failing_rule(rules, n)
+    any_bad = pc.is_valid(reason)
     out["invalid_reason"] = reason
     raw = pa.nulls(n, pa.string())
     if pc.any(any_bad).as_py():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analytics_pipeline.core.coerce import first_failing_rule
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, conform, value_counts
 
 # Landed schema of support-desk reporting events (timestamps are UTC instants).
@@ -129,11 +130,9 @@ def validate(
     n_bad = pc.sum(bad).as_py() or 0
     if n_bad:
         bad_rows = events.filter(bad)
-        reason = pa.nulls(n_bad, pa.string())
-        for why, mask in rules:
-            hit = mask.filter(bad)
-            value = bad_rows["invalid_reason"] if why is None else pa.scalar(why)
-            reason = pc.if_else(pc.and_(pc.is_null(reason), hit), value, reason)
+        reason = first_failing_rule(
+            [(bad_rows["invalid_reason"] if why is None else why, mask.filter(bad))
+             for why, mask in rules], n_bad)
         ids, payloads = _quarantine_ids_and_payloads(bad_rows)
         quarantine = pa.Table.from_arrays(
             [
