@@ -1,8 +1,8 @@
 """Dagster-level tests: materialize the real assets against a temporary instance."""
 
-from datetime import date
+from datetime import UTC, date, datetime
 
-from dagster import DagsterInstance, instance_for_test
+from dagster import DagsterInstance, TimestampMetadataValue, instance_for_test
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.partitions import LocalDay
@@ -11,6 +11,15 @@ from analytics_pipeline_tests.helpers import event
 from analytics_pipeline_tests.pipeline_fixtures import ACCOUNTS, make_env, sample_events
 
 NY_KEY = "2026-02-11|America/New_York"
+
+
+def table_rows(value) -> list[dict]:
+    return [r.data for r in value.value.records]
+
+
+def partition_metadata(result, asset: str) -> dict:
+    return {m.partition: m.materialization.metadata
+            for m in result.get_asset_materialization_events() if m.asset_key.path == [asset]}
 
 
 def by_key(rows):
@@ -50,15 +59,18 @@ def test_partition_end_to_end(env):
     meta = [m for m in result.get_asset_materialization_events()
             if m.asset_key.path == ["reporting_rollups"]][0].materialization.metadata
     assert meta["events_quarantined"].value == 1
-    assert meta["quarantined_by_reason"].value == {"invalid_value": 1}
+    assert table_rows(meta["quarantined_by_reason"]) == [{"reason": "invalid_value",
+                                                           "events": 1}]
     assert meta["events_ignored"].value == 1
-    assert meta["accounts_processed"].value == 1
+    assert meta["accounts"].value == 1
+    assert meta["dagster/row_count"].value == len(rows)
     raw = [m for m in result.get_asset_materialization_events()
            if m.asset_key.path == ["raw_reporting_events"]][0].materialization.metadata
-    assert raw["rows"].value == 7
-    # tabular metadata is a Dagster table: a partition key's "|" does not split its row
-    [record] = raw["per_partition"].value.records
-    assert record.data["partition"] == NY_KEY and record.data["rows"] == 7
+    assert raw["dagster/row_count"].value == 7
+    # timestamps are timestamps, not epoch floats
+    assert isinstance(raw["utc_window_start"], TimestampMetadataValue)
+    assert raw["utc_window_start"].value == datetime(2026, 2, 11, 5, tzinfo=UTC).timestamp()
+    assert raw["run_totals"].value["rows"] == 7
 
 
 def test_materializing_twice_gives_identical_rows(env):
@@ -155,6 +167,26 @@ def test_range_backfill_is_one_run_and_matches_day_by_day(tmp_path, warehouse_ur
                 if m.asset_key.path == ["reporting_rollups"]]
         assert sorted(mats) == [f"{d}|America/New_York" for d in days]
         ranged_rows = by_key(ranged.rows())
+        # Each partition of the range carries its own figures, the run's are named so.
+        rollups = partition_metadata(result, "reporting_rollups")
+        raw = partition_metadata(result, "raw_reporting_events")
+        for d in days:
+            key = f"{d}|America/New_York"
+            mine = [r for r in ranged.rows() if r["date"] in (d, date.fromisoformat(d))]
+            assert rollups[key]["dagster/row_count"].value == len(mine)
+            assert rollups[key]["accounts"].value == 1
+            assert rollups[key]["window_hours"].value == LocalDay.from_key(key).hours
+            assert raw[key]["utc_window_start"].value == LocalDay.from_key(key).start_utc \
+                .timestamp()
+            assert {p["metric"] for p in table_rows(rollups[key]["preview"])} <= \
+                {r["metric"] for r in mine}
+            assert rollups[key]["run_totals"].value["partitions"] == len(days)
+        per_day = [rollups[f"{d}|America/New_York"]["events_rolled_up"].value for d in days]
+        # 03:30Z of the next day is still the day in New York; the 23-hour 03-08 holds 4
+        assert per_day == [ranged_rows[(1, d, "account", 1, "reply_time")][0] for d in days]
+        assert per_day == [5, 5, 4, 5, 4]
+        assert sum(per_day) == rollups[f"{days[0]}|America/New_York"]["run_totals"] \
+            .value["events_rolled_up"]
 
         (tmp_path / "daily").mkdir()
         daily_wh = f"sqlite:///{tmp_path / 'daily' / 'wh.db'}"

@@ -1,9 +1,18 @@
-"""Helpers shared by the sources' assets: owners, tabular metadata, the refusal of rollups
-whose landing is out of date, and the materialization result of a rollup with its checks.
+"""Helpers shared by the sources' assets: owners, tabular and per-partition metadata, the
+refusal of rollups whose landing is out of date, and the materialization result of a rollup
+with its checks.
+
+Dagster attaches a ranged run's output metadata to every partition of the range, so the
+assets put each partition's own figures on that partition (``add_asset_metadata`` with its
+key) and keep the run's totals in one non-numeric entry, ``run_totals``: a partition's page
+and its metadata plots show that partition's numbers only.
 """
+
+from collections.abc import Iterable, Mapping
 
 from dagster import (
     AssetCheckResult,
+    AssetExecutionContext,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -51,6 +60,67 @@ def table_metadata(rows: list[dict], limit: int = 20) -> MetadataValue:
     )
 
 
+def partition_days(context: AssetExecutionContext) -> list[LocalDay]:
+    """The run's partitions as local days; a key whose timezone is not an IANA name (added
+    by hand in the UI) fails the run before any work, with one line naming it."""
+    days, bad = [], []
+    for key in context.partition_keys:
+        day = LocalDay.from_key(key)
+        try:
+            days.append(day.validated())
+        except ValueError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise Failure(description="; ".join(sorted(set(bad))[:10]))
+    return days
+
+
+def window_metadata(day: LocalDay) -> dict:
+    """The partition's exact UTC window (23 or 25 hours on a DST day)."""
+    return {
+        "utc_window_start": MetadataValue.timestamp(day.start_utc),
+        "utc_window_end": MetadataValue.timestamp(day.end_utc),
+        "window_hours": day.hours,
+    }
+
+
+def add_partition_metadata(
+    context: AssetExecutionContext, per_partition: Iterable[tuple[LocalDay, Mapping]],
+    run_totals: Mapping, asset_key: str | None = None,
+) -> None:
+    """Each partition's own metadata on its materialization; the run's totals as one JSON
+    entry named as such (a number shared by every partition would plot once per partition)."""
+    keys = {LocalDay.from_key(k).key: k for k in context.partition_keys}
+    for day, metadata in per_partition:
+        context.add_asset_metadata({**window_metadata(day), **metadata},
+                                   asset_key=asset_key, partition_key=keys[day.key])
+    context.add_asset_metadata(
+        {"run_totals": MetadataValue.json(dict(run_totals))}, asset_key=asset_key)
+
+
+def by_reason(counts: Mapping[str, int]) -> MetadataValue:
+    """Counts per name or reason as a two-column table, largest first."""
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return MetadataValue.table(
+        records=[TableRecord({"reason": k, "events": int(v)}) for k, v in rows],
+        schema=TableSchema(columns=[TableColumn("reason", "string"),
+                                    TableColumn("events", "int")]),
+    )
+
+
+# The preview shows what a partition's rows say; date, timezone and source are the
+# partition's own, so they are left out and count and sums stay in view.
+PREVIEW_COLUMNS = ("account_id", "dimension_type", "dimension_id", "metric", "count",
+                   "sum_value", "sum_value_business_hours")
+
+
+def rollup_preview(rows: list[dict]) -> MetadataValue:
+    return table_metadata([
+        {c: (round(r[c], 3) if isinstance(r[c], float) else r[c]) for c in PREVIEW_COLUMNS}
+        for r in rows
+    ])
+
+
 def require_current_landings(
     store, engine, days: list[LocalDay], source: str, only_accounts: list[int] | None = None
 ) -> None:
@@ -67,20 +137,37 @@ def require_current_landings(
         )
 
 
-def rollup_result(results: list[RollupResult], metadata: dict) -> MaterializeResult:
-    """The materialization of a rollup asset over its partitions, with its two checks."""
+def rollup_result(
+    context: AssetExecutionContext, days: list[LocalDay], results: list[RollupResult],
+    run_metadata: Mapping,
+) -> MaterializeResult:
+    """The materialization of a rollup asset over its partitions, each with its own
+    figures, and its two checks (mismatches named by partition)."""
+    add_partition_metadata(context, [(day, {
+        "dagster/row_count": r.rows_written,
+        "rows_replaced": r.rows_replaced,
+        "events_read": r.events,
+        "events_rolled_up": r.rolled_up,
+        "events_ignored": sum(r.ignored_by_name.values()),
+        "ignored_by_name": by_reason(r.ignored_by_name),
+        "events_quarantined": sum(r.quarantined_by_reason.values()),
+        "quarantined_by_reason": by_reason(r.quarantined_by_reason),
+        "events_of_accounts_in_other_timezone": r.other_timezone,
+        "accounts": r.accounts,
+        "preview": rollup_preview(r.preview),
+    }) for day, r in zip(days, results, strict=True)], run_totals={
+        "partitions": len(results),
+        "events_read": sum(r.events for r in results),
+        "events_rolled_up": sum(r.rolled_up for r in results),
+        "rows_written": sum(r.rows_written for r in results),
+        "rows_replaced": sum(r.rows_replaced for r in results),
+        "events_quarantined": sum(sum(r.quarantined_by_reason.values()) for r in results),
+        "events_ignored": sum(sum(r.ignored_by_name.values()) for r in results),
+    })
     mismatches = {r.key: r.mismatches for r in results if r.mismatches}
     negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
-    preview = next((r.preview for r in results if r.preview), [])
     return MaterializeResult(
-        metadata={
-            "partitions": len(results),
-            "events_rolled_up": sum(r.rolled_up for r in results),
-            "rows_written": sum(r.rows_written for r in results),
-            "rows_replaced": sum(r.rows_replaced for r in results),
-            **metadata,
-            "preview": table_metadata(preview),
-        },
+        metadata=dict(run_metadata),
         check_results=[
             AssetCheckResult(
                 check_name=RECONCILES, passed=not mismatches,

@@ -107,6 +107,15 @@ class LocalDay:
             raise ValueError(f"partition key {key!r} is not of the form 'YYYY-MM-DD|Area/City'")
         return cls(date.fromisoformat(day), tz)
 
+    def validated(self) -> LocalDay:
+        """This day, or ValueError when its timezone is not an IANA name (a ``timezone``
+        key added by hand, e.g. ``Europe/Pariss``)."""
+        if not is_valid_timezone(self.tz):
+            raise ValueError(
+                f"partition {self.key}: {self.tz!r} is not an IANA timezone name (a key added "
+                "by hand?); the next accounts refresh removes it")
+        return self
+
 
 def local_date_of(instant_utc: datetime, tz_name: str) -> date:
     return instant_utc.astimezone(zone(tz_name)).date()

@@ -24,13 +24,14 @@ from pydantic import Field
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    add_partition_metadata,
+    partition_days,
     require_current_landings,
     rollup_result,
-    table_metadata,
 )
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.landing import ProviderEventLog
-from analytics_pipeline.core.partitions import LocalDay, daily_timezone_partitions
+from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.email.metrics import EMAIL_PIPELINES, EmailPipeline
 from analytics_pipeline.email.resources import Mailgun
@@ -123,8 +124,9 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             # run stored (epoch // 900; left out when too many) and their span (epoch seconds)
             **({"event_buckets_15m": MetadataValue.json(buckets)}
                if len(buckets) <= MAX_BUCKETS_IN_METADATA else {}),
-            "event_time_min": r.event_time_min if r.event_time_min is not None else 0.0,
-            "event_time_max": r.event_time_max if r.event_time_max is not None else 0.0,
+            **({"event_time_min": MetadataValue.timestamp(r.event_time_min),
+                "event_time_max": MetadataValue.timestamp(r.event_time_max)}
+               if r.event_time_min is not None else {}),
             "settled_until": iso(r.settled_until),
             "domain": mailgun.domain,
         })
@@ -157,18 +159,24 @@ def email_assets(pipeline: EmailPipeline) -> list:
         log = ProviderEventLog(landing.uri, pipeline.stream)
         store, engine = landing.store(), warehouse.engine()
         default_tz = settings.validated_default_timezone()
+        days = partition_days(context)
         results = [
             extract_email_partition(log, EmailSource(source_db.url), store, engine, pipeline,
-                                    LocalDay.from_key(k), default_tz)
-            for k in context.partition_keys
+                                    day, default_tz)
+            for day in days
         ]
-        return MaterializeResult(metadata={
+        add_partition_metadata(context, [(day, {
+            "dagster/row_count": r.matched,
+            "events_in_window": r.events,
+            "events_of_accounts_in_other_timezone": r.other_timezone,
+            "events_quarantined": r.quarantined,
+        }) for day, r in zip(days, results, strict=True)], run_totals={
             "partitions": len(results),
             "events_in_window": sum(r.events for r in results),
             "events_landed": sum(r.matched for r in results),
             "events_quarantined": sum(r.quarantined for r in results),
-            "per_partition": table_metadata([r.__dict__ for r in results], limit=100),
         })
+        return MaterializeResult()
 
     specs = [AssetCheckSpec(RECONCILES, asset=rollups_name,
                             description="Account-dimension totals equal the landed events'."),
@@ -186,10 +194,10 @@ def email_assets(pipeline: EmailPipeline) -> list:
         context: AssetExecutionContext, warehouse: Warehouse, landing: Landing
     ) -> MaterializeResult:
         store, engine = landing.store(), warehouse.engine()
-        days = [LocalDay.from_key(k) for k in context.partition_keys]
+        days = partition_days(context)
         require_current_landings(store, engine, days, email_landing_source(pipeline))
         results = [rollup_email_partition(store, engine, pipeline, d) for d in days]
-        return rollup_result(results, {"warehouse": warehouse.display_url})
+        return rollup_result(context, days, results, {"warehouse": warehouse.display_url})
 
     states_key, stats_key = n.states_asset, n.stats_asset
 

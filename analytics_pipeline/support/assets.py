@@ -2,8 +2,6 @@
 with the rollups' checks defined next to them.
 """
 
-from collections import Counter
-
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -18,12 +16,13 @@ from pydantic import Field
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    add_partition_metadata,
+    partition_days,
     require_current_landings,
     rollup_result,
-    table_metadata,
 )
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
-from analytics_pipeline.core.partitions import LocalDay, daily_timezone_partitions
+from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline.support.steps import extract_partition, rollup_partition
@@ -77,30 +76,29 @@ def raw_reporting_events(
     source = ReportingEventsSource(source_db.url, fallback_date=settings.first_date)
     store, engine = landing.store(), warehouse.engine()
     default_tz = settings.validated_default_timezone()
+    days = partition_days(context)
     results = []
-    for key in context.partition_keys:
-        r = extract_partition(source, store, engine, LocalDay.from_key(key), default_tz,
-                              config.account_ids)
+    for day in days:
+        r = extract_partition(source, store, engine, day, default_tz, config.account_ids)
         context.log.info(f"{r.key}: landed {r.rows} events of {r.accounts} accounts ({r.window})")
         if r.duplicates_dropped:
             context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
                                 "already read and were dropped")
         results.append(r)
+    add_partition_metadata(context, [(day, {
+        "dagster/row_count": r.rows,
+        "accounts": r.accounts,
+        "duplicate_ids_dropped": r.duplicates_dropped,
+        "rows_landed_for_quarantine": r.invalid_rows,
+        "landing_path": MetadataValue.path(r.path),
+    }) for day, r in zip(days, results, strict=True)], run_totals={
+        "partitions": len(results),
+        "rows": sum(r.rows for r in results),
+        "duplicate_ids_dropped": sum(r.duplicates_dropped for r in results),
+        "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
+    })
     return MaterializeResult(
-        metadata={
-            "partitions": len(results),
-            "rows": sum(r.rows for r in results),
-            "duplicate_ids_dropped": sum(r.duplicates_dropped for r in results),
-            "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
-            "accounts_processed": sum(r.accounts for r in results),
-            "per_partition": table_metadata(
-                [{"partition": r.key, "rows": r.rows, "accounts": r.accounts,
-                  "utc_window": r.window} for r in results], limit=100,
-            ),
-            "landing": store.base,
-            "source": source_db.display_url,
-        }
-    )
+        metadata={"landing": store.base, "source": source_db.display_url})
 
 
 @asset(
@@ -122,7 +120,7 @@ def reporting_rollups(
     landing: Landing,
 ) -> MaterializeResult:
     store, engine = landing.store(), warehouse.engine()
-    days = [LocalDay.from_key(k) for k in context.partition_keys]
+    days = partition_days(context)
     require_current_landings(store, engine, days, "reporting_events", config.account_ids)
     results = []
     for day in days:
@@ -134,20 +132,4 @@ def reporting_rollups(
             f"(replaced {r.rows_replaced})"
         )
         results.append(r)
-    ignored: Counter = Counter()
-    quarantined: Counter = Counter()
-    for r in results:
-        ignored.update(r.ignored_by_name)
-        quarantined.update(r.quarantined_by_reason)
-    return rollup_result(results, {
-        "events_read": sum(r.events for r in results),
-        "events_ignored": sum(ignored.values()),
-        "ignored_by_name": MetadataValue.json(dict(ignored)),
-        "events_quarantined": sum(quarantined.values()),
-        "quarantined_by_reason": MetadataValue.json(dict(quarantined)),
-        "events_of_accounts_in_other_timezone": sum(r.other_timezone for r in results),
-        "accounts_processed": sum(r.accounts for r in results),
-        "warehouse": warehouse.display_url,
-    })
-
-
+    return rollup_result(context, days, results, {"warehouse": warehouse.display_url})
