@@ -36,11 +36,32 @@ def test_accounts_registers_timezones_and_reports_invalid(env, instance):
     check = checks["every_account_has_valid_timezone"]
     assert not check.passed and checks["every_source_account_row_is_valid"].passed
     assert check.metadata["invalid_count"].value == 1
+    # listed with their names, as a table
+    assert table_rows(check.metadata["invalid_accounts"]) == [
+        {"id": 4, "name": "Typo", "reporting_timezone": "America/New_Yrok"}]
     mat = result.get_asset_materialization_events()[0].materialization
     assert mat.metadata["accounts"].value == 4
     e = env.engine()
     snap = {a["id"]: a["timezone"] for a in wh.accounts_snapshot(e)}
     assert snap == {1: "America/New_York", 2: "Asia/Kolkata", 3: "UTC", 4: None}
+
+
+def test_a_timezone_key_added_by_hand_fails_clearly_and_is_removed(env, instance):
+    instance.add_dynamic_partitions("timezones", ["Europe/Pariss"])
+    result = env.materialize_partition("2026-02-11|Europe/Pariss", raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert "'Europe/Pariss' is not an IANA timezone name" in message
+    assert "Traceback" not in message and len(message.splitlines()) <= 2
+    assert not env.rows()  # nothing was written
+
+    result = env.materialize_accounts()
+    assert "Europe/Pariss" not in instance.get_dynamic_partitions("timezones")
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}[
+        "every_account_has_valid_timezone"]
+    assert not check.passed
+    assert check.metadata["invalid_timezone_keys_removed"].value == ["Europe/Pariss"]
 
 
 def test_partition_end_to_end(env):

@@ -22,8 +22,12 @@ from dagster import (
 from pydantic import Field
 
 from analytics_pipeline.core import warehouse as wh
-from analytics_pipeline.core.assets import OWNERS
-from analytics_pipeline.core.partitions import TIMEZONES_PARTITIONS_NAME, resolve_account_timezones
+from analytics_pipeline.core.assets import OWNERS, table_metadata
+from analytics_pipeline.core.partitions import (
+    TIMEZONES_PARTITIONS_NAME,
+    is_valid_timezone,
+    resolve_account_timezones,
+)
 from analytics_pipeline.core.resources import PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.core.sources import read_accounts
 
@@ -111,6 +115,13 @@ def accounts(
     if new:
         context.instance.add_dynamic_partitions(TIMEZONES_PARTITIONS_NAME, new)
         context.log.info(f"registered new timezone partitions: {', '.join(new)}")
+    # A key added by hand in the UI is accepted by Dagster whatever it is: one that is not an
+    # IANA name could never be cut into local days, so it is removed (and reported).
+    bogus = sorted(k for k in existing if not is_valid_timezone(k))
+    for key in bogus:
+        context.instance.delete_dynamic_partition(TIMEZONES_PARTITIONS_NAME, key)
+        context.log.warning(f"removed timezone partition key {key!r}: not an IANA timezone "
+                            "name (added by hand?)")
     per_tz = Counter(a.timezone for a in resolved if a.timezone)
     return MaterializeResult(
         metadata={
@@ -121,20 +132,25 @@ def accounts(
             "timezones_registered": MetadataValue.json(new),
             "accounts_per_timezone": MetadataValue.json(dict(sorted(per_tz.items()))),
             "invalid_timezones": len(invalid),
+            "invalid_timezone_keys_removed": MetadataValue.json(bogus),
             "source": source_db.display_url,
         },
         check_results=[
             AssetCheckResult(
                 check_name=VALID_TIMEZONES,
-                passed=not invalid,
+                passed=not invalid and not bogus,
                 severity=AssetCheckSeverity.ERROR,
+                description=(f"{len(invalid)} account(s) with an invalid reporting timezone"
+                             + (f"; removed timezone keys {bogus}" if bogus else "")
+                             if invalid or bogus else None),
                 metadata={
-                    "invalid_accounts": MetadataValue.json(
+                    "invalid_accounts": table_metadata(
                         [{"id": a.id, "name": a.name,
                           "reporting_timezone": a.reporting_timezone}
-                         for a in invalid[:100]]
-                    ),
+                         for a in invalid], limit=100,
+                    ) if invalid else MetadataValue.text("none"),
                     "invalid_count": len(invalid),
+                    "invalid_timezone_keys_removed": MetadataValue.json(bogus),
                 },
             ),
             AssetCheckResult(
@@ -142,7 +158,8 @@ def accounts(
                 passed=not read.rejected,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={
-                    "rejected_rows": MetadataValue.json(read.rejected[:100]),
+                    "rejected_rows": table_metadata(read.rejected, limit=100)
+                    if read.rejected else MetadataValue.text("none"),
                     "rejected_count": len(read.rejected),
                 },
             ),
@@ -167,9 +184,3 @@ accounts_job = define_asset_job(
     selection=AssetSelection.assets("accounts"),
     description="Snapshot accounts and register the timezones in use.",
 )
-
-
-
-
-
-
