@@ -125,6 +125,7 @@ def accounts(
     per_tz = Counter(a.timezone for a in resolved if a.timezone)
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(resolved),
             "accounts": len(resolved),
             "accounts_lost_since_previous_snapshot": len(lost),
             "source_rows_rejected": len(read.rejected),

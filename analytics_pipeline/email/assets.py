@@ -113,13 +113,14 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             "events_fetched": r.fetched,
             **per_pass,
             "reconciliation": "ran" if r.reconciled else "not due",
-            "last_reconciliation": iso(r.reconciled_at) if r.reconciled_at else "never",
+            "last_reconciliation": MetadataValue.timestamp(r.reconciled_at)
+            if r.reconciled_at else MetadataValue.text("never"),
             "files_landed": r.landed_files,
             "log_dates_compacted": len(r.compacted),
             "log_files_compacted": sum(c.files_replaced for c in r.compacted),
             "malformed_quarantined": r.malformed,
             "windows": MetadataValue.json([[w, iso(b), iso(e)] for w, b, e in r.windows]),
-            "fresh_until": iso(r.fresh_until),
+            "fresh_until": MetadataValue.timestamp(r.fresh_until),
             # read by the late-events sensor: the 15-minute UTC buckets of the events this
             # run stored (epoch // 900; left out when too many) and their span (epoch seconds)
             **({"event_buckets_15m": MetadataValue.json(buckets)}
@@ -127,7 +128,7 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             **({"event_time_min": MetadataValue.timestamp(r.event_time_min),
                 "event_time_max": MetadataValue.timestamp(r.event_time_max)}
                if r.event_time_min is not None else {}),
-            "settled_until": iso(r.settled_until),
+            "settled_until": MetadataValue.timestamp(r.settled_until),
             "domain": mailgun.domain,
         })
 
