@@ -172,6 +172,64 @@ def make_engine(url: str | sa.URL) -> Engine:
     return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
 
 
+class WarehouseUnavailable(Exception):
+    """The warehouse to read cannot be opened: missing, unreachable, or without its tables.
+    The message names the (redacted) URL and how to point at the right warehouse."""
+
+
+READ_TABLES = ("accounts", "daily_rollups")  # what the read path needs
+_POINT_AT = "set ANALYTICS_WAREHOUSE_URL or pass --warehouse-url"
+
+
+def _sqlite_read_only(u: sa.URL, shown: str) -> sa.URL:
+    """``u`` opened read-only; a plain path must already exist (never created)."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    if str(u.query.get("uri", "")).lower() in ("true", "1"):  # already a SQLite URI
+        return u if "mode" in u.query else u.update_query_dict({"mode": "ro"})
+    if not u.database or u.database == ":memory:":
+        raise WarehouseUnavailable(f"{shown} is an in-memory SQLite database, which holds no "
+                                   f"warehouse; {_POINT_AT}")
+    path = Path(u.database).resolve()
+    if not path.is_file():
+        where = "" if Path(u.database).is_absolute() else f" (resolved to {path})"
+        raise WarehouseUnavailable(
+            f"no warehouse at {shown}{where}: the file does not exist; {_POINT_AT}, or "
+            "materialize the pipeline first")
+    return sa.URL.create("sqlite", database=f"file:{quote(str(path))}",
+                         query={"mode": "ro", "uri": "true"})
+
+
+def open_warehouse_for_read(url: str | sa.URL) -> Engine:
+    """An engine on an existing warehouse, for reading only: never creates a file, a
+    directory or a table (SQLite is opened read-only). Raises ``WarehouseUnavailable``
+    when the database is missing, unreachable or lacks the tables of the read path."""
+    shown = redact(url)
+    try:
+        u = normalize_url(url)
+    except Exception:  # noqa: BLE001 - the URL itself may hold a secret
+        raise WarehouseUnavailable(f"invalid warehouse URL {shown}; {_POINT_AT}") from None
+    if u.get_backend_name() == "sqlite":
+        engine = sa.create_engine(_sqlite_read_only(u, shown), connect_args={"timeout": 60})
+    else:
+        engine = make_engine(u)
+    try:
+        inspector = sa.inspect(engine)
+        missing = [t for t in READ_TABLES if not inspector.has_table(t)]
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
+        raise WarehouseUnavailable(
+            f"cannot open the warehouse at {shown}: {detail}; {_POINT_AT}") from None
+    if missing:
+        engine.dispose()
+        raise WarehouseUnavailable(
+            f"{shown} has no warehouse tables (missing: {', '.join(missing)}); {_POINT_AT} "
+            "to the pipeline's warehouse, or materialize the pipeline first")
+    return engine
+
+
 @functools.lru_cache(maxsize=32)
 def _engine_for(url: str) -> Engine:
     return make_engine(url)
