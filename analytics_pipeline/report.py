@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from analytics_pipeline.catalog import get_metric
 from analytics_pipeline.core.registry import ReadAs
-from analytics_pipeline.core.warehouse import accounts, daily_rollups, redact
+from analytics_pipeline.core.warehouse import accounts, daily_rollups, display_url, redact
 
 PERIODS = ("day", "week", "month")
 DIMENSIONS = ("account", "agent", "inbox", "email", "automation")
@@ -40,7 +40,7 @@ def reportable_account(engine: Engine, account_id: int, warehouse: str | None = 
     series would only show zeros. ``warehouse`` is the URL to name (redacted)."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
-    shown = redact(warehouse if warehouse is not None else engine.url)
+    shown = redact(warehouse) if warehouse is not None else display_url(engine)
     if row is None:
         raise AccountNotReportable(
             f"account {account_id} is not in the warehouse's accounts snapshot ({shown}); "

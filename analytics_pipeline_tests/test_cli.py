@@ -79,6 +79,10 @@ def test_report_never_creates_a_sqlite_file_or_tables(tmp_path, monkeypatch, cap
     assert main(report("--account", "1", "--warehouse-url", url)) == 2
     err = capsys.readouterr().err
     assert f"no warehouse at {url}" in err and "--warehouse-url" in err
+    # nor through a SQLite URI that asks for creation
+    uri = f"sqlite:///file:{tmp_path / 'nope.db'}?mode=rwc&uri=true"
+    assert main(report("--account", "1", "--warehouse-url", uri)) == 2
+    assert "the file does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     # an existing database without the warehouse tables stays as it was
     (tmp_path / "other.db").write_bytes(b"")

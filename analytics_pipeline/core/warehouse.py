@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -181,24 +182,46 @@ READ_TABLES = ("accounts", "daily_rollups")  # what the read path needs
 _POINT_AT = "set ANALYTICS_WAREHOUSE_URL or pass --warehouse-url"
 
 
+def _sqlite_path(u: sa.URL) -> str | None:
+    """The file a SQLite URL names (plain or ``file:`` URI form); None: in memory."""
+    from urllib.parse import unquote, urlsplit
+
+    db = u.database or ""
+    if str(u.query.get("uri", "")).lower() in ("true", "1") and db.startswith("file:"):
+        if str(u.query.get("mode", "")) == "memory":
+            return None
+        db = unquote(urlsplit(db).path)  # file:/a, file:///a, file:rel?x#y → the path
+    return None if db in ("", ":memory:") else db
+
+
 def _sqlite_read_only(u: sa.URL, shown: str) -> sa.URL:
-    """``u`` opened read-only; a plain path must already exist (never created)."""
+    """A read-only URL of the existing file ``u`` names; raises if there is no such file
+    (SQLite would create one)."""
     from pathlib import Path
     from urllib.parse import quote
 
-    if str(u.query.get("uri", "")).lower() in ("true", "1"):  # already a SQLite URI
-        return u if "mode" in u.query else u.update_query_dict({"mode": "ro"})
-    if not u.database or u.database == ":memory:":
+    db = _sqlite_path(u)
+    if db is None:
         raise WarehouseUnavailable(f"{shown} is an in-memory SQLite database, which holds no "
                                    f"warehouse; {_POINT_AT}")
-    path = Path(u.database).resolve()
+    path = Path(db).resolve()
     if not path.is_file():
-        where = "" if Path(u.database).is_absolute() else f" (resolved to {path})"
+        where = "" if Path(db).is_absolute() else f" (resolved to {path})"
         raise WarehouseUnavailable(
             f"no warehouse at {shown}{where}: the file does not exist; {_POINT_AT}, or "
             "materialize the pipeline first")
+    # our own URI of the file: quoted, so '?' or '#' in the path cannot drop mode=ro
     return sa.URL.create("sqlite", database=f"file:{quote(str(path))}",
                          query={"mode": "ro", "uri": "true"})
+
+
+_read_urls: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def display_url(engine: Engine) -> str:
+    """The redacted URL an engine was opened with (``open_warehouse_for_read`` rewrites
+    SQLite URLs to read-only URIs)."""
+    return _read_urls.get(engine) or redact(engine.url)
 
 
 def open_warehouse_for_read(url: str | sa.URL) -> Engine:
@@ -227,6 +250,7 @@ def open_warehouse_for_read(url: str | sa.URL) -> Engine:
         raise WarehouseUnavailable(
             f"{shown} has no warehouse tables (missing: {', '.join(missing)}); {_POINT_AT} "
             "to the pipeline's warehouse, or materialize the pipeline first")
+    _read_urls[engine] = shown
     return engine
 
 
