@@ -7,6 +7,8 @@ import json
 import sys
 from datetime import date
 
+from analytics_pipeline.core.registry import Unit
+
 
 def _date(s: str) -> date:
     try:
@@ -15,40 +17,72 @@ def _date(s: str) -> date:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {s!r}") from None
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from analytics_pipeline.core.settings import setting
-    from analytics_pipeline.core.warehouse import ensure_schema, make_engine
-    from analytics_pipeline.report import metric_series
+def _shown(value: float | int | None, unit: Unit) -> str:
+    """A report value for people: durations (stored in seconds) in minutes."""
+    if value is None:
+        return "-"
+    if unit is Unit.SECONDS:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
-    engine = make_engine(args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL"))
-    ensure_schema(engine)
-    points = metric_series(
-        engine, args.account, args.metric, args.date_from, args.date_to, by=args.by,
-        dimension=args.dimension, dimension_id=args.id, business_hours=args.business_hours,
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from analytics_pipeline.catalog import get_metric
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.core.warehouse import (
+        WarehouseUnavailable,
+        open_warehouse_for_read,
+        redact,
+        scrub,
     )
+    from analytics_pipeline.report import metric_series, reportable_account
+
+    metric = get_metric(args.metric)  # an unknown name fails before any database is opened
+    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
+    engine = open_warehouse_for_read(url)  # never creates a warehouse
+    try:
+        account = reportable_account(engine, args.account, url)
+        points = metric_series(
+            engine, args.account, metric.name, args.date_from, args.date_to, by=args.by,
+            dimension=args.dimension, dimension_id=args.id, business_hours=args.business_hours,
+        )
+    except sa.exc.SQLAlchemyError as exc:  # e.g. the connection dropped, an older schema
+        detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
+        raise WarehouseUnavailable(f"reading the warehouse at {redact(url)} failed: "
+                                   f"{detail}") from None
+    finally:
+        engine.dispose()
     if args.json:
         print(json.dumps([
-            {"period_start": p.period_start.isoformat(), "value": p.value, "count": p.count}
+            {"period_start": p.period_start.isoformat(), "period_end": p.period_end.isoformat(),
+             "partial": p.partial, "value": p.value, "unit": metric.unit.value,
+             "count": p.count}
             for p in points
         ], indent=2))
         return 0
-    print(f"{args.metric} for account {args.account}"
+    what = ("average duration in minutes (sum/count over the events)"
+            if metric.unit is Unit.SECONDS else "count")
+    print(f"{metric.name} for account {args.account} ({account['timezone']})"
           + (f" {args.dimension} {args.id}" if args.dimension != "account" else "")
-          + (" (business hours)" if args.business_hours else "") + f", by {args.by}")
+          + (" (business hours)" if args.business_hours else "") + f", by {args.by}; value: {what}")
     for p in points:
-        v = "-" if p.value is None else (f"{p.value:.1f}" if isinstance(p.value, float)
-                                        else str(p.value))
-        print(f"{p.period_start.isoformat()}  {v:>12}  (events: {p.count})")
+        days = p.period_start.isoformat() + (
+            f"..{p.period_end.isoformat()}" if p.period_end != p.period_start else "")
+        note = f"  (partial {args.by}: only days within --from..--to)" if p.partial else ""
+        print(f"{days:<22}  {_shown(p.value, metric.unit):>12}  (events: {p.count}){note}")
     return 0
 
 
 def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.core.warehouse import redact
     from analytics_pipeline.dev.demo import create_demo_source
 
     url = args.url or setting("ANALYTICS_SOURCE_URL")
     n = create_demo_source(url)
-    print(f"demo application database with {n} reporting events at {url}")
+    print(f"demo application database with {n} reporting events at {redact(url)}")
     return 0
 
 
@@ -100,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     _quiet_dagster_warnings()
+    from analytics_pipeline.core.warehouse import WarehouseUnavailable
+
     try:
         return args.fn(args)
-    except ValueError as exc:
+    except (ValueError, WarehouseUnavailable) as exc:  # messages hold redacted URLs only
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,8 @@
-"""Read path: a metric for one account (or one agent/inbox of it) over a date range."""
+"""Read path: a metric for one account (or one agent/inbox of it) over a date range.
+
+Open the warehouse with ``core.warehouse.open_warehouse_for_read`` (never creates one),
+check the account with ``reportable_account``, then read with ``metric_series``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from analytics_pipeline.catalog import get_metric
 from analytics_pipeline.core.registry import ReadAs
-from analytics_pipeline.core.warehouse import daily_rollups
+from analytics_pipeline.core.warehouse import accounts, daily_rollups, display_url, redact
 
 PERIODS = ("day", "week", "month")
 DIMENSIONS = ("account", "agent", "inbox", "email", "automation")
@@ -19,9 +23,44 @@ DIMENSIONS = ("account", "agent", "inbox", "email", "automation")
 
 @dataclass(frozen=True)
 class Point:
-    period_start: date
+    period_start: date  # first day covered: the period's start, or --from if later
     value: float | int | None  # None: an average over no events
     count: int
+    period_end: date  # last day covered (inclusive): the period's end, or --to if earlier
+    partial: bool = False  # the period was clipped at --from or --to
+
+
+class AccountNotReportable(ValueError):
+    """The account cannot be reported on: not in the snapshot, or its days are not rolled up."""
+
+
+def reportable_account(engine: Engine, account_id: int, warehouse: str | None = None) -> dict:
+    """The account's snapshot row; raises ``AccountNotReportable`` when the account is not in
+    the accounts snapshot or has an invalid timezone (its days are never rolled up), where a
+    series would only show zeros. ``warehouse`` is the URL to name (redacted)."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+    shown = redact(warehouse) if warehouse is not None else display_url(engine)
+    if row is None:
+        raise AccountNotReportable(
+            f"account {account_id} is not in the warehouse's accounts snapshot ({shown}); "
+            "materialize accounts first or check the id")
+    a = dict(row._mapping)
+    if not a["timezone_valid"] or a["timezone"] is None:
+        raise AccountNotReportable(
+            f"account {account_id} has an invalid reporting timezone "
+            f"{a['reporting_timezone']!r} in the accounts snapshot ({shown}): its days are not "
+            "rolled up; fix the timezone in the application, then materialize accounts")
+    return a
+
+
+def period_end(start: date, by: str) -> date:
+    """The last day of the period that begins on ``start``."""
+    if by == "week":
+        return start + timedelta(days=6)
+    if by == "month":
+        return (start.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    return start
 
 
 def period_start(d: date, by: str) -> date:
@@ -58,15 +97,21 @@ def metric_series(
 ) -> list[Point]:
     """The zero-filled series of ``metric`` for days ``start``..``end`` (inclusive).
 
-    Count metrics report the number of events; duration metrics report
-    sum(value)/count per period (None where the period has no events), so weekly and
-    monthly averages weigh every event equally rather than averaging daily averages.
+    Count metrics report the number of events; duration metrics (``unit`` seconds in the
+    registry) report sum(value)/count per period (None where the period has no events), so
+    weekly and monthly averages weigh every event equally rather than averaging daily
+    averages. A week or month cut by ``start`` or ``end`` covers only the days in range:
+    its point starts at ``start`` / ends at ``end`` and is marked ``partial``.
     """
     m = get_metric(metric)
     if end < start:
         raise ValueError(f"--to ({end}) is before --from ({start})")
     if dimension not in DIMENSIONS:
         raise ValueError(f"--dimension must be one of {', '.join(DIMENSIONS)}")
+    dims = [d.name for d in m.dimensions]
+    if dimension not in dims:
+        raise ValueError(f"metric {m.name} has no {dimension} dimension; "
+                         f"its dimensions: {', '.join(dims)}")
     if dimension != "account" and dimension_id is None:
         raise ValueError(f"--dimension {dimension} needs --id")
     if dimension == "account":
@@ -98,8 +143,8 @@ def metric_series(
     out = []
     for p in _periods(start, end, by):
         c = counts.get(p, 0)
-        if m.read is ReadAs.COUNT:
-            out.append(Point(p, c, c))
-        else:
-            out.append(Point(p, sums.get(p, 0.0) / c if c else None, c))
+        first, last = max(p, start), min(period_end(p, by), end)
+        partial = (first, last) != (p, period_end(p, by))
+        value = c if m.read is ReadAs.COUNT else (sums.get(p, 0.0) / c if c else None)
+        out.append(Point(first, value, c, last, partial))
     return out

@@ -15,6 +15,8 @@ from analytics_pipeline.report import metric_series
 def engine(warehouse_url):
     e = wh.make_engine(warehouse_url)
     wh.ensure_schema(e)
+    wh.replace_accounts(e, [{"id": 1, "name": "Acme", "reporting_timezone": "UTC",
+                             "timezone": "UTC", "timezone_valid": True}])
     rows = []
     # account 1: 2026-02-02 (Mon) 2 first responses summing 100s; 02-04 one of 50s;
     # 02-10 (next week) one of 30s; 3 resolutions on 02-03.
@@ -52,11 +54,21 @@ def test_weekly_average_weighs_every_event(engine):
         (date(2026, 2, 2), 50.0, 3), (date(2026, 2, 9), 30.0, 1)]
 
 
+def test_weeks_are_clipped_to_the_range(engine):
+    # 02-04 (Wed) .. 02-10 (Tue): the 02-02 events are outside, the weeks cut at both ends
+    pts = metric_series(engine, 1, "first_response", date(2026, 2, 4), date(2026, 2, 10),
+                        by="week")
+    assert [(p.period_start, p.period_end, p.partial, p.value, p.count) for p in pts] == [
+        (date(2026, 2, 4), date(2026, 2, 8), True, 50.0, 1),
+        (date(2026, 2, 9), date(2026, 2, 10), True, 30.0, 1)]
+
+
 def test_monthly_business_hours_and_dimension(engine):
     pts = metric_series(engine, 1, "first_response", date(2026, 1, 30), date(2026, 2, 28),
                         by="month", business_hours=True)
-    assert [(p.period_start, p.value) for p in pts] == [
-        (date(2026, 1, 1), None), (date(2026, 2, 1), 90.0 / 4)]
+    assert [(p.period_start, p.period_end, p.partial, p.value) for p in pts] == [
+        (date(2026, 1, 30), date(2026, 1, 31), True, None),
+        (date(2026, 2, 1), date(2026, 2, 28), False, 90.0 / 4)]
     agent = metric_series(engine, 1, "first_response", date(2026, 2, 2), date(2026, 2, 2),
                           dimension="agent", dimension_id=7)
     assert agent[0].value == 50.0
@@ -72,6 +84,9 @@ def test_bad_arguments_give_clear_errors(engine):
     with pytest.raises(ValueError, match="needs --id"):
         metric_series(engine, 1, "first_response", date(2026, 2, 1), date(2026, 2, 2),
                       dimension="agent")
+    with pytest.raises(ValueError, match="no email dimension; its dimensions: account, agent"):
+        metric_series(engine, 1, "first_response", date(2026, 2, 1), date(2026, 2, 2),
+                      dimension="email", dimension_id=3)
 
 
 def test_cli_report(engine, warehouse_url, capsys):
@@ -80,7 +95,7 @@ def test_cli_report(engine, warehouse_url, capsys):
                  "--warehouse-url", warehouse_url])
     assert code == 0
     out = capsys.readouterr().out
-    assert '"value": 50.0' in out and '"count": 3' in out
+    assert '"value": 50.0' in out and '"count": 3' in out and '"unit": "seconds"' in out
     assert main(["report", "--account", "1", "--metric", "bogus", "--from", "2026-02-01",
                  "--to", "2026-02-02", "--warehouse-url", warehouse_url]) == 2
     assert "unknown metric" in capsys.readouterr().err

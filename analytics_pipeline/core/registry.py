@@ -25,6 +25,13 @@ class ReadAs(str, Enum):
     AVERAGE = "average"  # report value = sum(sum_value) / sum(count); None when count is 0
 
 
+class Unit(str, Enum):
+    """What a metric's report value measures."""
+
+    COUNT = "count"  # events (or distinct conversations, recipients)
+    SECONDS = "seconds"  # a duration: stored values are seconds
+
+
 @dataclass(frozen=True)
 class Dimension:
     name: str  # dimension_type stored in daily_rollups
@@ -44,6 +51,7 @@ class Metric:
     source: str  # the source whose rollup writes it (its rows' ``source`` column)
     description: str = ""
     distinct_of: str | None = None  # the counted column of COUNT_DISTINCT
+    unit: Unit = Unit.COUNT
 
 
 METRICS: dict[str, Metric] = {}

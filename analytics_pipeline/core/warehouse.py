@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -170,6 +171,87 @@ def make_engine(url: str | sa.URL) -> Engine:
     # the server's or the role's default time zone
     args = {"options": "-c timezone=UTC"} if u.get_backend_name() == "postgresql" else {}
     return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
+
+
+class WarehouseUnavailable(Exception):
+    """The warehouse to read cannot be opened: missing, unreachable, or without its tables.
+    The message names the (redacted) URL and how to point at the right warehouse."""
+
+
+READ_TABLES = ("accounts", "daily_rollups")  # what the read path needs
+_POINT_AT = "set ANALYTICS_WAREHOUSE_URL or pass --warehouse-url"
+
+
+def _sqlite_path(u: sa.URL) -> str | None:
+    """The file a SQLite URL names (plain or ``file:`` URI form); None: in memory."""
+    from urllib.parse import unquote, urlsplit
+
+    db = u.database or ""
+    if str(u.query.get("uri", "")).lower() in ("true", "1") and db.startswith("file:"):
+        if str(u.query.get("mode", "")) == "memory":
+            return None
+        db = unquote(urlsplit(db).path)  # file:/a, file:///a, file:rel?x#y → the path
+    return None if db in ("", ":memory:") else db
+
+
+def _sqlite_read_only(u: sa.URL, shown: str) -> sa.URL:
+    """A read-only URL of the existing file ``u`` names; raises if there is no such file
+    (SQLite would create one)."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    db = _sqlite_path(u)
+    if db is None:
+        raise WarehouseUnavailable(f"{shown} is an in-memory SQLite database, which holds no "
+                                   f"warehouse; {_POINT_AT}")
+    path = Path(db).resolve()
+    if not path.is_file():
+        where = "" if Path(db).is_absolute() else f" (resolved to {path})"
+        raise WarehouseUnavailable(
+            f"no warehouse at {shown}{where}: the file does not exist; {_POINT_AT}, or "
+            "materialize the pipeline first")
+    # our own URI of the file: quoted, so '?' or '#' in the path cannot drop mode=ro
+    return sa.URL.create("sqlite", database=f"file:{quote(str(path))}",
+                         query={"mode": "ro", "uri": "true"})
+
+
+_read_urls: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def display_url(engine: Engine) -> str:
+    """The redacted URL an engine was opened with (``open_warehouse_for_read`` rewrites
+    SQLite URLs to read-only URIs)."""
+    return _read_urls.get(engine) or redact(engine.url)
+
+
+def open_warehouse_for_read(url: str | sa.URL) -> Engine:
+    """An engine on an existing warehouse, for reading only: never creates a file, a
+    directory or a table (SQLite is opened read-only). Raises ``WarehouseUnavailable``
+    when the database is missing, unreachable or lacks the tables of the read path."""
+    shown = redact(url)
+    try:
+        u = normalize_url(url)
+    except Exception:  # noqa: BLE001 - the URL itself may hold a secret
+        raise WarehouseUnavailable(f"invalid warehouse URL {shown}; {_POINT_AT}") from None
+    if u.get_backend_name() == "sqlite":
+        engine = sa.create_engine(_sqlite_read_only(u, shown), connect_args={"timeout": 60})
+    else:
+        engine = make_engine(u)
+    try:
+        inspector = sa.inspect(engine)
+        missing = [t for t in READ_TABLES if not inspector.has_table(t)]
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
+        raise WarehouseUnavailable(
+            f"cannot open the warehouse at {shown}: {detail}; {_POINT_AT}") from None
+    if missing:
+        engine.dispose()
+        raise WarehouseUnavailable(
+            f"{shown} has no warehouse tables (missing: {', '.join(missing)}); {_POINT_AT} "
+            "to the pipeline's warehouse, or materialize the pipeline first")
+    _read_urls[engine] = shown
+    return engine
 
 
 @functools.lru_cache(maxsize=32)

@@ -9,6 +9,7 @@ from analytics_pipeline.core.registry import (
     Dimension,
     Metric,
     ReadAs,
+    Unit,
     register,
 )
 
@@ -25,8 +26,10 @@ REPORTING_SOURCE = "reporting_events"
 
 
 def _metric(name: str, raw: str, agg: Aggregation, read: ReadAs, description: str) -> Metric:
+    # the averaged values of this source are durations in seconds
     return Metric(name, raw, agg, read, REPORTING_DIMENSIONS, REPORTING_SOURCE, description,
-                  distinct_of="conversation_id" if agg is Aggregation.COUNT_DISTINCT else None)
+                  distinct_of="conversation_id" if agg is Aggregation.COUNT_DISTINCT else None,
+                  unit=Unit.SECONDS if read is ReadAs.AVERAGE else Unit.COUNT)
 
 
 REPORTING_METRICS: tuple[Metric, ...] = register((
