@@ -394,6 +394,18 @@ def _cell(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def account_table(rows: list[tuple[str, str, int, str, int]]) -> list[str]:
+    """The summary's lines: (name, timezone, resolved, avg first response, handoffs) in
+    columns that every row keeps, however long a (misspelt) timezone is."""
+    tzw = min(TZ_COLUMN_MAX, max(len("timezone"), *(len(r[1]) for r in rows)))
+    lines = [f"{'account':<32} {'timezone':<{tzw}} {'resolved':>8} {'avg 1st resp':>12} "
+             f"{'handoffs':>8}"]
+    for name, tzname, resolved, avg, handoffs in rows:
+        lines.append(f"{_cell(name, 32):<32} {_cell(tzname, tzw):<{tzw}} {resolved:>8} "
+                     f"{avg:>12} {handoffs:>8}")
+    return lines
+
+
 def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
     """Materialize what the sensors would have requested by now, so that their first
     start in `make dev` finds it done: every closed support day from ``first`` (to
@@ -475,12 +487,8 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
         avg = (sum((p.value or 0) * p.count for p in frt) / n_frt / 60) if n_frt else None
         rows.append((a["name"], tzname, sum(p.count for p in res),
                      "-" if avg is None else f"{avg:.1f} min", sum(p.count for p in hand)))
-    tzw = min(TZ_COLUMN_MAX, max(len("timezone"), *(len(r[1]) for r in rows)))
-    out(f"{'account':<32} {'timezone':<{tzw}} {'resolved':>8} {'avg 1st resp':>12} "
-        f"{'handoffs':>8}")
-    for name, tzname, resolved, avg, handoffs in rows:
-        out(f"{_cell(name, 32):<32} {_cell(tzname, tzw):<{tzw}} {resolved:>8} {avg:>12} "
-            f"{handoffs:>8}")
+    for line in account_table(rows):
+        out(line)
     out("")
     out(f"{'email (kind)':<32} {'sent':>6} {'delivered':>9} {'opened':>7} {'failed':>7} "
         f"{'open rate':>9}")
