@@ -510,3 +510,16 @@ def test_mailgun_sensors_run_by_default_only_when_mailgun_is_configured(monkeypa
         expected = DefaultSensorStatus.RUNNING if configured else DefaultSensorStatus.STOPPED
         assert s.default_status == expected, s.name
         assert ("Running by default" if configured else "Stopped by default") in s.description
+
+
+def test_timezone_added_to_a_running_email_stream_catches_up_the_lookback_only():
+    """The stream's first-fetch start applies to a new stream, not to a timezone registered
+    months later (it would request its whole history)."""
+    now = datetime(2026, 6, 12, 6, tzinfo=UTC)
+    progress = {"email:newsletter": {"UTC": "2026-06-11"}}
+    streams = [StreamClock("email:newsletter", now - timedelta(minutes=30),
+                           starts_at=datetime(2026, 2, 8, 23, tzinfo=UTC))]
+    due, _ = due_stream_partitions(streams, ["UTC", "Asia/Kolkata"], progress, GRACE,
+                                   date(2024, 1, 1))
+    assert keys(due["email:newsletter"]) == ["2026-06-10|Asia/Kolkata",
+                                             "2026-06-11|Asia/Kolkata"]

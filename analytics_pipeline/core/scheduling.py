@@ -156,7 +156,9 @@ def due_stream_partitions(
     for stream in streams:
         cursor = progress.get(stream.name, {})
         starts: dict[str, date] | None = None
-        if stream.starts_at is not None:
+        if stream.starts_at is not None and stream.name not in progress:
+            # a new stream starts where its first fetch did; a timezone added later to a
+            # running stream catches up the lookback, like any new timezone
             starts = {}
             for tz in tzs:
                 try:
