@@ -49,10 +49,13 @@ def test_the_code_location_holds_exactly_these_definitions():
     assert sorted(defs.resources) == RESOURCES
 
 
-def test_every_sensor_and_schedule_says_what_it_does():
+def test_every_sensor_schedule_and_job_says_what_it_does():
     repo = defs.get_repository_def()
-    for d in [*repo.sensor_defs, *repo.schedule_defs]:
-        assert d.description, d.name
+    jobs = [j for j in repo.get_all_jobs() if not j.name.startswith("__")]
+    assert jobs and repo.sensor_defs
+    for d in [*repo.sensor_defs, *repo.schedule_defs, *jobs]:
+        assert d.description and d.description.strip(), d.name
+        assert "`" not in d.description, d.name  # the UI shows markdown backticks raw
 
 
 def test_loading_the_code_location_imports_no_development_code():

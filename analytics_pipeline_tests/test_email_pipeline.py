@@ -160,15 +160,20 @@ def test_email_pipeline_end_to_end(world):
     assert stats[101].open_rate is None  # 3 recipients only
     assert state[1].opened_at is not None and state[3].failed_at is not None
 
+    # The late-events sensor starts: after the newest fetch, whose days were just rolled up.
+    from analytics_pipeline.definitions import defs
+
+    ctx = build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+    first_tick = late_email_sensors["newsletter"](ctx)
+    assert not first_tick.run_requests
     # The settling pass, 30 minutes later, finds the late-indexed open ...
     clock.t = utc(2026, 2, 25, 5, 45)
     fetch = run([mailgun_event_assets["newsletter"]], instance, res)
     ev = fetch.get_asset_materialization_events()[0]
     assert ev.materialization.metadata["events_fetched"].value >= 1
     # ... and the late-events sensor re-materializes the rolled-up day it belongs to.
-    from analytics_pipeline.definitions import defs
-
-    ctx = build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+    ctx = build_sensor_context(instance=instance, cursor=first_tick.cursor,
+                               repository_def=defs.get_repository_def())
     reqs = late_email_sensors["newsletter"](ctx).run_requests
     # the landed span (23:55Z on the 24th) touches the 24th of both timezones, both
     # already rolled up; the 25th was never materialized and is left to the day-close sensor

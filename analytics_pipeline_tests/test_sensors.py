@@ -1,6 +1,7 @@
 """Scheduling: closed-day sensor per timezone and the accounts refresh schedule."""
 
 import json
+import logging
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -221,8 +222,9 @@ def test_days_of_buckets_are_exact_per_timezone():
 def test_late_events_sensor_requests_only_days_with_new_events(instance):
     instance.add_dynamic_partitions("timezones", ["UTC"])
     _rolled_up(instance, "2026-02-24|UTC", "2026-02-25|UTC", "2026-02-26|UTC")
+    _, cursor = _late_tick(instance, None)  # first start, before any fetch
     _fetch_done(instance, buckets=[_bucket(2026, 2, 24, 23, 45), _bucket(2026, 2, 26, 10)])
-    result, _ = _late_tick(instance, None)
+    result, _ = _late_tick(instance, cursor)
     assert sorted(str(r.partition_key) for r in result.run_requests) == [
         "2026-02-24|UTC", "2026-02-26|UTC"]  # not the 25th in between
     # a fetch recorded before buckets existed: its [min, max] span
@@ -345,3 +347,179 @@ def test_sensor_requests_email_days_per_stream_once_settled(instance, monkeypatc
     assert [r.run_key for r in result.run_requests] == [
         "newsletter_email_daily:2026-02-11|America/New_York"]
     assert result.run_requests[0].job_name == "newsletter_email_daily"
+
+
+# --- cold starts, invalid timezone keys, skip reasons in the tick's log ------------------
+
+
+class TickLog(logging.Handler):
+    """The lines a sensor writes to its tick's log (what the UI's "View logs" shows)."""
+
+    def __init__(self, ctx):
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+        ctx.log.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelname, record.getMessage()))
+
+
+def _materialized(instance, assets, *keys):
+    from dagster import AssetMaterialization
+
+    for asset in assets:
+        for k in keys:
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition=k))
+
+
+def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite://"):
+    ctx = build_sensor_context(
+        instance=instance, cursor=cursor,
+        resources={"settings": PipelineSettings(default_timezone="UTC",
+                                                start_date="2024-01-01"),
+                   "mailgun": mailgun or Mailgun(),
+                   "warehouse": Warehouse(url=warehouse_url)},
+    )
+    log = TickLog(ctx)
+    return closed_days_sensor(ctx), log.lines
+
+
+REPORTING = ("raw_reporting_events", "reporting_rollups")
+
+
+def test_first_start_does_not_request_days_already_materialized(instance, monkeypatch):
+    """After the demo (or a backfill), a first start requests only what is not done:
+    a day is done when every asset of the stream's job has materialized it."""
+    instance.add_dynamic_partitions("timezones", ["America/New_York", "Asia/Kolkata"])
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 6, tzinfo=UTC))
+    _materialized(instance, REPORTING, "2026-02-10|America/New_York",
+                  "2026-02-11|America/New_York", "2026-02-10|Asia/Kolkata")
+    _materialized(instance, REPORTING[:1], "2026-02-11|Asia/Kolkata")  # its rollup failed
+    result, _ = _closed_days_tick(instance)
+    assert [r.run_key for r in result.run_requests] == ["2026-02-11|Asia/Kolkata"]
+    progress = json.loads(result.cursor)["streams"]["reporting"]
+    assert progress == {"America/New_York": "2026-02-11", "Asia/Kolkata": "2026-02-11"}
+    # with progress, a closed day is requested even if materialized (e.g. early, before
+    # it closed): the rule is for days done before the sensor knew the timezone
+    _materialized(instance, REPORTING, "2026-02-12|America/New_York")
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 13, 6, tzinfo=UTC))
+    result, _ = _closed_days_tick(instance, result.cursor)
+    assert sorted(r.run_key for r in result.run_requests) == [
+        "2026-02-12|America/New_York", "2026-02-12|Asia/Kolkata"]
+
+
+def test_first_start_with_every_day_done_requests_nothing_and_keeps_progress(
+        instance, monkeypatch):
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 6, tzinfo=UTC))
+    _materialized(instance, REPORTING, "2026-02-10|UTC", "2026-02-11|UTC")
+    result, log = _closed_days_tick(instance)
+    assert isinstance(result, SensorResult) and not result.run_requests
+    assert result.skip_reason is not None
+    assert json.loads(result.cursor)["streams"]["reporting"] == {"UTC": "2026-02-11"}
+    assert ("INFO", f"skipped: {result.skip_reason.skip_message}") in log
+
+
+def test_new_email_stream_skips_the_days_already_rolled_up(instance, monkeypatch, warehouse):
+    """The demo fetched and rolled up the newsletter days: a first start requests only the
+    automation days, whose partitions were never materialized."""
+    url, engine = warehouse
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    now = datetime(2026, 2, 12, 6, tzinfo=UTC)
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: now)
+    for kind in ("newsletter", "automation"):
+        wh.record_stream_state(engine, f"mailgun:{kind}",
+                               first_fetch_from=datetime(2026, 2, 10, 3, tzinfo=UTC).timestamp())
+        wh.advance_cursor(engine, f"mailgun:{kind}", now.timestamp() - 60,
+                          now.timestamp() - 1800)
+    _materialized(instance, ("raw_newsletter_email_events", "newsletter_email_rollups"),
+                  "2026-02-10|UTC", "2026-02-11|UTC")
+    _materialized(instance, REPORTING, "2026-02-10|UTC", "2026-02-11|UTC")
+    result, _ = _closed_days_tick(instance, None, Mailgun(domain="mg.example.com", api_key="k"),
+                                  url)
+    assert sorted(r.run_key for r in result.run_requests) == [
+        "automation_email_daily:2026-02-10|UTC", "automation_email_daily:2026-02-11|UTC"]
+    assert json.loads(result.cursor)["streams"]["email:newsletter"] == {"UTC": "2026-02-11"}
+
+
+def test_late_events_sensor_first_start_begins_after_the_newest_fetch(instance):
+    """A first start does not replay the fetch the days were rolled up from (the demo's);
+    the next fetch is read."""
+    instance.add_dynamic_partitions("timezones", ["UTC"])
+    _fetch_done(instance, buckets=[_bucket(2026, 2, 24, 12)])
+    _rolled_up(instance, "2026-02-24|UTC", "2026-02-25|UTC")
+    result, cursor = _late_tick(instance, None)
+    assert not result.run_requests
+    _fetch_done(instance, buckets=[_bucket(2026, 2, 25, 12)])
+    result, _ = _late_tick(instance, cursor)
+    assert [str(r.partition_key) for r in result.run_requests] == ["2026-02-25|UTC"]
+
+
+def test_invalid_timezone_keys_are_skipped_with_a_warning(instance, monkeypatch):
+    """A timezone key typed by hand in the UI: both sensors skip it, name it in a warning,
+    and go on with the valid ones."""
+    instance.add_dynamic_partitions("timezones", ["Europe/Pariss", "UTC"])
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 6, tzinfo=UTC))
+    result, log = _closed_days_tick(instance, json.dumps({"UTC": "2026-02-10"}))
+    assert [r.run_key for r in result.run_requests] == ["2026-02-11|UTC"]
+    [(level, line)] = [entry for entry in log if "Europe/Pariss" in entry[1]]
+    assert level == "WARNING" and "next accounts refresh removes it" in line
+
+    _, cursor = _late_tick(instance, None)
+    _rolled_up(instance, "2026-02-11|UTC")
+    _fetch_done(instance, buckets=[_bucket(2026, 2, 11, 12)])
+    ctx = build_sensor_context(instance=instance, cursor=cursor)
+    late_log = TickLog(ctx)
+    result = sensors.late_email_sensors["newsletter"](ctx)
+    assert [str(r.partition_key) for r in result.run_requests] == ["2026-02-11|UTC"]
+    assert any(lv == "WARNING" and "'Europe/Pariss'" in m for lv, m in late_log.lines)
+
+    # only invalid keys: a skip, with its reason and the warning in the tick's log
+    with instance_for_test() as other:
+        other.add_dynamic_partitions("timezones", ["Europe/Pariss"])
+        result, log = _closed_days_tick(other)
+        assert isinstance(result, SkipReason)
+        assert "accounts" in result.skip_message and "`" not in result.skip_message
+        assert [lv for lv, _ in log] == ["WARNING", "INFO"]
+
+
+def test_mailgun_sensor_skip_is_in_the_tick_log(instance):
+    ctx = build_sensor_context(instance=instance,
+                               resources={"mailgun": Mailgun(),
+                                          "warehouse": Warehouse(url="sqlite://")})
+    log = TickLog(ctx)
+    result = sensors.mailgun_sensors["newsletter"](ctx)
+    assert isinstance(result, SkipReason)
+    assert log.lines == [("INFO", f"skipped: {result.skip_message}")]
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_mailgun_sensors_run_by_default_only_when_mailgun_is_configured(monkeypatch,
+                                                                       configured):
+    monkeypatch.delenv("MAILGUN_DOMAIN", raising=False)
+    monkeypatch.delenv("MAILGUN_API_KEY", raising=False)
+    if configured:
+        monkeypatch.setenv("MAILGUN_DOMAIN", "mg.example.com")
+        monkeypatch.setenv("MAILGUN_API_KEY", "k")
+    else:
+        monkeypatch.setenv("MAILGUN_DOMAIN", "mg.example.com")  # the key alone is missing
+    [pipeline] = [p for p in sensors.EMAIL_PIPELINES if p.name == "newsletter"]
+    built = [sensors.mailgun_sensor(pipeline, sensors.mailgun_jobs["newsletter"]),
+             sensors.late_email_events_sensor(pipeline)]
+    for s in built:
+        expected = DefaultSensorStatus.RUNNING if configured else DefaultSensorStatus.STOPPED
+        assert s.default_status == expected, s.name
+        assert ("Running by default" if configured else "Stopped by default") in s.description
+
+
+def test_timezone_added_to_a_running_email_stream_catches_up_the_lookback_only():
+    """The stream's first-fetch start applies to a new stream, not to a timezone registered
+    months later (it would request its whole history)."""
+    now = datetime(2026, 6, 12, 6, tzinfo=UTC)
+    progress = {"email:newsletter": {"UTC": "2026-06-11"}}
+    streams = [StreamClock("email:newsletter", now - timedelta(minutes=30),
+                           starts_at=datetime(2026, 2, 8, 23, tzinfo=UTC))]
+    due, _ = due_stream_partitions(streams, ["UTC", "Asia/Kolkata"], progress, GRACE,
+                                   date(2024, 1, 1))
+    assert keys(due["email:newsletter"]) == ["2026-06-10|Asia/Kolkata",
+                                             "2026-06-11|Asia/Kolkata"]

@@ -7,12 +7,14 @@ own progress.
 """
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -26,6 +28,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from analytics_pipeline.core.partitions import (
     TIMEZONES_PARTITIONS_NAME,
     LocalDay,
+    is_valid_timezone,
     last_closed_day,
     local_date_of,
 )
@@ -56,26 +59,47 @@ def due_partitions(
     first_date: date,
     lookback_days: int = FIRST_LOOKBACK_DAYS,
     limit: int = MAX_REQUESTS_PER_TICK,
+    starts: Mapping[str, date] | None = None,
+    materialized: Callable[[], Collection[str]] | None = None,
 ) -> tuple[list[LocalDay], dict[str, str]]:
     """Closed local days not requested yet, oldest first, and the advanced cursor.
 
-    ``cursor`` maps a timezone to the last local date already requested for it.
+    ``cursor`` maps a timezone to the last local date already requested for it. A timezone
+    without progress starts at ``starts[tz]`` if given, else with the last ``lookback_days``
+    closed days, and skips the days whose partition keys ``materialized()`` holds (work
+    done before the sensor ran, e.g. by the demo or a backfill); the cursor still moves
+    past them.
     """
     due: list[LocalDay] = []
     new_cursor = dict(cursor)
+    done: Collection[str] | None = None
     for tz in sorted(timezones):
         try:
             closed = last_closed_day(now, tz, grace)
         except ValueError:
-            continue  # not a valid zone: the accounts check reports it
-        if tz in cursor:
+            continue  # not a valid zone: the sensor logs it (invalid_timezones)
+        fresh = tz not in cursor
+        if not fresh:
             nxt = date.fromisoformat(cursor[tz]) + timedelta(days=1)
+        elif starts is not None and tz in starts:
+            nxt = max(first_date, starts[tz])
         else:
             nxt = max(first_date, closed - timedelta(days=lookback_days - 1))
         while nxt <= closed and len(due) < limit:
-            due.append(LocalDay(nxt, tz))
+            day = LocalDay(nxt, tz)
+            if fresh and materialized is not None:
+                if done is None:
+                    done = materialized()  # read once, and only on a cold start
+                if day.key in done:
+                    new_cursor[tz] = nxt.isoformat()
+                    nxt += timedelta(days=1)
+                    continue
+            due.append(day)
             new_cursor[tz] = nxt.isoformat()
             nxt += timedelta(days=1)
+        if fresh and tz not in new_cursor and starts is not None and tz in starts:
+            # nothing due yet: remember where the stream starts
+            new_cursor[tz] = (max(first_date, starts[tz]) - timedelta(days=1)).isoformat()
     return due, new_cursor
 
 
@@ -119,30 +143,67 @@ def due_stream_partitions(
     first_date: date,
     lookback_days: int = FIRST_LOOKBACK_DAYS,
     limit: int = MAX_REQUESTS_PER_TICK,
+    materialized: Callable[[str], Collection[str]] | None = None,
 ) -> tuple[dict[str, list[LocalDay]], dict[str, dict[str, str]]]:
     """Each stream's due days (its own progress and clock), oldest first, within one shared
-    per-tick ``limit``; and the advanced progress of every stream."""
+    per-tick ``limit``; and the advanced progress of every stream. ``materialized(name)``
+    gives the partition keys a stream has already done: a timezone the stream has no
+    progress for does not request them again."""
     tzs = sorted(timezones)
     new_progress = {k: dict(v) for k, v in progress.items()}
     due: dict[str, list[LocalDay]] = {}
     remaining = limit
     for stream in streams:
-        cursor = progress.get(stream.name)
-        if cursor is None:
-            cursor = {}
-            if stream.starts_at is not None:
-                for tz in tzs:
-                    try:
-                        start = max(first_date, local_date_of(stream.starts_at, tz))
-                    except ValueError:
-                        continue  # not a valid zone: the accounts check reports it
-                    cursor[tz] = (start - timedelta(days=1)).isoformat()
+        cursor = progress.get(stream.name, {})
+        starts: dict[str, date] | None = None
+        if stream.starts_at is not None and stream.name not in progress:
+            # a new stream starts where its first fetch did; a timezone added later to a
+            # running stream catches up the lookback, like any new timezone
+            starts = {}
+            for tz in tzs:
+                try:
+                    starts[tz] = local_date_of(stream.starts_at, tz)
+                except ValueError:
+                    continue  # not a valid zone: the sensor logs it (invalid_timezones)
+        done = partial(materialized, stream.name) if materialized is not None else None
         days, advanced = due_partitions(stream.closed_until, tzs, cursor, grace, first_date,
-                                        lookback_days, max(remaining, 0))
+                                        lookback_days, max(remaining, 0), starts, done)
         due[stream.name] = days
         new_progress[stream.name] = advanced
         remaining -= len(days)
     return due, new_progress
+
+
+def invalid_timezones(timezones: Iterable[str]) -> list[str]:
+    """The ``timezone`` partition keys that are no IANA zone (e.g. typed by hand in the UI);
+    the accounts refresh removes them, sensors skip them meanwhile."""
+    return sorted(tz for tz in timezones if not is_valid_timezone(tz))
+
+
+def valid_timezones(context: SensorEvaluationContext) -> list[str]:
+    """The instance's ``timezone`` partition keys a sensor can use; each invalid key is
+    named in a warning of the tick's log."""
+    keys = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
+    bad = invalid_timezones(keys)
+    for tz in bad:
+        context.log.warning(
+            f"skipping timezone partition key {tz!r}: not a valid IANA timezone (added by "
+            "hand?); the next accounts refresh removes it")
+    return sorted(set(keys) - set(bad))
+
+
+def skip(context: SensorEvaluationContext, reason: str) -> SkipReason:
+    """A skip whose reason is also in the tick's log (the UI shows a skip's reason only as
+    a tooltip; "View logs" of the tick shows this line)."""
+    context.log.info(f"skipped: {reason}")
+    return SkipReason(reason)
+
+
+def skip_with_cursor(context: SensorEvaluationContext, reason: str,
+                     cursor: str) -> SensorResult:
+    """``skip`` that also moves the cursor."""
+    context.log.info(f"skipped: {reason}")
+    return SensorResult(skip_reason=reason, cursor=cursor)
 
 
 @dataclass(frozen=True)
@@ -151,6 +212,9 @@ class ClosedDaysStream:
 
     ``clock`` gives the stream's clock from the sensor's resources and now, or None while
     the stream cannot run yet (a provider not configured or never fetched).
+    ``assets``: the job's assets; a day whose partition all of them have materialized is
+    done, so a timezone the sensor has no progress for yet (first start, new stream) does
+    not request it again.
     """
 
     name: str
@@ -158,6 +222,7 @@ class ClosedDaysStream:
     run_key: Callable[[LocalDay], str]
     clock: Callable[[Any, datetime], StreamClock | None]
     resource_keys: frozenset[str] = frozenset()
+    assets: tuple[str, ...] = ()
 
 
 def build_closed_days_sensor(streams: Sequence[ClosedDaysStream]) -> SensorDefinition:
@@ -181,26 +246,39 @@ def build_closed_days_sensor(streams: Sequence[ClosedDaysStream]) -> SensorDefin
         # resources are read from the context (which streams need which is known only
         # here); direct invocation also passes them as keyword arguments
         settings: PipelineSettings = context.resources.settings
-        timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
+        timezones = valid_timezones(context)
         if not timezones:
-            return SkipReason("no timezone partitions yet: materialize `accounts` first")
+            return skip(context, "no timezone partitions yet: materialize the accounts "
+                        "asset first (job refresh_accounts)")
         now = _utcnow()
         clocks = [c for s in streams if (c := s.clock(context.resources, now)) is not None]
         previous = read_progress(context.cursor)
-        due, progress = due_stream_partitions(
-            clocks, timezones, previous, settings.grace, settings.first_date)
-        cursor = json.dumps({"streams": progress}, sort_keys=True)
         by_name = {s.name: s for s in streams}
+
+        def materialized(name: str) -> set[str]:
+            """Partition keys every asset of the stream's job has materialized."""
+            keys: set[str] | None = None
+            for asset in by_name[name].assets:
+                done = {str(k) for k in
+                        context.instance.get_materialized_partitions(AssetKey(asset))}
+                keys = done if keys is None else keys & done
+            return keys or set()
+
+        due, progress = due_stream_partitions(
+            clocks, timezones, previous, settings.grace, settings.first_date,
+            materialized=materialized)
+        cursor = json.dumps({"streams": progress}, sort_keys=True)
         requests = [
             RunRequest(run_key=by_name[name].run_key(day), job_name=jobs[name].name,
                        partition_key=day.multi_key(), tags={"analytics/timezone": day.tz})
             for name, days in due.items() for day in days
         ]
         if not requests:
-            skip = "no local day has closed (or settled) since the last tick"
+            reason = "no local day has closed (or settled) since the last tick"
             if progress == previous:
-                return SkipReason(skip)
-            return SensorResult(skip_reason=skip, cursor=cursor)  # e.g. a new stream's start
+                return skip(context, reason)
+            # e.g. a new stream's start, or a first start whose days were all done already
+            return skip_with_cursor(context, reason, cursor)
         return SensorResult(run_requests=requests, cursor=cursor)
 
     return _sensor

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from analytics_pipeline.core.partitions import is_valid_timezone, last_closed_day, zone
 from analytics_pipeline.core.sources import source_metadata, src_accounts
 from analytics_pipeline.core.warehouse import make_engine
 from analytics_pipeline.support.source import src_reporting_events
 
-# Two weeks around the US spring-forward (2026-03-08: New York and Los Angeles have a
-# 23-hour day), fixed so that the demo's numbers are reproducible.
-DEMO_START = date(2026, 2, 28)
+# The demo covers the last DEMO_DAYS local days closed in every demo timezone, so support
+# and email events (which must stay within Mailgun's 72-hour initial lookback) share dates.
+# ANALYTICS_DEMO_START=YYYY-MM-DD pins the support days instead (e.g. 2026-02-28 for the
+# 2026-03-08 spring-forward, a 23-hour day in New York); email then stays recent.
 DEMO_DAYS = 14
+DEMO_START_ENV = "ANALYTICS_DEMO_START"
 
 
 @dataclass(frozen=True)
@@ -39,25 +42,51 @@ DEMO_ACCOUNTS = (
 )
 
 
+def demo_timezones(accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
+                   default_tz: str = "UTC") -> list[str]:
+    """The valid effective timezones of the demo accounts."""
+    names = {a.timezone or default_tz for a in accounts}
+    return sorted(n for n in names if is_valid_timezone(n))
+
+
+def demo_window(now: datetime, grace: timedelta, start: date | None = None,
+                accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
+                days: int = DEMO_DAYS) -> tuple[date, date]:
+    """(first, last) demo date: the last ``days`` local days that have closed and settled
+    (grace + the email settling time) in every demo timezone, or ``days`` from ``start``."""
+    # settled too: an email day is rolled up only once Mailgun's late indexing has settled
+    closed = min(last_closed_day(now - _settle(), tz, grace)
+                 for tz in demo_timezones(accounts))
+    if start is None:
+        return closed - timedelta(days=days - 1), closed
+    last = start + timedelta(days=days - 1)
+    if last > closed:
+        raise ValueError(f"{DEMO_START_ENV}={start}: the demo's last day {last} has not "
+                         f"closed everywhere yet (latest possible start: "
+                         f"{closed - timedelta(days=days - 1)})")
+    return start, last
+
+
 def _fmt(ts: datetime) -> str:
     # As Rails writes timestamps to SQLite: naive UTC with microseconds.
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def generate_events(
+    start: date,
     accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
-    start: date = DEMO_START,
     days: int = DEMO_DAYS,
     seed: int = 7,
 ) -> list[dict]:
     """Conversations with first responses, replies, resolutions and bot activity.
 
     Event times follow a business-day curve in each account's own timezone, so local
-    midnights matter; a handful of deliberately bad rows exercise the quarantine.
+    midnights matter; a handful of deliberately bad rows exercise the quarantine. Each
+    account's day is seeded by its index in the window, not its date, so every run
+    draws the same numbers whatever the dates.
     """
     from zoneinfo import ZoneInfo
 
-    rng = random.Random(seed)
     rows: list[dict] = []
     next_id = 1
     conv_id = 1000
@@ -67,6 +96,7 @@ def generate_events(
         except Exception:  # noqa: BLE001 - the typo account: its office is in New York
             tz = ZoneInfo("America/New_York")
         for d in range(days):
+            rng = random.Random(seed * 1_000_003 + acc.id * 1_009 + d)
             day = start + timedelta(days=d)
             for _ in range(acc.conversations_per_day):
                 conv_id += 1
@@ -77,7 +107,8 @@ def generate_events(
                 inbox = 10 * acc.id + rng.randrange(acc.inboxes)
                 base = {"account_id": acc.id, "inbox_id": inbox, "conversation_id": conv_id}
 
-                def add(name, at, value, user=agent, bh=None, t0=t0, base=base, **extra):
+                def add(name, at, value, user=agent, bh=None, t0=t0, base=base, rng=rng,
+                        **extra):
                     nonlocal next_id
                     rows.append({
                         "id": next_id, "name": name, "value": value,
@@ -152,12 +183,16 @@ def write_source(url: str, accounts: list[dict], events: list[dict], fresh: bool
 
 
 def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
-                       start: date = DEMO_START, days: int = DEMO_DAYS) -> int:
-    """(Re)create the demo application database at ``url``; returns the event count."""
+                       start: date | None = None, days: int = DEMO_DAYS) -> int:
+    """(Re)create the demo application database at ``url`` (``start``: the demo window's
+    first day, by default that of ``demo_window``); returns the event count."""
+    if start is None:
+        start, _ = demo_window(datetime.now(timezone.utc), _grace(), _pinned_start(),
+                               accounts, days)
     u = sa.make_url(url)
     if u.get_backend_name() == "sqlite" and u.database:
         Path(u.database).unlink(missing_ok=True)
-    events = generate_events(accounts, start, days)
+    events = generate_events(start, accounts, days)
     write_source(
         url,
         [{"id": a.id, "name": a.name, "reporting_timezone": a.timezone} for a in accounts],
@@ -166,33 +201,69 @@ def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUN
     return len(events)
 
 
+def _grace() -> timedelta:
+    from analytics_pipeline.core.settings import setting
+
+    return timedelta(minutes=int(setting("ANALYTICS_CLOSE_GRACE_MINUTES")))
+
+
+def _settle() -> timedelta:
+    import os
+
+    from analytics_pipeline.email.resources import MAILGUN_DEFAULTS
+
+    name = "MAILGUN_SETTLE_MINUTES"
+    return timedelta(minutes=int(os.environ.get(name) or MAILGUN_DEFAULTS[name]))
+
+
+def _pinned_start() -> date | None:
+    import os
+
+    raw = os.environ.get(DEMO_START_ENV)
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{DEMO_START_ENV} must be YYYY-MM-DD, got {raw!r}") from None
+
+
 # --- email demo: newsletters and a welcome automation, events served by the simulator -------
 
-DEMO_EMAIL_HOURS_AGO = 60  # sends happen this long before the demo runs
+# Local hour of each account's sends on the email day. Its events span at most ~14.2 hours
+# (automation steps 2 and 4 hours later, opens up to 9 hours and clicks up to 10 hours after
+# delivery), so they all fall on that local day, and within Mailgun's 72-hour initial
+# lookback (the day has closed less than ~41 hours before now, see demo_window).
+DEMO_EMAIL_HOUR = 8
 
 
 def generate_email_demo(
-    now: float, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS, seed: int = 11
+    email_day: date, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS, seed: int = 11
 ) -> tuple[list[dict], list[dict], list[tuple[dict, float | None]]]:
     """Emails, recipients and Mailgun items (with their indexing time) for the demo.
 
-    Each valid account sends one newsletter and runs a two-step welcome automation;
-    recipients deliver, open (some several times), click, fail (permanently or
-    temporarily), unsubscribe and complain. One open is indexed late, one item is
-    malformed and one event belongs to nobody.
+    Each valid account sends one newsletter and runs a two-step welcome automation on
+    ``email_day`` (the demo window's last day, in its own timezone); recipients deliver,
+    open (some several times), click, fail (permanently or temporarily), unsubscribe and
+    complain. One open is indexed late, one item is malformed and one event belongs to
+    nobody.
     """
     from analytics_pipeline.dev.mailgun_simulator import sample_item
 
     rng = random.Random(seed)
     emails, recipients, items = [], [], []
     rid = 0
+    first_sent: float | None = None
     for acc in accounts:
-        if acc.timezone == "America/New_Yrok":
-            continue
-        sent = now - DEMO_EMAIL_HOURS_AGO * 3600 + acc.id * 600
+        if not is_valid_timezone(acc.timezone or "UTC"):
+            continue  # the typo account: left out of every partition anyway
+        local = datetime(email_day.year, email_day.month, email_day.day, DEMO_EMAIL_HOUR,
+                         tzinfo=zone(acc.timezone or "UTC"))
+        sent = local.timestamp() + acc.id * 60
+        first_sent = sent if first_sent is None else first_sent
         sends = [(acc.id * 10, "newsletter", None, 20 + 8 * acc.id, sent)]
         sends += [(acc.id * 10 + s, "automation", acc.id * 100, 6 + 2 * acc.id,
-                   sent + s * 12 * 3600) for s in (1, 2)]
+                   sent + s * 2 * 3600) for s in (1, 2)]
         for email_id, kind, automation_id, n, at in sends:
             emails.append({"id": email_id, "account_id": acc.id, "kind": kind,
                            "automation_id": automation_id, "subject": f"{kind} {email_id}",
@@ -222,18 +293,19 @@ def generate_email_demo(
                 event("delivered", t)
                 if rng.random() < 0.45:
                     for k in range(1 + int(rng.random() < 0.3)):
-                        event("opened", t + rng.uniform(60, 20 * 3600) + k * 3600)
+                        event("opened", t + rng.uniform(60, 8 * 3600) + k * 3600)
                     if rng.random() < 0.3:
-                        event("clicked", t + rng.uniform(3600, 30 * 3600))
+                        event("clicked", t + rng.uniform(3600, 10 * 3600))
                 if rng.random() < 0.015:
                     event("unsubscribed", t + 7200)
                 if rng.random() < 0.005:
                     event("complained", t + 7200)
     late = dict(items[5][0], id="late-indexed-open", event="opened")
     items.append((late, float(late["timestamp"]) + 20 * 60))  # indexed 20 minutes late
-    items.append(({"id": "broken-item", "event": "opened", "timestamp": now - 3600 * 30,
+    odd = (first_sent or 0.0) + 3 * 3600
+    items.append(({"id": "broken-item", "event": "opened", "timestamp": odd,
                    "tags": ["newsletter"], "recipient": "x@example.com"}, None))  # no message
-    items.append((sample_item("nobody", "opened", now - 3600 * 30, "ghost@example.com",
+    items.append((sample_item("nobody", "opened", odd, "ghost@example.com",
                               "<unknown@mg.demo>", ["newsletter"]), None))
     return emails, recipients, items
 
@@ -270,6 +342,11 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    try:
+        first, last = demo_window(datetime.now(timezone.utc), _grace(), _pinned_start())
+    except ValueError as exc:
+        out(str(exc))
+        return 1
     src = setting("ANALYTICS_SOURCE_URL")
     if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
         # A fresh demo: the embedded warehouse and landing start empty too.
@@ -281,19 +358,22 @@ def run_demo(regenerate: bool = True, out=print) -> int:
                 else:
                     for p in path.parent.glob(path.name + "*"):
                         p.unlink()
-        n = create_demo_source(src)
-        out(f"demo application database: {n} reporting events, {len(DEMO_ACCOUNTS)} accounts")
+        n = create_demo_source(src, start=first)
+        out(f"demo application database: {n} reporting events, {len(DEMO_ACCOUNTS)} accounts, "
+            f"support days {first} … {last}")
     else:
         out(f"using the existing application database at {wh.redact(src)}")
 
     # Email: a local Mailgun simulator serves the demo's provider events (its settings are
-    # only set for this process, so `make dev` does not poll it afterwards).
-    import time as _time
-
+    # only set for this process, so `make dev` does not poll it afterwards). The sends fall
+    # on the window's last day, unless the window is pinned far back (Mailgun's initial
+    # lookback is 72 hours): then on the last day closed everywhere.
     from analytics_pipeline.dev.mailgun_simulator import MailgunSimulator
 
-    started = _time.time()
-    emails, recipients, items = generate_email_demo(started)
+    email_day = last
+    if _pinned_start() is not None:
+        _, email_day = demo_window(datetime.now(timezone.utc), _grace())
+    emails, recipients, items = generate_email_demo(email_day)
     if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
         write_email_source(src, emails, recipients)
     sim = MailgunSimulator(domain="mg.demo.example", api_key="demo-key")
@@ -302,86 +382,113 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     os.environ.update(MAILGUN_API_BASE=sim.start(), MAILGUN_DOMAIN=sim.domain,
                       MAILGUN_API_KEY=sim.api_key)
     try:
-        return _run_demo_jobs(out)
+        return _run_demo_jobs(out, first, last, email_day)
     finally:
         sim.stop()
 
 
-def _run_demo_jobs(out) -> int:
+TZ_COLUMN_MAX = 40  # the summary's timezone column widens up to this, then truncates
+
+
+def _cell(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def account_table(rows: list[tuple[str, str, int, str, int]]) -> list[str]:
+    """The summary's lines: (name, timezone, resolved, avg first response, handoffs) in
+    columns that every row keeps, however long a (misspelt) timezone is."""
+    tzw = min(TZ_COLUMN_MAX, max(len("timezone"), *(len(r[1]) for r in rows)))
+    lines = [f"{'account':<32} {'timezone':<{tzw}} {'resolved':>8} {'avg 1st resp':>12} "
+             f"{'handoffs':>8}"]
+    for name, tzname, resolved, avg, handoffs in rows:
+        lines.append(f"{_cell(name, 32):<32} {_cell(tzname, tzw):<{tzw}} {resolved:>8} "
+                     f"{avg:>12} {handoffs:>8}")
+    return lines
+
+
+def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
+    """Materialize what the sensors would have requested by now, so that their first
+    start in `make dev` finds it done: every closed support day from ``first`` (to
+    ``last`` when the window is pinned), and each email stream's days from its first
+    fetch's lookback to its settled watermark, as the closed-days sensor computes them."""
     from dagster import DagsterInstance
 
     from analytics_pipeline.core import warehouse as wh
-    from analytics_pipeline.core.partitions import TIMEZONES_PARTITIONS_NAME, last_closed_day
+    from analytics_pipeline.core.partitions import (
+        TIMEZONES_PARTITIONS_NAME,
+        last_closed_day,
+        local_date_of,
+    )
     from analytics_pipeline.core.settings import setting
     from analytics_pipeline.definitions import defs
     from analytics_pipeline.email import tables as et
+    from analytics_pipeline.email.metrics import EMAIL_PIPELINES
     from analytics_pipeline.report import metric_series
 
+    pinned = _pinned_start() is not None
+    engine = wh.make_engine(setting("ANALYTICS_WAREHOUSE_URL"))
     with DagsterInstance.get() as instance:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+        def run_range(job_name: str, tz: str, lo: date, hi: date) -> bool:
+            r = defs.resolve_job_def(job_name).execute_in_process(
+                instance=instance, run_config=quiet,
+                tags={"dagster/asset_partition_range_start": f"{lo.isoformat()}|{tz}",
+                      "dagster/asset_partition_range_end": f"{hi.isoformat()}|{tz}",
+                      "analytics/timezone": tz})
+            out(f"{job_name:<24} {tz:<22} {lo} … {hi}: run {r.run_id[:8]} "
+                f"{'succeeded' if r.success else 'FAILED'}")
+            return r.success
+
         result = defs.resolve_job_def("refresh_accounts").execute_in_process(
             instance=instance, run_config=quiet
         )
         if not result.success:
             out("materializing accounts failed; see the run in the Dagster UI")
             return 1
-        grace = timedelta(minutes=int(setting("ANALYTICS_CLOSE_GRACE_MINUTES")))
+        grace = _grace()
         now = datetime.now(timezone.utc)
-        last = DEMO_START + timedelta(days=DEMO_DAYS - 1)
-        job = defs.resolve_job_def("support_reporting")
-        for tz in sorted(instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)):
-            end = min(last, last_closed_day(now, tz, grace))
-            if end < DEMO_START:
-                continue
-            r = job.execute_in_process(
-                instance=instance,
-                run_config=quiet,
-                tags={
-                    "dagster/asset_partition_range_start": f"{DEMO_START.isoformat()}|{tz}",
-                    "dagster/asset_partition_range_end": f"{end.isoformat()}|{tz}",
-                    "analytics/timezone": tz,
-                },
-            )
-            out(f"{tz:<22} {DEMO_START} … {end}: run {r.run_id[:8]} "
-                f"{'succeeded' if r.success else 'FAILED'}")
-            if not r.success:
+        timezones = sorted(instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME))
+        for tz in timezones:
+            end = last_closed_day(now, tz, grace)
+            end = min(end, last) if pinned else end
+            if end >= first and not run_range("support_reporting", tz, first, end):
                 return 1
-        # Email: fetch both pipelines, roll up their closed days, refresh the statistics.
-        for kind in ("newsletter", "automation"):
-            for job_name in (f"mailgun_{kind}_fetch", f"{kind}_email_stats_refresh"):
+        # Email: fetch both pipelines, roll up their settled days, refresh the statistics.
+        for pipeline in EMAIL_PIPELINES:
+            names = pipeline.names
+            for job_name in (names.fetch_job, names.stats_job):
                 r = defs.resolve_job_def(job_name).execute_in_process(
                     instance=instance, run_config=quiet)
                 if not r.success:
                     out(f"{job_name} failed; see the run in the Dagster UI")
                     return 1
-            job = defs.resolve_job_def(f"{kind}_email_daily")
-            for tz in sorted(instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)):
-                end = last_closed_day(now, tz, grace)
-                first = end - timedelta(days=3)
-                r = job.execute_in_process(
-                    instance=instance, run_config=quiet,
-                    tags={"dagster/asset_partition_range_start": f"{first.isoformat()}|{tz}",
-                          "dagster/asset_partition_range_end": f"{end.isoformat()}|{tz}",
-                          "analytics/timezone": tz})
-                if not r.success:
-                    out(f"{kind} email days of {tz} failed; see the run in the Dagster UI")
+            state = wh.get_stream_state(engine, pipeline.cursor_name)
+            cursor = wh.get_cursor(engine, pipeline.cursor_name)
+            if state is None or state.first_fetch_from is None or cursor is None:
+                out(f"{names.fetch_job} recorded no stream state; see the run in the UI")
+                return 1
+            since = datetime.fromtimestamp(state.first_fetch_from, timezone.utc)
+            settled = min(now, datetime.fromtimestamp(cursor[1], timezone.utc))
+            for tz in timezones:
+                lo, hi = local_date_of(since, tz), last_closed_day(settled, tz, grace)
+                if hi >= lo and not run_range(names.daily_job, tz, lo, hi):
                     return 1
         out("email: fetched from the local Mailgun simulator, rolled up and summarized")
 
-    engine = wh.make_engine(setting("ANALYTICS_WAREHOUSE_URL"))
     out("")
-    out(f"{'account':<32} {'timezone':<22} {'resolved':>8} {'avg 1st resp':>12} "
-        f"{'handoffs':>8}")
+    rows = []
     for a in wh.accounts_snapshot(engine):
         tzname = a["timezone"] or f"INVALID ({a['reporting_timezone']})"
-        res = metric_series(engine, a["id"], "resolutions_count", DEMO_START, last, by="month")
-        frt = metric_series(engine, a["id"], "first_response", DEMO_START, last, by="month")
-        hand = metric_series(engine, a["id"], "bot_handoffs_count", DEMO_START, last,
-                             by="month")
+        res = metric_series(engine, a["id"], "resolutions_count", first, last, by="month")
+        frt = metric_series(engine, a["id"], "first_response", first, last, by="month")
+        hand = metric_series(engine, a["id"], "bot_handoffs_count", first, last, by="month")
         n_frt = sum(p.count for p in frt)
         avg = (sum((p.value or 0) * p.count for p in frt) / n_frt / 60) if n_frt else None
-        out(f"{a['name'][:32]:<32} {tzname:<22} {sum(p.count for p in res):>8} "
-            f"{'-' if avg is None else f'{avg:.1f} min':>12} {sum(p.count for p in hand):>8}")
+        rows.append((a["name"], tzname, sum(p.count for p in res),
+                     "-" if avg is None else f"{avg:.1f} min", sum(p.count for p in hand)))
+    for line in account_table(rows):
+        out(line)
     out("")
     out(f"{'email (kind)':<32} {'sent':>6} {'delivered':>9} {'opened':>7} {'failed':>7} "
         f"{'open rate':>9}")
@@ -396,9 +503,13 @@ def _run_demo_jobs(out) -> int:
                 f"{failed:>7} {shown:>9}")
         q = sa.select(wh.quarantine.c.reason, sa.func.count()).group_by(wh.quarantine.c.reason)
         quarantined = dict(conn.execute(q).all())
+    engine.dispose()
     out(f"\nquarantined events: {quarantined or 'none'}")
-    out("Open the UI on the same instance with `make dev`; query with "
-        "`analytics-pipeline report --account 1 --metric first_response "
-        f"--from {DEMO_START} --to {last} --by week`, or email opens per day with "
-        "`--metric newsletter_opens` over the last days.")
+    lo, hi = (first, last) if email_day <= last else (email_day, email_day)
+    out(f"Support days {first} … {last}; emails sent on {email_day} (each account's local "
+        "day). Open the UI on the same instance with `make dev`; query with")
+    out(f"  analytics-pipeline report --account 1 --metric first_response --from {first} "
+        f"--to {last} --by week")
+    out(f"  analytics-pipeline report --account 1 --metric newsletter_opens --from {lo} "
+        f"--to {hi} --by week")
     return 0

@@ -7,6 +7,7 @@ the late-events sensor maps what each fetch landed to the already rolled-up loca
 """
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 
@@ -20,19 +21,23 @@ from dagster import (
     RunsFilter,
     SensorEvaluationContext,
     SensorResult,
-    SkipReason,
     define_asset_job,
     sensor,
 )
 
 from analytics_pipeline.core.partitions import (
-    TIMEZONES_PARTITIONS_NAME,
     LocalDay,
     daily_timezone_partitions,
     local_date_of,
 )
 from analytics_pipeline.core.resources import Warehouse
-from analytics_pipeline.core.scheduling import ClosedDaysStream, StreamClock
+from analytics_pipeline.core.scheduling import (
+    ClosedDaysStream,
+    StreamClock,
+    skip,
+    skip_with_cursor,
+    valid_timezones,
+)
 from analytics_pipeline.core.warehouse import get_cursor, get_stream_state
 from analytics_pipeline.email.metrics import EMAIL_PIPELINES, EmailPipeline
 from analytics_pipeline.email.resources import Mailgun
@@ -107,28 +112,49 @@ def fetch_runs_in_flight(
     return blocking, stale
 
 
+def mailgun_configured_in_env() -> bool:
+    """Whether the code location's environment configures Mailgun, as the resource reads
+    it (``mailgun_resource``: EnvVar of each variable set, empty defaults otherwise)."""
+    return bool(os.environ.get("MAILGUN_DOMAIN") and os.environ.get("MAILGUN_API_KEY"))
+
+
+def mailgun_default_status() -> tuple[DefaultSensorStatus, str]:
+    """The default status of the sensors that need Mailgun, decided when the code location
+    loads, and the sentence of their description that says so."""
+    if mailgun_configured_in_env():
+        return DefaultSensorStatus.RUNNING, (
+            " Running by default: MAILGUN_DOMAIN and MAILGUN_API_KEY were set when the code "
+            "location loaded.")
+    return DefaultSensorStatus.STOPPED, (
+        " Stopped by default: MAILGUN_DOMAIN and MAILGUN_API_KEY were not set when the code "
+        "location loaded; set both, reload the code location and it runs (or start it "
+        "here).")
+
+
 def mailgun_sensor(pipeline: EmailPipeline, job):
     """A light sensor: it decides the window end and launches a run; the run fetches,
     lands and advances the durable cursor kept in the warehouse."""
+    status, why = mailgun_default_status()
 
     @sensor(
         name=pipeline.names.fetch_sensor,
         job=job,
         minimum_interval_seconds=60,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=status,
         description=f"Polls Mailgun for {pipeline.name} email events (fresh pass up to now "
-        "minus the lag, settling pass over events older than MAILGUN_SETTLE_MINUTES).",
+        "minus the lag, settling pass over events older than MAILGUN_SETTLE_MINUTES)." + why,
     )
     def _sensor(context: SensorEvaluationContext, mailgun: Mailgun, warehouse: Warehouse):
         if not mailgun.configured:
-            return SkipReason("Mailgun is not configured: set MAILGUN_DOMAIN and MAILGUN_API_KEY")
+            return skip(context, "Mailgun is not configured: set MAILGUN_DOMAIN and "
+                        "MAILGUN_API_KEY")
         now_dt = _utcnow()
         blocking, stale = fetch_runs_in_flight(
             context.instance, job.name, now_dt, timedelta(minutes=mailgun.fetch_stale_minutes))
         if blocking:
             run_id, status, age = blocking[0]
-            return SkipReason(f"run {run_id} is still fetching ({status}, for "
-                              f"{age.total_seconds() / 60:.0f} minutes)")
+            return skip(context, f"run {run_id} is still fetching ({status}, for "
+                        f"{age.total_seconds() / 60:.0f} minutes)")
         if stale:
             context.log.warning(
                 f"fetch run(s) {', '.join(r for r, _, _ in stale)} in flight for longer than "
@@ -141,7 +167,7 @@ def mailgun_sensor(pipeline: EmailPipeline, job):
             fresh_gap = until - cursor[0]
             settle_gap = (now - mailgun.settle_minutes * 60) - cursor[1]
             if fresh_gap < MIN_WINDOW_SECONDS and settle_gap < MIN_WINDOW_SECONDS:
-                return SkipReason("nothing new to fetch yet")
+                return skip(context, "nothing new to fetch yet")
         tags = {"analytics/stream": pipeline.stream}
         if stale:
             tags["analytics/stale_fetch_runs"] = ",".join(r for r, _, _ in stale)
@@ -243,22 +269,25 @@ def late_email_events_sensor(pipeline: EmailPipeline):
     job = email_daily_jobs[pipeline.name]
     fetch_key = AssetKey(pipeline.names.fetched_asset)
     raw_key = AssetKey(pipeline.names.raw_asset)
+    status, why = mailgun_default_status()
 
     @sensor(
         name=pipeline.names.late_sensor,
         job=job,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=status,
         description="Re-materializes the date|timezone partitions of already rolled-up days "
         f"that Mailgun fetches of {pipeline.name} events added events to: every fetch since "
-        f"the last tick, at most {LATE_REQUESTS_PER_TICK} requests per tick (the rest follow).",
+        f"the last tick (a first start begins after the newest fetch), at most "
+        f"{LATE_REQUESTS_PER_TICK} requests per tick (the rest follow)." + why,
     )
     def _sensor(context: SensorEvaluationContext):
         after, pending = _late_cursor(context.cursor)
         if after is None:
-            # A fresh sensor starts with the newest fetch (older ones are the backfill's).
+            # A first start begins from the present: after the newest fetch, whose days
+            # were rolled up after it (by the closed-days sensor, the demo or a backfill).
             newest = context.instance.fetch_materializations(fetch_key, limit=1).records
-            after = newest[0].storage_id - 1 if newest else 0
-        timezones = context.instance.get_dynamic_partitions(TIMEZONES_PARTITIONS_NAME)
+            after = newest[0].storage_id if newest else 0
+        timezones = valid_timezones(context)
         done: set[str] | None = None
         fetches = 0
         while fetches < LATE_FETCHES_PER_TICK:
@@ -277,14 +306,20 @@ def late_email_events_sensor(pipeline: EmailPipeline):
             fetches += len(page.records)
             if not page.has_more:
                 break
+        # A day carried from an earlier tick whose timezone key is gone (or invalid): skip it.
+        usable = set(timezones)
+        for key in sorted(k for k in pending if k.partition("|")[2] not in usable):
+            context.log.warning(f"dropping late-event partition {key}: its timezone is no "
+                                "longer a valid timezone partition key")
+            del pending[key]
         # Oldest fetch first; the run key names the newest fetch that touched the day, so a
         # later fetch that brings more events of the same day gets its own run.
         order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
         now, rest = order[:LATE_REQUESTS_PER_TICK], dict(order[LATE_REQUESTS_PER_TICK:])
         cursor = json.dumps({"after": after, "pending": rest}, sort_keys=True)
         if not now:
-            return SensorResult(skip_reason="no rolled-up day was touched by a new fetch",
-                                cursor=cursor)
+            return skip_with_cursor(context, "no rolled-up day was touched by a new fetch",
+                                    cursor)
         if rest:
             context.log.info(f"{len(rest)} late-event partitions left for the next ticks")
         requests = []
@@ -333,6 +368,7 @@ def _email_stream(pipeline: EmailPipeline) -> ClosedDaysStream:
         # the keys the former shared sensor used, so a day requested already is not again
         run_key=lambda day: f"{job.name}:{day.key}",
         clock=_email_clock(pipeline), resource_keys=frozenset({"mailgun", "warehouse"}),
+        assets=(pipeline.names.raw_asset, pipeline.names.rollups_asset),
     )
 
 

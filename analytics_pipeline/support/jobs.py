@@ -8,9 +8,11 @@ from dagster import (
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.scheduling import REPORTING_STREAM, ClosedDaysStream, StreamClock
 
+REPORTING_ASSETS = ("raw_reporting_events", "reporting_rollups")
+
 reporting_job = define_asset_job(
     "support_reporting",
-    selection=AssetSelection.assets("raw_reporting_events", "reporting_rollups"),
+    selection=AssetSelection.assets(*REPORTING_ASSETS),
     partitions_def=daily_timezone_partitions,
     description="Extract and roll up support reporting events for date|timezone partitions.",
 )
@@ -19,4 +21,5 @@ reporting_job = define_asset_job(
 support_stream = ClosedDaysStream(
     name=REPORTING_STREAM, job=reporting_job, run_key=lambda day: day.key,
     clock=lambda resources, now: StreamClock(REPORTING_STREAM, now),
+    assets=REPORTING_ASSETS,
 )
