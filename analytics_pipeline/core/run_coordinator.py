@@ -9,9 +9,10 @@ enqueueing, for a run that lacks them:
 
 - ``analytics/timezone`` from the run's partition tags: ``dagster/partition/timezone``, or the
   timezone of a range whose start and end are in the same timezone. A range across timezones
-  (one run for several timezones, which the assets' backfill policy does not produce) gets
-  no per-timezone tag: it is logged as a warning in the run's event log and is limited only
-  by ``max_concurrent_runs``.
+  gets no per-timezone tag (one tag value cannot name several timezones): it is logged as a
+  warning in the run's event log and is limited only by ``max_concurrent_runs``. The assets'
+  single-run backfill policy makes such runs when a backfill has fewer dates than timezones
+  (one day everywhere: one run for that date across the timezones).
 - ``analytics/group``: the sorted asset group names of the run's assets (its asset and check
   selection, else its job's assets), looked up in the workspace the run is submitted from,
   so backfill runs of ``__ASSET_JOB`` are recognisable (and filterable) by pipeline.
