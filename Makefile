@@ -13,9 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: generate the demo app database and materialize everything on embedded defaults
-demo: $(STAMP)
+# The instance configuration (queued runs, one per timezone, run monitoring) in DAGSTER_HOME,
+# refreshed when the repo's dagster.yaml is newer; a replaced copy is kept as dagster.yaml.bak.
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
+	if [ -f $@ ]; then cp $@ $@.bak; fi
+	cp dagster.yaml $@
+
+## demo: generate the demo app database and materialize everything on embedded defaults
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/analytics-pipeline demo
 
 ## test: the whole test suite (SQLite always; PostgreSQL on 127.0.0.1:5432 when it is up)
@@ -24,8 +30,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 ## dev: the Dagster UI on the same instance as `make demo`
-dev: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
 ## bench: extraction + rollup + write vs PostgreSQL GROUP BY vs DuckDB (EVENTS=2000000)

@@ -125,9 +125,9 @@ def env(tmp_path, warehouse_url, instance) -> Env:
 
 @contextmanager
 def repo_instance(pg_database: str, home: Path, monkeypatch) -> Iterator[DagsterInstance]:
-    """An instance configured by the repo's dagster.yaml in a home of its own (the instance
-    writes compute logs under its home, which must not be the checkout), stored in
-    ``pg_database``."""
+    """An instance configured by the repo's production deploy/dagster.yaml (PostgreSQL
+    storage) in a home of its own (the instance writes compute logs under its home, which
+    must not be the checkout), stored in ``pg_database``."""
     u = make_url(pg_database)
     monkeypatch.setenv("DAGSTER_PG_HOST", u.host)
     monkeypatch.setenv("DAGSTER_PG_PORT", str(u.port or 5432))
@@ -135,7 +135,7 @@ def repo_instance(pg_database: str, home: Path, monkeypatch) -> Iterator[Dagster
     monkeypatch.setenv("DAGSTER_PG_USER", u.username)
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-needed-with-trust-auth")
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
     inst = DagsterInstance.from_config(str(home))
     try:
         yield inst

@@ -66,6 +66,17 @@ def test_loading_the_code_location_imports_no_development_code():
     assert out == "[]"
 
 
+def test_loading_is_quiet_about_backfill_policies_only():
+    """The beta notice of ``backfill_policy`` (one per asset, at every CLI call) is silenced;
+    other beta warnings are not. Python's default warning filters, as in a CLI process."""
+    code = ("import warnings, analytics_pipeline.definitions; from dagster import BetaWarning; "
+            "warnings.warn('another beta feature', BetaWarning)")
+    err = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True,
+                         text=True, check=True).stderr
+    assert "backfill_policy" not in err
+    assert "BetaWarning: another beta feature" in err
+
+
 def test_periodic_refreshes_are_declarative_automation():
     """Accounts refresh after each 30-minute tick; an email pipeline's states and stats after
     a 15-minute tick once its fetch has landed something new, both assets of the multi-asset

@@ -1,5 +1,5 @@
 """A materialization with the Dagster instance stored in PostgreSQL via the repo's
-dagster.yaml (dagster-postgres, psycopg2 scheme), warehouse in PostgreSQL too."""
+deploy/dagster.yaml (dagster-postgres, psycopg2 scheme), warehouse in PostgreSQL too."""
 
 from dagster import AssetKey
 

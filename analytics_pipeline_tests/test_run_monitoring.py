@@ -1,4 +1,4 @@
-"""Run monitoring with the repo's dagster.yaml (PostgreSQL storage, QueuedRunCoordinator):
+"""Run monitoring with the repo's deploy/dagster.yaml (PostgreSQL storage, queued runs):
 a run whose worker died, or that never started, is failed by one iteration of Dagster's
 monitoring daemon logic, so its timezone's queue moves on."""
 
@@ -52,7 +52,7 @@ def status(instance: DagsterInstance, run_id: str) -> DagsterRunStatus:
 
 
 def test_repo_instance_runs_the_monitoring_daemon(pg_database, tmp_path, monkeypatch):
-    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_monitoring"]
+    settings = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["run_monitoring"]
     with repo_instance(pg_database, tmp_path / "home", monkeypatch) as instance:
         assert instance.run_monitoring_enabled
         assert "MONITORING" in instance.get_required_daemon_types()
