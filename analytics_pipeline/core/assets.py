@@ -86,16 +86,19 @@ def window_metadata(day: LocalDay) -> dict:
 
 def add_partition_metadata(
     context: AssetExecutionContext, per_partition: Iterable[tuple[LocalDay, Mapping]],
-    run_totals: Mapping, asset_key: str | None = None,
+    run_totals: Mapping, shared: Mapping | None = None, asset_key: str | None = None,
 ) -> None:
-    """Each partition's own metadata on its materialization; the run's totals as one JSON
-    entry named as such (a number shared by every partition would plot once per partition)."""
+    """Each partition's own metadata on its materialization, followed by what the run
+    shares (``shared``, e.g. the warehouse) and the run's totals as one JSON entry named as
+    such (a number shared by every partition would be plotted once per partition).
+
+    Everything goes through the partition's metadata, none through the output's, so the UI
+    lists the partition's own figures first."""
     keys = {LocalDay.from_key(k).key: k for k in context.partition_keys}
+    tail = {**(shared or {}), "run_totals": MetadataValue.json(dict(run_totals))}
     for day, metadata in per_partition:
-        context.add_asset_metadata({**window_metadata(day), **metadata},
+        context.add_asset_metadata({**window_metadata(day), **metadata, **tail},
                                    asset_key=asset_key, partition_key=keys[day.key])
-    context.add_asset_metadata(
-        {"run_totals": MetadataValue.json(dict(run_totals))}, asset_key=asset_key)
 
 
 def by_reason(counts: Mapping[str, int]) -> MetadataValue:
@@ -108,17 +111,17 @@ def by_reason(counts: Mapping[str, int]) -> MetadataValue:
     )
 
 
-# The preview shows what a partition's rows say; date, timezone and source are the
-# partition's own, so they are left out and count and sums stay in view.
-PREVIEW_COLUMNS = ("account_id", "dimension_type", "dimension_id", "metric", "count",
-                   "sum_value", "sum_value_business_hours")
-
-
 def rollup_preview(rows: list[dict]) -> MetadataValue:
-    return table_metadata([
-        {c: (round(r[c], 3) if isinstance(r[c], float) else r[c]) for c in PREVIEW_COLUMNS}
-        for r in rows
-    ])
+    """A partition's first rollup rows with count and sums in the first columns (date,
+    timezone and source are the partition's own), so they stay in view in a narrow pane."""
+    return table_metadata([{
+        "metric": r["metric"],
+        "count": r["count"],
+        "sum_value": round(r["sum_value"], 3),
+        "sum_value_business_hours": round(r["sum_value_business_hours"], 3),
+        "dimension": f"{r['dimension_type']} {r['dimension_id']}",
+        "account_id": r["account_id"],
+    } for r in rows])
 
 
 def require_current_landings(
@@ -152,10 +155,10 @@ def rollup_result(
         "ignored_by_name": by_reason(r.ignored_by_name),
         "events_quarantined": sum(r.quarantined_by_reason.values()),
         "quarantined_by_reason": by_reason(r.quarantined_by_reason),
-        "events_of_accounts_in_other_timezone": r.other_timezone,
+        "events_in_other_timezone": r.other_timezone,
         "accounts": r.accounts,
         "preview": rollup_preview(r.preview),
-    }) for day, r in zip(days, results, strict=True)], run_totals={
+    }) for day, r in zip(days, results, strict=True)], shared=run_metadata, run_totals={
         "partitions": len(results),
         "events_read": sum(r.events for r in results),
         "events_rolled_up": sum(r.rolled_up for r in results),
@@ -167,7 +170,6 @@ def rollup_result(
     mismatches = {r.key: r.mismatches for r in results if r.mismatches}
     negatives = {r.key: r.negative_rows for r in results if r.negative_rows}
     return MaterializeResult(
-        metadata=dict(run_metadata),
         check_results=[
             AssetCheckResult(
                 check_name=RECONCILES, passed=not mismatches,

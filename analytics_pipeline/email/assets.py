@@ -169,7 +169,7 @@ def email_assets(pipeline: EmailPipeline) -> list:
         add_partition_metadata(context, [(day, {
             "dagster/row_count": r.matched,
             "events_in_window": r.events,
-            "events_of_accounts_in_other_timezone": r.other_timezone,
+            "events_in_other_timezone": r.other_timezone,
             "events_quarantined": r.quarantined,
         }) for day, r in zip(days, results, strict=True)], run_totals={
             "partitions": len(results),

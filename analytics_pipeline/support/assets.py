@@ -96,9 +96,8 @@ def raw_reporting_events(
         "rows": sum(r.rows for r in results),
         "duplicate_ids_dropped": sum(r.duplicates_dropped for r in results),
         "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
-    })
-    return MaterializeResult(
-        metadata={"landing": store.base, "source": source_db.display_url})
+    }, shared={"landing": store.base, "source": source_db.display_url})
+    return MaterializeResult()
 
 
 @asset(
