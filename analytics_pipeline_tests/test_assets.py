@@ -83,6 +83,8 @@ def test_partition_end_to_end(env):
     assert table_rows(meta["quarantined_by_reason"]) == [{"reason": "invalid_value",
                                                            "events": 1}]
     assert meta["events_ignored"].value == 1
+    assert table_rows(meta["ignored_by_name"]) == [{"event_name": "conversation_opened",
+                                                     "events": 1}]
     assert meta["accounts"].value == 1
     assert meta["dagster/row_count"].value == len(rows)
     raw = [m for m in result.get_asset_materialization_events()

@@ -101,12 +101,12 @@ def add_partition_metadata(
                                    asset_key=asset_key, partition_key=keys[day.key])
 
 
-def by_reason(counts: Mapping[str, int]) -> MetadataValue:
-    """Counts per name or reason as a two-column table, largest first."""
+def by_reason(counts: Mapping[str, int], label: str = "reason") -> MetadataValue:
+    """Counts per reason (or per event name) as a two-column table, largest first."""
     rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return MetadataValue.table(
-        records=[TableRecord({"reason": k, "events": int(v)}) for k, v in rows],
-        schema=TableSchema(columns=[TableColumn("reason", "string"),
+        records=[TableRecord({label: k, "events": int(v)}) for k, v in rows],
+        schema=TableSchema(columns=[TableColumn(label, "string"),
                                     TableColumn("events", "int")]),
     )
 
@@ -152,7 +152,7 @@ def rollup_result(
         "events_read": r.events,
         "events_rolled_up": r.rolled_up,
         "events_ignored": sum(r.ignored_by_name.values()),
-        "ignored_by_name": by_reason(r.ignored_by_name),
+        "ignored_by_name": by_reason(r.ignored_by_name, "event_name"),
         "events_quarantined": sum(r.quarantined_by_reason.values()),
         "quarantined_by_reason": by_reason(r.quarantined_by_reason),
         "events_in_other_timezone": r.other_timezone,
