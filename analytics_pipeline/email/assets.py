@@ -108,7 +108,8 @@ def mailgun_events_asset(pipeline: EmailPipeline):
             # flat numbers, so that the UI plots them run after run
             per_pass[f"{label}_items_read"] = stats.items_read
             per_pass[f"{label}_events_stored"] = stats.stored
-            per_pass[f"{label}_max_lateness_seconds"] = float(stats.max_lateness_seconds or 0.0)
+            per_pass[f"{label}_max_lateness_seconds"] = round(
+                float(stats.max_lateness_seconds or 0.0), 1)
         return MaterializeResult(metadata={
             "events_fetched": r.fetched,
             **per_pass,
