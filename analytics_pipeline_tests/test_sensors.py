@@ -84,14 +84,7 @@ def warehouse(tmp_path):
 
 
 def evaluate(instance, cursor=None, mailgun=None, warehouse_url="sqlite://"):
-    ctx = build_sensor_context(
-        instance=instance, cursor=cursor,
-        resources={"settings": PipelineSettings(default_timezone="UTC",
-                                                start_date="2024-01-01"),
-                   "mailgun": mailgun or Mailgun(),
-                   "warehouse": Warehouse(url=warehouse_url)},
-    )
-    return closed_days_sensor(ctx)
+    return _closed_days_tick(instance, cursor, mailgun, warehouse_url)[0]
 
 
 def test_sensor_requests_run_keys_and_registers_new_timezones(instance, monkeypatch):
