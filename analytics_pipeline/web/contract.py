@@ -115,6 +115,18 @@ NONE_VALUE = "(none)"  # the value of a missing utm parameter, country, agent
 
 # --- warehouse -----------------------------------------------------------------------
 
+# The sites as last extracted (each extraction upserts the sites it read): the read path
+# finds a site's account, and through the accounts snapshot its timezone, here.
+web_sites = sa.Table(
+    "web_sites", metadata,
+    sa.Column("site_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("account_id", sa.BigInteger, nullable=False),
+    sa.Column("domain", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+
 # Per site, every visitor id once, numbered globally (the numbers are what the visitor
 # sets hold: 32-bit Roaring bitmaps, so at most 2^32 - 1 visitors in a warehouse), with
 # the first and last time seen (new visitors of a range: first_seen within it).
