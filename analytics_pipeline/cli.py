@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
+from datetime import date, datetime, timezone
 
 from analytics_pipeline.core.registry import Unit
 
@@ -75,6 +75,79 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(s: str) -> datetime:
+    """An ISO instant; without an offset it is read as UTC (said in --help)."""
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO instant: {s!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _duration(v: float | None) -> str:
+    return "-" if v is None else f"{int(v // 60)}m{int(v % 60):02d}s"
+
+
+def cmd_web_stats(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from analytics_pipeline.core.landing import LandingStore
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.core.warehouse import (
+        WarehouseUnavailable,
+        open_warehouse_for_read,
+        redact,
+        scrub,
+    )
+    from analytics_pipeline.web.read import SiteNotReportable, web_stats
+    from analytics_pipeline.web.settings import WEB_DEFAULTS
+
+    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
+    engine = open_warehouse_for_read(url)  # never creates a warehouse
+    try:
+        stats = web_stats(
+            engine, LandingStore(setting("ANALYTICS_LANDING_URI")), args.site,
+            args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit,
+            hourly_retention_days=int(setting("ANALYTICS_WEB_HOURLY_RETENTION_DAYS",
+                                              WEB_DEFAULTS)),
+            raw_retention_days=int(setting("ANALYTICS_WEB_RAW_RETENTION_DAYS", WEB_DEFAULTS)))
+    except SiteNotReportable as exc:
+        raise ValueError(str(exc)) from None
+    except sa.exc.SQLAlchemyError as exc:
+        detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
+        raise WarehouseUnavailable(f"reading the warehouse at {redact(url)} failed: "
+                                   f"{detail}") from None
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(stats.as_dict(), indent=2, default=str))
+        return 0
+    t = stats.totals
+    print(f"site {args.site}, [{stats.start.isoformat()}, {stats.end.isoformat()})")
+    print(f"visitors {t['visitors']}  new {t['new_visitors']}  visits {t['visits']}  "
+          f"pageviews {t['pageviews']}  events {t['events']}  bounce rate "
+          f"{_rate(t['bounce_rate'])}  visit duration {_duration(t['visit_duration_seconds'])}")
+    for note in stats.notes:
+        print(f"note: {note}")
+    if stats.series is not None:
+        print(f"\n{'start':<26} {'visitors':>8} {'visits':>7} {'pageviews':>9} {'bounce':>6}")
+        for r in stats.series.to_dict("records"):
+            print(f"{r['start'].isoformat():<26} {r['visitors']:>8} {r['visits']:>7} "
+                  f"{r['pageviews']:>9} {_rate(r['bounce_rate']):>6}")
+    if stats.breakdown is not None:
+        print(f"\n{args.breakdown:<40} {'visitors':>8} {'visits':>7} {'pageviews':>9} "
+              f"{'bounce':>6} {'duration':>8}")
+        for r in stats.breakdown.to_dict("records"):
+            value = str(r["value"]) if len(str(r["value"])) <= 40 else str(r["value"])[:39] + "…"
+            print(f"{value:<40} {r['visitors']:>8} {r['visits']:>7} {r['pageviews']:>9} "
+                  f"{_rate(r['bounce_rate']):>6} {_duration(r['visit_duration_seconds']):>8}")
+    return 0
+
+
 def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.core.settings import setting
     from analytics_pipeline.core.warehouse import redact
@@ -122,6 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
     rep.set_defaults(fn=cmd_report)
+
+    web = sub.add_parser("web-stats", help="a site's web analytics over [from, to)")
+    web.add_argument("--site", type=int, required=True)
+    web.add_argument("--from", dest="start", type=_instant, required=True,
+                     help="ISO instant, e.g. 2026-11-20T09:30:00-05:00 (no offset: UTC)")
+    web.add_argument("--to", dest="end", type=_instant, required=True,
+                     help="ISO instant, excluded")
+    web.add_argument("--by", choices=["hour", "day"], help="a zero-filled series")
+    web.add_argument("--breakdown", help="name, page, entry_page, exit_page, referrer, "
+                     "utm_source, utm_medium, utm_campaign, device, browser, os, country")
+    web.add_argument("--limit", type=int, default=10)
+    web.add_argument("--json", action="store_true")
+    web.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
+    web.set_defaults(fn=cmd_web_stats)
 
     gen = sub.add_parser("generate-demo-db", help="(re)create the demo application database")
     gen.add_argument("--url", help="default: ANALYTICS_SOURCE_URL")
