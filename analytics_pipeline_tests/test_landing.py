@@ -313,3 +313,20 @@ def test_provider_log_collects_stale_temporary_files_only(tmp_path):
     log.append(events, "f2")
     assert not stale.exists() and fresh.exists()
     assert len([p for p in folder.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_drop_dates_before_removes_whole_old_partitions_only(tmp_path):
+    store = LandingStore(str(tmp_path))
+    table = pa.table({"x": [1, 2]})
+    for d in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        for tz in ("UTC", "Asia/Kolkata"):
+            store.write_partition("src", LocalDay(date.fromisoformat(d), tz), table)
+    store.write_partition("other", LocalDay(date(2026, 1, 1), "UTC"), table)
+    assert store.drop_dates_before("src", date(2026, 1, 3)) == [date(2026, 1, 1),
+                                                                 date(2026, 1, 2)]
+    assert not store.has_partition("src", LocalDay(date(2026, 1, 2), "Asia/Kolkata"))
+    assert store.read_partition("src", LocalDay(date(2026, 1, 3), "UTC"),
+                                table.schema).num_rows == 2
+    assert store.has_partition("other", LocalDay(date(2026, 1, 1), "UTC"))
+    assert store.drop_dates_before("src", date(2026, 1, 3)) == []
+    assert store.drop_dates_before("missing", date(2026, 1, 3)) == []

@@ -271,6 +271,31 @@ class LandingStore:
                     deleted += self._collect(posixpath.dirname(info.path))
         return deleted
 
+    def drop_dates_before(self, source: str, before: date) -> list[date]:
+        """Delete every partition of ``source`` dated before ``before`` (retention). The
+        manifests go first, so a reader sees a partition whole or not at all; returns
+        the dates deleted."""
+        top = pafs.FileSelector(posixpath.join(self.base, _segment(source)),
+                                allow_not_found=True)
+        dropped = []
+        for info in self.fs.get_file_info(top):
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.Directory or not name.startswith("date="):
+                continue
+            try:
+                day = date.fromisoformat(name.removeprefix("date="))
+            except ValueError:
+                continue
+            if day >= before:
+                continue
+            inner = pafs.FileSelector(info.path, recursive=True)
+            for f in self.fs.get_file_info(inner):
+                if f.base_name == MANIFEST:
+                    self.fs.delete_file(f.path)
+            self.fs.delete_dir(info.path)
+            dropped.append(day)
+        return sorted(dropped)
+
     def _manifest(self, source: str, day: LocalDay) -> dict:
         manifest = self._read_manifest(self.partition_dir(source, day))
         if manifest is None:
