@@ -104,7 +104,7 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
         scrub,
     )
     from analytics_pipeline.web.read import SiteNotReportable, web_stats
-    from analytics_pipeline.web.settings import WEB_DEFAULTS
+    from analytics_pipeline.web.resources import WEB_DEFAULTS
 
     url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
     engine = open_warehouse_for_read(url)  # never creates a warehouse
