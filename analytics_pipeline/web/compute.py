@@ -442,8 +442,9 @@ def land_web_events(events: pa.Table, sites: pa.Table, day_start: datetime,
     events = events.append_column("invalid_reason", reason).append_column(
         "account_id", account_id)
     ok = pc.is_null(reason)
-    valid = _landed_valid(events.filter(ok), sites, day_start, session_timeout_seconds)
-    invalid = _landed_invalid(events.filter(pc.invert(ok)))
+    valid_events, invalid = events.filter(ok), _landed_invalid(events.filter(pc.invert(ok)))
+    del events  # the caller keeps no reference either: the read rows are freed here
+    valid = _landed_valid(valid_events, sites, day_start, session_timeout_seconds)
     return pa.concat_tables([valid, invalid])
 
 

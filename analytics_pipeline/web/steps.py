@@ -60,9 +60,9 @@ def extract_web_partition(
     site_ids = targets["id"].to_pylist()
     orphans_of = known["id"].to_pylist() if day.tz == default_tz else None
     stats = ExtractStats()
-    events = source.extract(day, site_ids, orphans_of, stats)
-    landed = land_web_events(events, targets, day.start_utc, session_timeout_seconds)
-    del events
+    # no reference kept to the events read: they are freed as the landed rows are built
+    landed = land_web_events(source.extract(day, site_ids, orphans_of, stats), targets,
+                             day.start_utc, session_timeout_seconds)
     stats.invalid_rows = landed.num_rows - landed["invalid_reason"].null_count
     visit_ids = landed["visit_id"]
     visits = 0 if visit_ids.null_count == len(visit_ids) else pc.max(visit_ids).as_py() + 1
