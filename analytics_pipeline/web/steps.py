@@ -17,7 +17,7 @@ from analytics_pipeline.web.compute import (
     land_web_events,
     landed_slices,
 )
-from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA, WEB_SOURCE
+from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA, WEB_SOURCE, web_sites
 from analytics_pipeline.web.source import WebEventsSource
 
 
@@ -32,6 +32,24 @@ class WebExtractResult:
     visits: int
     window: str
     path: str = ""
+
+
+def record_sites(engine: Engine, sites: pa.Table) -> int:
+    """Upsert the sites read from the application into ``web_sites`` (the read path finds a
+    site's account, hence its timezone, there). Returns the rows written."""
+    rows = [{"site_id": r["id"], "account_id": r["account_id"], "domain": r["domain"],
+             "active": bool(r["active"]), "updated_at": wh.utc_now_naive()}
+            for r in sites.to_pylist()
+            if r["id"] is not None and r["account_id"] is not None and r["domain"]]
+    if not rows:
+        return 0
+    with engine.begin() as conn:
+        stmt = wh.upsert_insert(conn, web_sites)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["site_id"],
+            set_={c: stmt.excluded[c] for c in ("account_id", "domain", "active",
+                                                "updated_at")}), rows)
+    return len(rows)
 
 
 def extract_web_partition(
@@ -54,6 +72,7 @@ def extract_web_partition(
     accounts = wh.account_ids_in_timezone(engine, day.tz)
     known_accounts = pa.array(wh.known_account_ids(engine), pa.int64())
     all_sites = source.sites()
+    record_sites(engine, all_sites)
     known = all_sites.filter(pc.is_in(all_sites["account_id"], value_set=known_accounts))
     targets = known.filter(pc.is_in(known["account_id"],
                                     value_set=pa.array(accounts, pa.int64())))
