@@ -120,11 +120,28 @@ def register_visitors(engine: Engine, visitors: pa.Table) -> pa.Table:
             for off in range(0, table.num_rows, _VISITOR_BATCH):
                 conn.execute(target.insert(), table.slice(off, _VISITOR_BATCH).to_pylist())
             lower, upper = "min", "max"  # SQLite's scalar min/max; same text format
-        # WHERE true: SQLite's parser needs it before ON CONFLICT in INSERT … SELECT
+        match = "v.site_id = t.site_id AND v.visitor_id = t.visitor_id"
+        known = ""
+        if pg:
+            # Known visitors are widened by an UPDATE, never by the upsert: PostgreSQL
+            # draws the sequence value of every row an INSERT tries, conflict or not, and
+            # the 32-bit visitor numbers must not be spent on returning visitors. Rows are
+            # locked in number order first, so concurrent partitions wait, not deadlock.
+            conn.exec_driver_sql(
+                f"WITH locked AS (SELECT v.visitor_num, t.first_seen, t.last_seen "
+                f"FROM {tmp} t JOIN web_visitors v ON {match} "
+                f"WHERE t.first_seen < v.first_seen OR t.last_seen > v.last_seen "
+                f"ORDER BY v.visitor_num FOR UPDATE OF v) "
+                f"UPDATE web_visitors w SET first_seen = LEAST(w.first_seen, l.first_seen), "
+                f"last_seen = GREATEST(w.last_seen, l.last_seen) FROM locked l "
+                f"WHERE w.visitor_num = l.visitor_num")
+            known = f" AND NOT EXISTS (SELECT 1 FROM web_visitors v WHERE {match})"
+        # the upsert: new visitors, and (SQLite, or a visitor another partition inserted
+        # meanwhile) known ones. WHERE: SQLite's parser needs one before ON CONFLICT.
         conn.exec_driver_sql(
             f"INSERT INTO web_visitors (site_id, visitor_id, first_seen, last_seen) "
-            f"SELECT site_id, visitor_id, first_seen, last_seen FROM {tmp} WHERE true "
-            f"ORDER BY site_id, visitor_id "
+            f"SELECT site_id, visitor_id, first_seen, last_seen FROM {tmp} t WHERE true"
+            f"{known} ORDER BY site_id, visitor_id "
             f"ON CONFLICT (site_id, visitor_id) DO UPDATE SET "
             f"first_seen = {lower}(web_visitors.first_seen, excluded.first_seen), "
             f"last_seen = {upper}(web_visitors.last_seen, excluded.last_seen) "
