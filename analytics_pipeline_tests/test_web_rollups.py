@@ -530,3 +530,14 @@ def test_random_events_match_brute_force(engine, store):
         assert s[4] == pytest.approx(r["duration_seconds"])
     site_visits = {r["site_id"]: r["visits"] for r in daily if r["dimension"] == "site"}
     assert sum(site_visits.values()) == len(first) == result.visits
+
+
+def test_a_partition_without_events_empties_its_slice(engine, store):
+    land(store, EXAMPLE)
+    rollup_web_partition(store, engine, DAY)
+    land(store, [])
+    result = rollup_web_partition(store, engine, DAY)
+    assert (result.events, result.hourly_rows, result.daily_rows, result.visits) == (0, 0, 0, 0)
+    assert result.rows_replaced > 0 and result.preview == []
+    assert web_slice_rows(engine, web_daily_rollups, DAY.day) == []
+    assert web_slice_rows(engine, web_hourly_rollups, DAY.day) == []

@@ -110,6 +110,11 @@ def _starts(*keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(change)
 
 
+def _ends(starts: np.ndarray, n: int) -> np.ndarray:
+    """Where each run that begins at ``starts`` ends (exclusive), in ``n`` sorted rows."""
+    return np.append(starts[1:], n) if len(starts) else starts
+
+
 def _distinct(values: np.ndarray) -> np.ndarray:
     """The sorted distinct values (a sort: faster than ``np.unique``'s hashing here)."""
     ordered = np.sort(values)
@@ -146,7 +151,7 @@ def _prepare(events: pa.Table, visitors: pa.Table, day: LocalDay) -> _Events:
     hour = _us(table["hour_start"])
     first_idx = _starts(site, visit_id)
     visit = _run_index(len(site), first_idx)
-    ends = np.append(first_idx[1:], len(site))
+    ends = _ends(first_idx, len(site))
     n_events = ends - first_idx
     duration = (occurred[ends - 1] - occurred[first_idx]) / 1e6 if len(site) else np.zeros(0)
 
@@ -176,11 +181,11 @@ def _event_groups(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
     pairs = _starts(k, v)
     pk, pv, pn = k[pairs], v[pairs], nw[pairs].astype(np.int64)
     pg = _starts(pk)  # the same groups, over the distinct pairs
-    pg_end = np.append(pg[1:], len(pk))
+    pg_end = _ends(pg, len(pk))
     bitmaps = [BitMap(pv[a:b]).serialize()
                for a, b in zip(pg.tolist(), pg_end.tolist(), strict=True)]
     counts = {
-        "events": np.diff(np.append(g, len(k))),
+        "events": _ends(g, len(k)) - g,
         "pageviews": np.add.reduceat(pageview[order].astype(np.int64), g) if len(g) else g,
         "visitors": pg_end - pg,
         "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
