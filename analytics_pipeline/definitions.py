@@ -26,8 +26,17 @@ from analytics_pipeline.email.sensors import (
 )
 from analytics_pipeline.support.assets import raw_reporting_events, reporting_rollups
 from analytics_pipeline.support.jobs import reporting_job, support_stream
+from analytics_pipeline.web.assets import raw_web_events, web_rollups
+from analytics_pipeline.web.jobs import (
+    web_job,
+    web_retention_job,
+    web_retention_schedule,
+    web_stream,
+)
+from analytics_pipeline.web.resources import web_resource
+from analytics_pipeline.web.sensors import late_web_events_sensor
 
-closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams])
+closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams, web_stream])
 
 # Evaluates the assets' automation conditions (the periodic refreshes of accounts and of the
 # email statistics); on by default, like the other sensors, so nothing waits for an operator.
@@ -45,10 +54,12 @@ defs = Definitions(
         accounts, raw_reporting_events, reporting_rollups,
         *mailgun_event_assets.values(),
         *(a for assets in email_pipeline_assets.values() for a in assets),
+        raw_web_events, web_rollups,
     ],
     jobs=[accounts_job, reporting_job, *mailgun_jobs.values(), *email_daily_jobs.values(),
-          *email_stats_jobs.values()],
+          *email_stats_jobs.values(), web_job, web_retention_job],
+    schedules=[web_retention_schedule],
     sensors=[closed_days_sensor, periodic_refreshes_sensor, *mailgun_sensors.values(),
-             *late_email_sensors.values()],
-    resources={**core_resources(), "mailgun": mailgun_resource()},
+             *late_email_sensors.values(), late_web_events_sensor],
+    resources={**core_resources(), "mailgun": mailgun_resource(), "web": web_resource()},
 )

@@ -27,19 +27,17 @@ from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay, is_valid_timezone, local_date_of
 from analytics_pipeline.web.contract import (
     DIMENSIONS,
-    DIRECT,
     EVENT_DIMENSIONS,
     LANDED_WEB_SCHEMA,
-    NONE_VALUE,
     WEB_SOURCE,
     web_daily_rollups,
     web_hourly_rollups,
     web_sites,
     web_visitors,
 )
+from analytics_pipeline.web.rollups import SITE_VALUE, dimension_values
 
 HOUR = timedelta(hours=1)
-SITE_VALUE = ""  # the overview's one value
 
 
 class SiteNotReportable(LookupError):
@@ -205,9 +203,7 @@ def _visit_values(events: pa.Table, dimension: str) -> pa.Array:
             "_row", pa.array(np.arange(n))).join(firsts, "visit_id")
         joined = joined.sort_by("_row")
         col = joined["_value"]
-    empty = DIRECT if dimension == "referrer" else NONE_VALUE
-    return pc.fill_null(col, empty).combine_chunks() if isinstance(col, pa.ChunkedArray) \
-        else pc.fill_null(col, empty)
+    return dimension_values(col, dimension)  # missing values as the rollups store them
 
 
 def _visitor_numbers(engine: Engine, site_id: int, visitor_ids: pa.Array) -> pa.Table:

@@ -1,0 +1,161 @@
+"""The web source's Dagster assets: landed, sessionized web events and their hourly and daily
+rollups, with the rollups' checks defined next to them."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from analytics_pipeline.core.accounts import accounts
+from analytics_pipeline.core.assets import (
+    OWNERS,
+    add_partition_metadata,
+    by_reason,
+    partition_days,
+    require_current_landings,
+    table_metadata,
+)
+from analytics_pipeline.core.partitions import daily_timezone_partitions
+from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
+from analytics_pipeline.web.contract import WEB_SOURCE
+from analytics_pipeline.web.resources import WebSettings
+from analytics_pipeline.web.rollup_step import rollup_web_partition
+from analytics_pipeline.web.source import WebEventsSource
+from analytics_pipeline.web.steps import extract_web_partition
+from analytics_pipeline.web.store import (
+    WEB_DAILY_EQUALS_HOURLY,
+    WEB_NON_NEGATIVE,
+    WEB_VISITORS_BOUNDED,
+    WEB_VISITS_GE_BOUNCES,
+)
+
+GROUP = "web_analytics"
+
+
+@asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"parquet", "sql"},
+    deps=[accounts],
+    partitions_def=daily_timezone_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    description="Web events (page views and custom events) of the sites of the partition's "
+    "accounts over the exact UTC window of their local day, de-duplicated by id, validated, "
+    "sessionized (a gap over ANALYTICS_WEB_SESSION_TIMEOUT_MINUTES or local midnight ends a "
+    "visit) and landed as Parquet with their derived dimensions.",
+)
+def raw_web_events(
+    context: AssetExecutionContext,
+    source_db: SourceDatabase,
+    warehouse: Warehouse,
+    landing: Landing,
+    settings: PipelineSettings,
+    web: WebSettings,
+) -> MaterializeResult:
+    source = WebEventsSource(source_db.url, fallback_date=settings.first_date)
+    store, engine = landing.store(), warehouse.engine()
+    default_tz = settings.validated_default_timezone()
+    days = partition_days(context)
+    results = []
+    for day in days:
+        r = extract_web_partition(source, store, engine, day, default_tz,
+                                  session_timeout_seconds=web.session_timeout_minutes * 60)
+        context.log.info(f"{r.key}: landed {r.rows} web events of {r.sites} sites, "
+                         f"{r.visits} visits ({r.window})")
+        if r.duplicates_dropped:
+            context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
+                                "and were dropped")
+        results.append(r)
+    add_partition_metadata(context, [(day, {
+        "dagster/row_count": r.rows,
+        "sites": r.sites,
+        "visits": r.visits,
+        "rows_landed_for_quarantine": r.invalid_rows,
+        "duplicate_ids_dropped": r.duplicates_dropped,
+        "landing_path": MetadataValue.path(r.path),
+    }) for day, r in zip(days, results, strict=True)], run_totals={
+        "partitions": len(results),
+        "rows": sum(r.rows for r in results),
+        "visits": sum(r.visits for r in results),
+        "rows_landed_for_quarantine": sum(r.invalid_rows for r in results),
+    }, shared={"landing": store.base, "source": source_db.display_url})
+    return MaterializeResult()
+
+
+web_check_specs = [
+    AssetCheckSpec(WEB_DAILY_EQUALS_HOURLY, asset="web_rollups",
+                   description="Per site, day, dimension and value, the daily events, page "
+                   "views, visits, bounces and duration equal the sum of the day's hourly rows."),
+    AssetCheckSpec(WEB_VISITORS_BOUNDED, asset="web_rollups",
+                   description="Per site, day, dimension and value: max(hourly visitors) ≤ "
+                   "daily visitors ≤ sum(hourly visitors)."),
+    AssetCheckSpec(WEB_VISITS_GE_BOUNCES, asset="web_rollups",
+                   description="No row has more bounces than visits."),
+    AssetCheckSpec(WEB_NON_NEGATIVE, asset="web_rollups",
+                   description="No count or duration of the partition is negative."),
+]
+
+
+@asset(
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"sql", "pyarrow"},
+    deps=[raw_web_events],
+    partitions_def=daily_timezone_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    check_specs=web_check_specs,
+    description="web_hourly_rollups and web_daily_rollups of the partition's sites (per local "
+    "hour and day, per dimension value: events, page views, visits, bounces, duration, "
+    "visitors as a Roaring bitmap, new visitors); invalid events go to quarantine. Each "
+    "partition replaces its slice in one transaction.",
+)
+def web_rollups(
+    context: AssetExecutionContext, warehouse: Warehouse, landing: Landing
+) -> MaterializeResult:
+    store, engine = landing.store(), warehouse.engine()
+    days = partition_days(context)
+    require_current_landings(store, engine, days, WEB_SOURCE)
+    results = []
+    for day in days:
+        r = rollup_web_partition(store, engine, day)
+        if r.quarantined_by_reason:
+            context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
+        context.log.info(f"{r.key}: {r.valid} events, {r.visits} visits, {r.visitors} "
+                         f"visitors → {r.hourly_rows} hourly and {r.daily_rows} daily rows")
+        results.append(r)
+    add_partition_metadata(context, [(day, {
+        "dagster/row_count": r.hourly_rows + r.daily_rows,
+        "hourly_rows": r.hourly_rows,
+        "daily_rows": r.daily_rows,
+        "rows_replaced": r.rows_replaced,
+        "events": r.valid,
+        "visits": r.visits,
+        "visitors": r.visitors,
+        "sites": r.sites,
+        "events_quarantined": sum(r.quarantined_by_reason.values()),
+        "quarantined_by_reason": by_reason(r.quarantined_by_reason),
+        "top_pages": table_metadata(r.preview),
+    }) for day, r in zip(days, results, strict=True)], shared={
+        "warehouse": warehouse.display_url}, run_totals={
+        "partitions": len(results),
+        "events": sum(r.valid for r in results),
+        "visits": sum(r.visits for r in results),
+        "hourly_rows": sum(r.hourly_rows for r in results),
+        "daily_rows": sum(r.daily_rows for r in results),
+        "events_quarantined": sum(sum(r.quarantined_by_reason.values()) for r in results),
+    })
+    checks = []
+    for check in (WEB_DAILY_EQUALS_HOURLY, WEB_VISITORS_BOUNDED, WEB_VISITS_GE_BOUNCES,
+                  WEB_NON_NEGATIVE):
+        failing = {r.key: r.problems.get(check, []) for r in results
+                   if r.mismatches.get(check)}
+        checks.append(AssetCheckResult(
+            check_name=check, passed=not failing,
+            metadata={"problems": MetadataValue.json(failing),
+                      "partitions_checked": len(results)}))
+    return MaterializeResult(check_results=checks)
