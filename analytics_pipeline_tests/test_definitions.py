@@ -12,7 +12,7 @@ ASSETS = [
     "mailgun_automation_events", "mailgun_newsletter_events",
     "newsletter_email_rollups", "newsletter_email_stats", "newsletter_recipient_states",
     "raw_automation_email_events", "raw_newsletter_email_events",
-    "raw_reporting_events", "reporting_rollups",
+    "raw_reporting_events", "raw_web_events", "reporting_rollups", "web_rollups",
 ]
 CHECKS = [
     "accounts:every_account_has_valid_timezone",
@@ -23,19 +23,24 @@ CHECKS = [
     "newsletter_email_rollups:rollups_reconcile_with_landing",
     "reporting_rollups:rollup_counts_non_negative",
     "reporting_rollups:rollups_reconcile_with_landing",
+    "web_rollups:web_counts_non_negative",
+    "web_rollups:web_daily_totals_equal_hourly",
+    "web_rollups:web_daily_visitors_between_hourly_max_and_sum",
+    "web_rollups:web_visits_at_least_bounces",
 ]
 JOBS = [
     "automation_email_daily", "automation_email_stats_refresh", "mailgun_automation_fetch",
     "mailgun_newsletter_fetch", "newsletter_email_daily", "newsletter_email_stats_refresh",
-    "refresh_accounts", "support_reporting",
+    "refresh_accounts", "support_reporting", "web_analytics", "web_retention",
 ]
 SENSORS = [
     "closed_days_sensor", "late_automation_email_events_sensor",
-    "late_newsletter_email_events_sensor", "mailgun_automation_sensor",
-    "mailgun_newsletter_sensor", "periodic_refreshes_sensor",
+    "late_newsletter_email_events_sensor", "late_web_events_sensor",
+    "mailgun_automation_sensor", "mailgun_newsletter_sensor", "periodic_refreshes_sensor",
 ]
-SCHEDULES: list[str] = []  # periodic refreshes are automation conditions (on_cron)
-RESOURCES = ["landing", "mailgun", "settings", "source_db", "warehouse"]
+# periodic refreshes are automation conditions (on_cron); retention is a plain job
+SCHEDULES = ["web_retention_schedule"]
+RESOURCES = ["landing", "mailgun", "settings", "source_db", "warehouse", "web"]
 
 
 def test_the_code_location_holds_exactly_these_definitions():
