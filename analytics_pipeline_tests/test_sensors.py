@@ -18,6 +18,7 @@ from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.resources import PipelineSettings, Warehouse
 from analytics_pipeline.core.scheduling import (
     StreamClock,
+    build_closed_days_sensor,
     due_partitions,
     due_stream_partitions,
     read_progress,
@@ -25,6 +26,8 @@ from analytics_pipeline.core.scheduling import (
 from analytics_pipeline.definitions import closed_days_sensor, defs
 from analytics_pipeline.email import sensors
 from analytics_pipeline.email.resources import Mailgun
+from analytics_pipeline.email.sensors import email_streams
+from analytics_pipeline.support.jobs import support_stream
 
 GRACE = timedelta(minutes=30)
 UTC = timezone.utc
@@ -365,7 +368,13 @@ def _materialized(instance, assets, *keys):
             instance.report_runless_asset_event(AssetMaterialization(asset, partition=k))
 
 
-def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite://"):
+# These tests are about the reporting and email streams; the code location's sensor also
+# carries the web stream (test_web_stream_joins_the_closed_days_sensor).
+reporting_and_email_sensor = build_closed_days_sensor([support_stream, *email_streams])
+
+
+def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite://",
+                      sensor=None):
     ctx = build_sensor_context(
         instance=instance, cursor=cursor,
         resources={"settings": PipelineSettings(default_timezone="UTC",
@@ -374,7 +383,7 @@ def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite
                    "warehouse": Warehouse(url=warehouse_url)},
     )
     log = TickLog(ctx)
-    return closed_days_sensor(ctx), log.lines
+    return (sensor or reporting_and_email_sensor)(ctx), log.lines
 
 
 REPORTING = ("raw_reporting_events", "reporting_rollups")
@@ -516,3 +525,20 @@ def test_timezone_added_to_a_running_email_stream_catches_up_the_lookback_only()
                                    date(2024, 1, 1))
     assert keys(due["email:newsletter"]) == ["2026-06-10|Asia/Kolkata",
                                              "2026-06-11|Asia/Kolkata"]
+
+
+def test_web_stream_joins_the_closed_days_sensor(instance, monkeypatch):
+    """The code location's sensor requests the web days with the support days, each
+    stream with its own progress and run keys."""
+    instance.add_dynamic_partitions("timezones", ["America/New_York"])
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 5, 31, tzinfo=UTC))
+    result, _ = _closed_days_tick(instance, sensor=closed_days_sensor)
+    by_job = {}
+    for r in result.run_requests:
+        by_job.setdefault(r.job_name, []).append(r.run_key)
+    assert by_job == {
+        "support_reporting": ["2026-02-10|America/New_York", "2026-02-11|America/New_York"],
+        "web_analytics": ["web_analytics:2026-02-10|America/New_York",
+                          "web_analytics:2026-02-11|America/New_York"],
+    }
+    assert set(read_progress(result.cursor)) == {"reporting", "web"}
