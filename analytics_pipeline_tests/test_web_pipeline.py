@@ -557,6 +557,8 @@ def test_cli_web_stats_json_and_errors(web, tmp_path, monkeypatch, capsys):
          "site 777"),
         ([*base, "--from", b, "--to", a], "empty range"),
         ([*base, "--from", a, "--to", a], "empty range"),
+        ([*base, "--from", a, "--to", b, "--breakdown", "page", "--limit", "-1"], "--limit"),
+        ([*base, "--from", a, "--to", b, "--breakdown", "colour"], "unknown breakdown"),
     ]:
         assert main(args) == 2
         out, err = capsys.readouterr()
@@ -593,3 +595,24 @@ def test_web_stats_queries_do_not_grow_with_buckets_or_values(web):
     # the site; daily and hourly rows, once for the series and once for the breakdown;
     # first seen; the visitors of each edge day's landed events (read once for both)
     assert short == 8 and month <= short, [s[:90] for s in statements]
+
+
+def test_late_partitions_are_the_local_days_of_the_received_events(source_url):
+    from analytics_pipeline.core.partitions import LocalDay
+    from analytics_pipeline.web.late import late_partitions, received_dates
+
+    write_source(source_url, ACCOUNTS, [])
+    got = datetime(2026, 11, 30, 12)  # received
+    rows = [web_event(1, 10, "a", datetime(2026, 3, 9, 2, tzinfo=UTC)),  # NY 03-08 22:00
+            web_event(2, 20, "b", datetime(2026, 3, 8, 18, 14, 59, tzinfo=UTC)),  # KTM 03-08
+            web_event(3, 20, "b", datetime(2026, 3, 8, 18, 15, tzinfo=UTC)),  # KTM 03-09
+            web_event(4, 10, "c", datetime(2026, 3, 10, 12, tzinfo=UTC))]  # received earlier
+    for r in rows[:3]:
+        r["received_at"] = got
+    write_web_source(source_url, SITES, rows)
+    received = received_dates(source_url, got - timedelta(minutes=1), got)
+    assert sorted((s, d) for s, d, _, _ in received) == [(10, date(2026, 3, 9)),
+                                                         (20, date(2026, 3, 8))]
+    assert late_partitions(received, SITE_TZ) == [
+        LocalDay(date(2026, 3, 8), NY), LocalDay(date(2026, 3, 8), KTM),
+        LocalDay(date(2026, 3, 9), KTM)]

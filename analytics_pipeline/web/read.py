@@ -417,6 +417,8 @@ def web_stats(
                          f"{start.isoformat()}")
     if by not in (None, "hour", "day"):
         raise ValueError(f"--by must be hour or day, not {by!r}")
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {limit}")
     if breakdown is not None and breakdown not in DIMENSIONS[1:]:
         raise ValueError(f"unknown breakdown {breakdown!r}; one of: "
                          + ", ".join(DIMENSIONS[1:]))
