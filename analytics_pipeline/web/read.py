@@ -189,7 +189,7 @@ def _visit_values(events: pa.Table, dimension: str) -> pa.Array:
     event's for visit dimensions (entry and exit pages are per visit already)."""
     n = events.num_rows
     if dimension == "site":
-        return pa.array(np.full(n, SITE_VALUE, dtype=object), pa.string())
+        return pa.repeat(pa.scalar(SITE_VALUE, pa.string()), n)
     if dimension in EVENT_DIMENSIONS or dimension in ("entry_page", "exit_page"):
         col = events[dimension]
     else:
@@ -207,16 +207,19 @@ def _visit_values(events: pa.Table, dimension: str) -> pa.Array:
 
 
 def _visitor_numbers(engine: Engine, site_id: int, visitor_ids: pa.Array) -> pa.Table:
-    """``visitor_id`` → ``visitor_num`` of the given visitors of a site (web_visitors)."""
-    ids = pc.unique(visitor_ids.drop_null()).to_pylist()
+    """``visitor_id`` → ``visitor_num`` of the given visitors of a site (web_visitors), by
+    id: exactly the day's visitors, in batches of 5,000 (a day's partial hours are read
+    once per ``web_stats`` call, whatever the buckets and the breakdown)."""
+    ids = pc.unique(visitor_ids.drop_null())
     got: list[tuple[str, int]] = []
     c = web_visitors.c
     with engine.connect() as conn:
         for i in range(0, len(ids), 5000):
             got.extend(conn.execute(sa.select(c.visitor_id, c.visitor_num).where(
-                c.site_id == site_id, c.visitor_id.in_(ids[i:i + 5000]))).all())
-    return pa.table({"visitor_id": pa.array([g[0] for g in got], pa.string()),
-                     "visitor_num": pa.array([int(g[1]) for g in got], pa.int64())})
+                c.site_id == site_id, c.visitor_id.in_(ids.slice(i, 5000).to_pylist()))).all())
+    found, nums = zip(*got, strict=True) if got else ((), ())
+    return pa.table({"visitor_id": pa.array(found, pa.string()),
+                     "visitor_num": pa.array(nums, pa.int64())})
 
 
 def _bitmaps_by_value(values: pa.Array, nums: np.ndarray) -> dict[str, BitMap]:
@@ -321,9 +324,11 @@ def _records(df: pd.DataFrame) -> list[dict]:
 class _Reader:
     """Rows fetched once per read, whatever the number of buckets asking for them."""
 
-    def __init__(self, engine: Engine, store: LandingStore, site: SiteInfo, dimension: str):
+    def __init__(self, engine: Engine, store: LandingStore, site: SiteInfo, dimension: str,
+                 landed: dict[LocalDay, tuple[pa.Table, pa.Table]] | None = None):
         self.engine, self.store, self.site, self.dimension = engine, store, site, dimension
-        self._events: dict[LocalDay, tuple[pa.Table, pa.Table]] = {}
+        # the landed events of a day (and their visitors' numbers), shared between readers
+        self._events = landed if landed is not None else {}
         self.days: dict[object, dict[str, Agg]] = {}
         self.hours: dict[object, dict[str, Agg]] = {}
 
@@ -343,8 +348,9 @@ class _Reader:
                 t = LANDED_WEB_SCHEMA.empty_table()
             t = t.filter(pc.and_(pc.is_null(t["invalid_reason"]),
                                  pc.equal(t["site_id"], self.site.site_id)))
-            self._events[day] = (t, _visitor_numbers(self.engine, self.site.site_id,
-                                                     t["visitor_id"].combine_chunks()))
+            numbers = _visitor_numbers(self.engine, self.site.site_id,
+                                       t["visitor_id"].combine_chunks())
+            self._events[day] = (t, numbers)
         return self._events[day]
 
     def part(self, p: Part) -> dict[str, Agg]:
@@ -369,8 +375,9 @@ def _first_seen(engine: Engine, site_id: int, start: datetime, end: datetime) ->
         rows = conn.execute(sa.select(c.visitor_num, c.first_seen).where(
             c.site_id == site_id, c.first_seen >= _naive(start),
             c.first_seen < _naive(end))).all()
-    return pa.table({"num": pa.array([r[0] for r in rows], pa.int64()),
-                     "first_seen": pa.array([r[1] for r in rows], pa.timestamp("us"))})
+    nums, seen = zip(*rows, strict=True) if rows else ((), ())
+    return pa.table({"num": pa.array(nums, pa.int64()),
+                     "first_seen": pa.array(seen, pa.timestamp("us"))})
 
 
 def _new_visitors(visitors: BitMap, first: pa.Table, start: datetime, end: datetime) -> int:
@@ -410,6 +417,8 @@ def web_stats(
                          f"{start.isoformat()}")
     if by not in (None, "hour", "day"):
         raise ValueError(f"--by must be hour or day, not {by!r}")
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {limit}")
     if breakdown is not None and breakdown not in DIMENSIONS[1:]:
         raise ValueError(f"unknown breakdown {breakdown!r}; one of: "
                          + ", ".join(DIMENSIONS[1:]))
@@ -429,25 +438,28 @@ def web_stats(
     whole = plan(start, end)
     bucket_parts = [(a, plan(a, b)) for a, b in buckets(start, end, site.timezone, by)] \
         if by else []
-    overview = _Reader(engine, store, site, "site")
+    landed: dict[LocalDay, tuple[pa.Table, pa.Table]] = {}
+    overview = _Reader(engine, store, site, "site", landed)
     overview.prefetch(whole + [p for _, ps in bucket_parts for p in ps])
-    first = _first_seen(engine, site_id, start, end)
+    # parts are contiguous: what they cover is the range, or wider where retention widened
+    # a piece to its whole hour or day; new visitors are counted over what is covered
+    first = _first_seen(engine, site_id, whole[0].start, whole[-1].end)
 
-    def numbers(parts: list[Part], a: datetime, b: datetime) -> dict:
+    def numbers(parts: list[Part]) -> dict:
         agg = overview.total(parts).get(SITE_VALUE, Agg())
-        return {**agg.numbers(), "new_visitors": _new_visitors(agg.visitors, first, a, b)}
+        return {**agg.numbers(), "new_visitors": _new_visitors(
+            agg.visitors, first, parts[0].start, parts[-1].end)}
 
-    totals = numbers(whole, start, end)
+    totals = numbers(whole)
     series = None
     if by:
         rows = []
-        for (a, parts), (_, b) in zip(bucket_parts, buckets(start, end, site.timezone, by),
-                                      strict=True):
-            rows.append({"start": pd.Timestamp(a), **numbers(parts, a, b)})
+        for a, parts in bucket_parts:
+            rows.append({"start": pd.Timestamp(a), **numbers(parts)})
         series = pd.DataFrame(rows)
     table = None
     if breakdown:
-        reader = _Reader(engine, store, site, breakdown)
+        reader = _Reader(engine, store, site, breakdown, landed)
         reader.prefetch(whole)
         per = reader.total(whole)
         rows = [{"value": v, **a.numbers()} for v, a in per.items()]
