@@ -104,17 +104,13 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
         scrub,
     )
     from analytics_pipeline.web.read import SiteNotReportable, web_stats
-    from analytics_pipeline.web.resources import WEB_DEFAULTS
 
     url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
     engine = open_warehouse_for_read(url)  # never creates a warehouse
     try:
         stats = web_stats(
             engine, LandingStore(setting("ANALYTICS_LANDING_URI")), args.site,
-            args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit,
-            hourly_retention_days=int(setting("ANALYTICS_WEB_HOURLY_RETENTION_DAYS",
-                                              WEB_DEFAULTS)),
-            raw_retention_days=int(setting("ANALYTICS_WEB_RAW_RETENTION_DAYS", WEB_DEFAULTS)))
+            args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit)
     except SiteNotReportable as exc:
         raise ValueError(str(exc)) from None
     except sa.exc.SQLAlchemyError as exc:

@@ -114,15 +114,23 @@ def site_info(engine: Engine, site_id: int) -> SiteInfo:
     return SiteInfo(site_id, int(account_id), domain, tz)
 
 
+@dataclass(frozen=True)
+class Retained:
+    """What is still stored of each local day a read touches: days whose hourly rows were
+    deleted by retention (their daily rows remain) and days whose landed events were."""
+
+    hours_gone: frozenset[date] = frozenset()
+    events_gone: frozenset[date] = frozenset()
+
+
 def decompose(
-    start: datetime, end: datetime, tz: str, hourly_from: date | None = None,
-    raw_from: date | None = None,
+    start: datetime, end: datetime, tz: str, retained: Retained = Retained(),
 ) -> tuple[list[Part], list[str]]:
     """``[start, end)`` as whole local days, whole local hours and partial hours, in order.
 
-    Days before ``hourly_from`` have no hourly rows left: a piece of such a day is read as
-    the whole day. Days before ``raw_from`` have no landed events: a partial hour is read
-    as the whole hour. Each widening is named in the returned notes."""
+    A piece of a day whose hourly rows are gone is read as the whole day; a partial hour of
+    a day whose landed events are gone, as the whole hour. Each widening is named in the
+    returned notes."""
     parts: list[Part] = []
     notes: list[str] = []
     t = start
@@ -132,7 +140,7 @@ def decompose(
             parts.append(Part("day", day, day.start_utc, day.end_utc))
             t = day.end_utc
             continue
-        if hourly_from is not None and day.day < hourly_from:
+        if day.day in retained.hours_gone:
             notes.append(f"{day.day}: hourly rows have expired (retention); the whole day "
                          "is counted")
             parts.append(Part("day", day, day.start_utc, day.end_utc))
@@ -146,7 +154,7 @@ def decompose(
             t = h1
             continue
         stop = min(h1, end)
-        if raw_from is not None and day.day < raw_from:
+        if day.day in retained.events_gone:
             notes.append(f"{h0.isoformat()}: landed events have expired (retention); the "
                          "whole hour is counted")
             parts.append(Part("hour", day, h0, h1))
@@ -155,6 +163,29 @@ def decompose(
         parts.append(Part("events", day, t, stop))
         t = stop
     return parts, notes
+
+
+def retained(engine: Engine, store: LandingStore, site: SiteInfo, start: datetime,
+             end: datetime) -> Retained:
+    """Which local days of ``[start, end)`` lost their hourly rows (a daily row but no
+    hourly one) or their landing (hourly rows but no landed partition): decided by what
+    is stored, not by the calendar, so a read is exact wherever the rows still exist."""
+    first = local_date_of(start, site.timezone)
+    last = local_date_of(end - timedelta(microseconds=1), site.timezone)
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+    def dated(table: sa.Table) -> set[date]:
+        with engine.connect() as conn:
+            return {d if isinstance(d, date) else date.fromisoformat(str(d))
+                    for (d,) in conn.execute(sa.select(table.c.date).distinct().where(
+                        table.c.site_id == site.site_id, table.c.date.in_(days)))}
+
+    daily, hourly = dated(web_daily_rollups), dated(web_hourly_rollups)
+    # only the first and last day can hold partial hours
+    edges = {first, last} & hourly
+    no_landing = {d for d in edges
+                  if not store.has_partition(WEB_SOURCE, LocalDay(d, site.timezone))}
+    return Retained(frozenset(daily - hourly), frozenset(no_landing))
 
 
 def _naive(t: datetime) -> datetime:
@@ -406,8 +437,6 @@ def buckets(start: datetime, end: datetime, tz: str, by: str) -> list[tuple[date
 def web_stats(
     engine: Engine, store: LandingStore, site_id: int, start: datetime, end: datetime,
     by: str | None = None, breakdown: str | None = None, limit: int = 10,
-    hourly_retention_days: int | None = None, raw_retention_days: int | None = None,
-    now: datetime | None = None,
 ) -> WebStats:
     """The numbers of site ``site_id`` over ``[start, end)`` (aware instants; naive ones are
     read as UTC), optionally a series ``by`` hour or day and a ``breakdown`` by dimension."""
@@ -423,15 +452,11 @@ def web_stats(
         raise ValueError(f"unknown breakdown {breakdown!r}; one of: "
                          + ", ".join(DIMENSIONS[1:]))
     site = site_info(engine, site_id)
-    today = (now or datetime.now(timezone.utc)).date()
-    hourly_from = today - timedelta(days=hourly_retention_days) \
-        if hourly_retention_days is not None else None
-    raw_from = today - timedelta(days=raw_retention_days) \
-        if raw_retention_days is not None else None
+    kept = retained(engine, store, site, start, end)
     notes: list[str] = []
 
     def plan(a: datetime, b: datetime) -> list[Part]:
-        parts, why = decompose(a, b, site.timezone, hourly_from, raw_from)
+        parts, why = decompose(a, b, site.timezone, kept)
         notes.extend(n for n in why if n not in notes)
         return parts
 
