@@ -154,8 +154,9 @@ def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.dev.demo import create_demo_source
 
     url = args.url or setting("ANALYTICS_SOURCE_URL")
-    n = create_demo_source(url)
-    print(f"demo application database with {n} reporting events at {redact(url)}")
+    n, n_web = create_demo_source(url)
+    print(f"demo application database with {n} reporting events and {n_web} web events at "
+          f"{redact(url)}")
     return 0
 
 
