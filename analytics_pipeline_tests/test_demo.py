@@ -26,6 +26,7 @@ from analytics_pipeline.dev.web_demo import (
     UNKNOWN_SITE_ID,
     demo_sites_rows,
     generate_web_events,
+    web_commands,
 )
 from analytics_pipeline.web import compute
 from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA
@@ -184,3 +185,17 @@ def test_the_demos_web_numbers_are_reproducible():
     assert numbers == web_day_numbers(DST, 8)
     assert numbers == {"events": 1888, "pageviews": 1807, "visits": 682, "bounces": 259,
                        "visitors": 613}
+
+
+def test_web_commands_keep_an_old_pinned_window_in_hourly_detail(monkeypatch):
+    for name in ("ANALYTICS_WEB_HOURLY_RETENTION_DAYS", "ANALYTICS_WEB_RAW_RETENTION_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    recent = web_commands(date(2026, 11, 28), today=date(2026, 11, 30))
+    assert recent[0] == ("  analytics-pipeline web-stats --site 1 --from "
+                         "2026-11-28T09:30:00-05:00 --to 2026-11-28T17:45:00-05:00 --by hour")
+    assert "--from 2026-11-22T10:15:00+05:30" in recent[1]
+    old = web_commands(date(2026, 3, 13), today=date(2026, 11, 30))
+    assert all(line.startswith("  ANALYTICS_WEB_HOURLY_RETENTION_DAYS=269 "
+                               "ANALYTICS_WEB_RAW_RETENTION_DAYS=269 analytics-pipeline")
+               for line in old)
+    assert "--from 2026-03-13T09:30:00-04:00" in old[0]  # New York's summer time by then

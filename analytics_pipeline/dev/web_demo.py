@@ -329,18 +329,31 @@ def web_dashboard(engine, first: date, last: date,
     return [*lines, "", *tops, "", f"quarantined web events: {bad or 'none'}"]
 
 
-def web_commands(last: date, sites: tuple[DemoSite, ...] = DEMO_SITES) -> list[str]:
+RETENTION_VARIABLES = ("ANALYTICS_WEB_HOURLY_RETENTION_DAYS", "ANALYTICS_WEB_RAW_RETENTION_DAYS")
+
+
+def web_commands(last: date, sites: tuple[DemoSite, ...] = DEMO_SITES,
+                 today: date | None = None) -> list[str]:
     """Two ``web-stats`` command lines over ranges that start and end mid-hour: the
     first site's working hours of the last day by hour, the second site's last week by
-    referrer."""
+    referrer. When those days are older than the web retention (a window pinned months
+    back), the reads would count whole days instead of hours: the commands then keep
+    them with longer retention variables."""
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.web.resources import WEB_DEFAULTS
+
     def at(d: date, hour: int, minute: int, tz: str) -> str:
         return datetime(d.year, d.month, d.day, hour, minute, tzinfo=ZoneInfo(tz)).isoformat()
 
     a, b = sites[0], sites[-1]
     week = last - timedelta(days=6)
+    age = ((today or datetime.now(timezone.utc).date()) - week).days + 1
+    keep = min(int(setting(v, WEB_DEFAULTS)) for v in RETENTION_VARIABLES)
+    env = "".join(f"{v}={age} " for v in RETENTION_VARIABLES) if age > keep else ""
     return [
-        f"  analytics-pipeline web-stats --site {a.id} --from {at(last, 9, 30, a.timezone)} "
-        f"--to {at(last, 17, 45, a.timezone)} --by hour",
-        f"  analytics-pipeline web-stats --site {b.id} --from {at(week, 10, 15, b.timezone)} "
-        f"--to {at(last, 18, 40, b.timezone)} --breakdown referrer",
+        f"  {env}analytics-pipeline web-stats --site {a.id} --from "
+        f"{at(last, 9, 30, a.timezone)} --to {at(last, 17, 45, a.timezone)} --by hour",
+        f"  {env}analytics-pipeline web-stats --site {b.id} --from "
+        f"{at(week, 10, 15, b.timezone)} --to {at(last, 18, 40, b.timezone)} "
+        "--breakdown referrer",
     ]
