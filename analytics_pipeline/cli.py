@@ -103,7 +103,7 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
         redact,
         scrub,
     )
-    from analytics_pipeline.web.read import SiteNotReportable, web_stats
+    from analytics_pipeline.web.read import SiteNotReportable, site_info, web_stats
 
     url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
     engine = open_warehouse_for_read(url)  # never creates a warehouse
@@ -111,6 +111,7 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
         stats = web_stats(
             engine, LandingStore(setting("ANALYTICS_LANDING_URI")), args.site,
             args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit)
+        tz = site_info(engine, args.site).timezone
     except SiteNotReportable as exc:
         raise ValueError(str(exc)) from None
     except sa.exc.SQLAlchemyError as exc:
@@ -123,7 +124,7 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats.as_dict(), indent=2, default=str))
         return 0
     t = stats.totals
-    print(f"site {args.site}, [{stats.start.isoformat()}, {stats.end.isoformat()})")
+    print(f"site {args.site} ({tz}), [{stats.start.isoformat()}, {stats.end.isoformat()})")
     print(f"visitors {t['visitors']}  new {t['new_visitors']}  visits {t['visits']}  "
           f"pageviews {t['pageviews']}  events {t['events']}  bounce rate "
           f"{_rate(t['bounce_rate'])}  visit duration {_duration(t['visit_duration_seconds'])}")
@@ -132,7 +133,8 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
     if stats.series is not None:
         print(f"\n{'start':<26} {'visitors':>8} {'visits':>7} {'pageviews':>9} {'bounce':>6}")
         for r in stats.series.to_dict("records"):
-            print(f"{r['start'].isoformat():<26} {r['visitors']:>8} {r['visits']:>7} "
+            start = r["start"].tz_convert(tz).isoformat()  # the site's local hours and days
+            print(f"{start:<26} {r['visitors']:>8} {r['visits']:>7} "
                   f"{r['pageviews']:>9} {_rate(r['bounce_rate']):>6}")
     if stats.breakdown is not None:
         print(f"\n{args.breakdown:<40} {'visitors':>8} {'visits':>7} {'pageviews':>9} "
@@ -150,8 +152,9 @@ def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.dev.demo import create_demo_source
 
     url = args.url or setting("ANALYTICS_SOURCE_URL")
-    n = create_demo_source(url)
-    print(f"demo application database with {n} reporting events at {redact(url)}")
+    n, n_web = create_demo_source(url)
+    print(f"demo application database with {n} reporting events and {n_web} web events at "
+          f"{redact(url)}")
     return 0
 
 

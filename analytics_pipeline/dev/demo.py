@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from analytics_pipeline.core.partitions import is_valid_timezone, last_closed_day, zone
 from analytics_pipeline.core.sources import source_metadata, src_accounts
 from analytics_pipeline.core.warehouse import make_engine
+from analytics_pipeline.dev.web_demo import DEMO_SITES, web_commands, web_dashboard
 from analytics_pipeline.support.source import src_reporting_events
+from analytics_pipeline.web.contract import WEB_SOURCE
 
 # The demo covers the last DEMO_DAYS local days closed in every demo timezone, so support
 # and email events (which must stay within Mailgun's 72-hour initial lookback) share dates.
@@ -183,9 +185,12 @@ def write_source(url: str, accounts: list[dict], events: list[dict], fresh: bool
 
 
 def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUNTS,
-                       start: date | None = None, days: int = DEMO_DAYS) -> int:
+                       start: date | None = None, days: int = DEMO_DAYS) -> tuple[int, int]:
     """(Re)create the demo application database at ``url`` (``start``: the demo window's
-    first day, by default that of ``demo_window``); returns the event count."""
+    first day, by default that of ``demo_window``): support events, and the web events of
+    the demo sites on the same days. Returns (reporting events, web events)."""
+    from analytics_pipeline.dev.web_demo import create_web_demo_source
+
     if start is None:
         start, _ = demo_window(datetime.now(timezone.utc), _grace(), _pinned_start(),
                                accounts, days)
@@ -198,7 +203,7 @@ def create_demo_source(url: str, accounts: tuple[DemoAccount, ...] = DEMO_ACCOUN
         [{"id": a.id, "name": a.name, "reporting_timezone": a.timezone} for a in accounts],
         events,
     )
-    return len(events)
+    return len(events), create_web_demo_source(url, start, days)
 
 
 def _grace() -> timedelta:
@@ -358,9 +363,10 @@ def run_demo(regenerate: bool = True, out=print) -> int:
                 else:
                     for p in path.parent.glob(path.name + "*"):
                         p.unlink()
-        n = create_demo_source(src, start=first)
+        n, n_web = create_demo_source(src, start=first)
         out(f"demo application database: {n} reporting events, {len(DEMO_ACCOUNTS)} accounts, "
-            f"support days {first} … {last}")
+            f"{n_web} web events of {len(DEMO_SITES)} sites, support and web days "
+            f"{first} … {last}")
     else:
         out(f"using the existing application database at {wh.redact(src)}")
 
@@ -454,6 +460,12 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
             end = min(end, last) if pinned else end
             if end >= first and not run_range("support_reporting", tz, first, end):
                 return 1
+        # Web: the same closed days (the closed-days sensor's web stream), every timezone.
+        for tz in timezones:
+            end = last_closed_day(now, tz, grace)
+            end = min(end, last) if pinned else end
+            if end >= first and not run_range("web_analytics", tz, first, end):
+                return 1
         # Email: fetch both pipelines, roll up their settled days, refresh the statistics.
         for pipeline in EMAIL_PIPELINES:
             names = pipeline.names
@@ -501,15 +513,21 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
             shown = "-" if rate is None else f"{rate:.0%}"
             out(f"{f'{email_id} ({kind})':<32} {sent:>6} {delivered:>9} {opened:>7} "
                 f"{failed:>7} {shown:>9}")
-        q = sa.select(wh.quarantine.c.reason, sa.func.count()).group_by(wh.quarantine.c.reason)
-        quarantined = dict(conn.execute(q).all())
-    engine.dispose()
+        q = sa.select(wh.quarantine.c.reason, sa.func.count()).where(
+            wh.quarantine.c.source != WEB_SOURCE).group_by(wh.quarantine.c.reason)
+        quarantined = dict(conn.execute(q).all())  # the web's: in its dashboard below
     out(f"\nquarantined events: {quarantined or 'none'}")
+    for line in web_dashboard(engine, first, last):
+        out(line)
+    engine.dispose()
     lo, hi = (first, last) if email_day <= last else (email_day, email_day)
-    out(f"Support days {first} … {last}; emails sent on {email_day} (each account's local "
+    out("")
+    out(f"Support and web days {first} … {last}; emails sent on {email_day} (each account's local "
         "day). Open the UI on the same instance with `make dev`; query with")
     out(f"  analytics-pipeline report --account 1 --metric first_response --from {first} "
         f"--to {last} --by week")
     out(f"  analytics-pipeline report --account 1 --metric newsletter_opens --from {lo} "
         f"--to {hi} --by week")
+    for line in web_commands(last):
+        out(line)
     return 0

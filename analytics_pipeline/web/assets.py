@@ -1,6 +1,7 @@
 """The web source's Dagster assets: landed, sessionized web events and their hourly and daily
 rollups, with the rollups' checks defined next to them."""
 
+import sqlalchemy as sa
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -22,7 +23,7 @@ from analytics_pipeline.core.assets import (
 )
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
-from analytics_pipeline.web.contract import WEB_SOURCE
+from analytics_pipeline.web.contract import WEB_SOURCE, web_sites
 from analytics_pipeline.web.resources import WebSettings
 from analytics_pipeline.web.rollup_step import rollup_web_partition
 from analytics_pipeline.web.source import WebEventsSource
@@ -35,6 +36,32 @@ from analytics_pipeline.web.store import (
 )
 
 GROUP = "web_analytics"
+
+
+def _site_domains(engine, site_ids: set[int]) -> dict[int, str]:
+    if not site_ids:
+        return {}
+    c = web_sites.c
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(c.site_id, c.domain).where(
+            c.site_id.in_(sorted(site_ids)))).all())
+
+
+def _with_domains(preview: list[dict], domains: dict[int, str]) -> list[dict]:
+    """The top pages with their site's domain next to its id (a partition holds every site
+    of its timezone's accounts)."""
+    return [{"site_id": p["site_id"], "domain": domains.get(p["site_id"], ""),
+             **{k: v for k, v in p.items() if k != "site_id"}} for p in preview]
+
+
+def _span(days: list) -> str:
+    """The run's partitions as text: one key, or first … last of each timezone."""
+    by_tz: dict[str, list] = {}
+    for d in days:
+        by_tz.setdefault(d.tz, []).append(d.day)
+    return ", ".join(f"{min(ds)}|{tz}" if len(ds) == 1 else
+                     f"{min(ds)} … {max(ds)}|{tz} ({len(ds)} days)"
+                     for tz, ds in sorted(by_tz.items()))
 
 
 @asset(
@@ -75,8 +102,12 @@ def raw_web_events(
         "dagster/row_count": r.rows,
         "sites": r.sites,
         "visits": r.visits,
+        "valid_events": r.rows - r.invalid_rows,
         "rows_landed_for_quarantine": r.invalid_rows,
         "duplicate_ids_dropped": r.duplicates_dropped,
+        # the default timezone's partitions also land the events of no known site, for the
+        # quarantine: such a partition can hold rows with no site of its own
+        "sweeps_unknown_sites": day.tz == default_tz,
         "landing_path": MetadataValue.path(r.path),
     }) for day, r in zip(days, results, strict=True)], run_totals={
         "partitions": len(results),
@@ -120,9 +151,11 @@ def web_rollups(
     store, engine = landing.store(), warehouse.engine()
     days = partition_days(context)
     require_current_landings(store, engine, days, WEB_SOURCE)
+    domains: dict[int, str] = {}
     results = []
     for day in days:
         r = rollup_web_partition(store, engine, day)
+        domains.update(_site_domains(engine, {p["site_id"] for p in r.preview} - set(domains)))
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
         context.log.info(f"{r.key}: {r.valid} events, {r.visits} visits, {r.visitors} "
@@ -139,7 +172,7 @@ def web_rollups(
         "sites": r.sites,
         "events_quarantined": sum(r.quarantined_by_reason.values()),
         "quarantined_by_reason": by_reason(r.quarantined_by_reason),
-        "top_pages": table_metadata(r.preview),
+        "top_pages": table_metadata(_with_domains(r.preview, domains)),
     }) for day, r in zip(days, results, strict=True)], shared={
         "warehouse": warehouse.display_url}, run_totals={
         "partitions": len(results),
@@ -157,5 +190,7 @@ def web_rollups(
         checks.append(AssetCheckResult(
             check_name=check, passed=not failing,
             metadata={"problems": MetadataValue.json(failing),
-                      "partitions_checked": len(results)}))
+                      "partitions_checked": len(results),
+                      # the check covers the run's partitions (the UI shows no partition)
+                      "partitions": _span(days)}))
     return MaterializeResult(check_results=checks)
