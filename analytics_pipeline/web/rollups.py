@@ -136,12 +136,34 @@ def _prepare(events: pa.Table, visitors: pa.Table, day: LocalDay) -> _Events:
             raise ValueError(f"valid landed web events have no null {col}")
     needed = ["event_id", "site_id", "visitor_id", "name", "occurred_at", "hour_start",
               "visit_id", *(d for d in DIMENSIONS if d != SITE_DIMENSION)]
-    joined = events.select(list(dict.fromkeys(needed))).join(
-        visitors, ["site_id", "visitor_id"], join_type="left outer", use_threads=False)
+    events = events.select(list(dict.fromkeys(needed)))
+    # the visitors' numbers joined on a narrow table (row, site, visitor), then put back in
+    # row order: the event columns (dictionary-encoded or not) never go through the join
+    n = events.num_rows
+    visitor_ids = events["visitor_id"]
+    if pa.types.is_dictionary(visitor_ids.type):
+        visitor_ids = visitor_ids.cast(visitor_ids.type.value_type)
+    keys = pa.table({"site_id": events["site_id"], "visitor_id": visitor_ids,
+                     "_row": pa.array(np.arange(n, dtype=np.int64))})
+    del visitor_ids
+    joined = keys.join(visitors, ["site_id", "visitor_id"], join_type="left outer",
+                       use_threads=False)
+    del keys
     if joined["visitor_num"].null_count:
         raise ValueError("web events of visitors without a number: register them first")
-    table = joined.sort_by([("site_id", "ascending"), ("visit_id", "ascending"),
-                            ("occurred_at", "ascending"), ("event_id", "ascending")])
+    rows = joined["_row"].to_numpy()
+    extra = {}
+    for name in visitors.column_names:
+        if name not in ("site_id", "visitor_id"):
+            col = joined[name].combine_chunks()
+            extra[name] = col.take(pa.array(np.argsort(rows)))
+    del joined
+    for name, col in extra.items():
+        events = events.append_column(name, col)
+    order = pc.sort_indices(events, [("site_id", "ascending"), ("visit_id", "ascending"),
+                                     ("occurred_at", "ascending"), ("event_id", "ascending")])
+    table = events.take(order)
+    del events, order
     nums = table["visitor_num"].to_numpy()
     if len(nums) and (nums.min() < 0 or nums.max() > MAX_VISITOR_NUM):
         raise ValueError("visitor numbers must fit in 32 bits (Roaring bitmaps)")
