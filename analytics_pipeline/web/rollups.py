@@ -361,9 +361,11 @@ def _table_of_groups(
         col = np.zeros(n, np.int64)
         col[at] = values
         out[name] = col
-    sets = np.full(n, EMPTY_SET, dtype=object)
-    if len(at):
-        sets[at] = np.array(bitmaps + [b""], dtype=object)[:-1]  # an object array, not 2-D
+    # a list, not a NumPy array: NumPy would turn the bytes into fixed-width strings,
+    # which drop trailing NUL bytes
+    sets: list[bytes] = [EMPTY_SET] * n
+    for i, b in zip(at.tolist(), bitmaps, strict=True):
+        sets[i] = b
     v_at = np.searchsorted(all_keys, v_key)
     out["visits"] = np.bincount(v_at, minlength=n).astype(np.int64)
     out["bounces"] = np.bincount(v_at, weights=bounce[p_visit], minlength=n).astype(np.int64)
