@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -581,7 +582,14 @@ def child(target, *args):
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    got = q.get()
+    while True:  # a child that dies without reporting fails the run instead of hanging it
+        try:
+            got = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{target.__name__} failed (exit code {p.exitcode})") \
+                    from None
     p.join()
     return got
 
