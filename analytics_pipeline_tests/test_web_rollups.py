@@ -401,6 +401,20 @@ def test_failed_replace_leaves_previous_rows(engine, store):
     assert web_slice_rows(engine, web_daily_rollups, DAY.day) == before
 
 
+def test_rows_of_visits_without_events_hold_an_empty_visitor_set(engine):
+    # the visit starts at 14:50 on /a and goes on at 15:05 on /b: /b counts the visit in
+    # hour 14, where it has no event, so that row's visitor set is empty (and readable)
+    table = landed([ev("e1", "A", "2026-02-11T14:50:00", "/a"),
+                    ev("e2", "A", "2026-02-11T15:05:00", "/b")], NY, SITES)
+    nums = register_visitors(engine, pa.table({
+        "site_id": [10], "visitor_id": ["A"], "first_seen": [datetime(2026, 2, 11, 14, 50)],
+        "last_seen": [datetime(2026, 2, 11, 15, 5)]}))
+    hourly, _ = web_rollup_rows(table, nums, DAY, nums)
+    rows = [r for r in hourly.to_pylist() if r["visitors"] == 0]
+    assert [(r["dimension"], r["value"], r["visits"]) for r in rows] == [("page", "/b", 1)]
+    assert rows[0]["visitor_set"] == BitMap().serialize()
+
+
 # --- checks -------------------------------------------------------------------------------
 
 def allow_negative_counts(conn: sa.Connection) -> None:
@@ -518,6 +532,7 @@ def test_random_events_match_brute_force(engine, store):
     for r in hourly:
         assert r["visitors"] == len(expect_hour.get(
             (r["site_id"], r["hour_start"], r["dimension"], r["value"]), set())), r
+        assert len(BitMap.deserialize(r["visitor_set"])) == r["visitors"]  # empty ones too
     sums = defaultdict(lambda: [0, 0, 0, 0, 0.0])
     for r in hourly:
         s = sums[(r["site_id"], r["dimension"], r["value"])]

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, value_counts
 from analytics_pipeline.core.steps import LandingOutOfDate, landed_accounts
-from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA, WEB_SOURCE
+from analytics_pipeline.web.contract import DIMENSIONS, LANDED_WEB_SCHEMA, WEB_SOURCE
 from analytics_pipeline.web.rollups import SITE_DIMENSION, web_rollup_rows
 from analytics_pipeline.web.store import (
     register_visitors,
@@ -69,6 +70,42 @@ def quarantine_rows(invalid: pa.Table) -> pa.Table:
         [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
 
 
+# the landed columns the rollup reads for valid rows; the repeated strings among them stay
+# dictionary-encoded as stored (the partition is never held decoded whole)
+_VALID_COLUMNS = tuple(dict.fromkeys((
+    "event_id", "site_id", "account_id", "visitor_id", "name", "occurred_at",
+                  "hour_start", "visit_id", "invalid_reason",
+                  *(d for d in DIMENSIONS if d != SITE_DIMENSION))))
+_DICTIONARY_COLUMNS = tuple(c for c in _VALID_COLUMNS
+                            if c not in ("event_id", "visitor_id", "invalid_reason")
+                            and pa.types.is_string(LANDED_WEB_SCHEMA.field(c).type))
+
+
+def _read_landed(store: LandingStore, day: LocalDay) -> tuple[pa.Table, pa.Table]:
+    """The partition's valid rows (``_VALID_COLUMNS``, repeated strings dictionary-encoded)
+    and its invalid rows (every column, as landed)."""
+    files = store.partition_files(WEB_SOURCE, day)
+    if not files:
+        empty = LANDED_WEB_SCHEMA.empty_table()
+        return empty.select(list(_VALID_COLUMNS)), empty
+    valid_parts, invalid_parts = [], []
+    for path in files:
+        reasons = pq.read_table(path, filesystem=store.fs, columns=["invalid_reason"])
+        table = pq.read_table(path, filesystem=store.fs, columns=list(_VALID_COLUMNS),
+                              read_dictionary=list(_DICTIONARY_COLUMNS))
+        ok = pc.is_null(reasons["invalid_reason"])
+        if reasons["invalid_reason"].null_count != reasons.num_rows:
+            whole = pq.read_table(path, filesystem=store.fs)
+            invalid_parts.append(whole.filter(pc.invert(ok)))
+            del whole
+            table = table.filter(ok)
+        valid_parts.append(table)
+    valid = pa.concat_tables(valid_parts) if len(valid_parts) > 1 else valid_parts[0]
+    invalid = (pa.concat_tables(invalid_parts) if invalid_parts
+               else LANDED_WEB_SCHEMA.empty_table())
+    return valid, invalid
+
+
 def rollup_web_partition(store: LandingStore, engine: Engine, day: LocalDay) -> WebRollupResult:
     """Roll one landed partition of web events up into the warehouse.
 
@@ -86,12 +123,11 @@ def rollup_web_partition(store: LandingStore, engine: Engine, day: LocalDay) -> 
         raise LandingOutOfDate(f"{day.key}: the web landing does not record its sites; "
                                "re-materialize its raw events asset first")
     site_ids = sorted({int(s) for s in meta["site_ids"]})
-    events = store.read_partition(WEB_SOURCE, day, LANDED_WEB_SCHEMA)
-    result = WebRollupResult(key=day.key, events=events.num_rows, sites=len(site_ids))
-
-    invalid_mask = pc.is_valid(events["invalid_reason"])
-    valid = events.filter(pc.invert(invalid_mask))
-    bad = quarantine_rows(events.filter(invalid_mask))
+    valid, invalid = _read_landed(store, day)
+    result = WebRollupResult(key=day.key, events=valid.num_rows + invalid.num_rows,
+                             sites=len(site_ids))
+    bad = quarantine_rows(invalid)
+    del invalid
     stray_sites = pc.invert(pc.is_in(valid["site_id"], pa.array(site_ids, pa.int64())))
     stray_accounts = pc.invert(pc.is_in(valid["account_id"], pa.array(accounts, pa.int64())))
     if valid.num_rows and pc.any(pc.or_(stray_sites, stray_accounts)).as_py():

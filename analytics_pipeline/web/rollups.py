@@ -136,12 +136,34 @@ def _prepare(events: pa.Table, visitors: pa.Table, day: LocalDay) -> _Events:
             raise ValueError(f"valid landed web events have no null {col}")
     needed = ["event_id", "site_id", "visitor_id", "name", "occurred_at", "hour_start",
               "visit_id", *(d for d in DIMENSIONS if d != SITE_DIMENSION)]
-    joined = events.select(list(dict.fromkeys(needed))).join(
-        visitors, ["site_id", "visitor_id"], join_type="left outer", use_threads=False)
+    events = events.select(list(dict.fromkeys(needed)))
+    # the visitors' numbers joined on a narrow table (row, site, visitor), then put back in
+    # row order: the event columns (dictionary-encoded or not) never go through the join
+    n = events.num_rows
+    visitor_ids = events["visitor_id"]
+    if pa.types.is_dictionary(visitor_ids.type):
+        visitor_ids = visitor_ids.cast(visitor_ids.type.value_type)
+    keys = pa.table({"site_id": events["site_id"], "visitor_id": visitor_ids,
+                     "_row": pa.array(np.arange(n, dtype=np.int64))})
+    del visitor_ids
+    joined = keys.join(visitors, ["site_id", "visitor_id"], join_type="left outer",
+                       use_threads=False)
+    del keys
     if joined["visitor_num"].null_count:
         raise ValueError("web events of visitors without a number: register them first")
-    table = joined.sort_by([("site_id", "ascending"), ("visit_id", "ascending"),
-                            ("occurred_at", "ascending"), ("event_id", "ascending")])
+    rows = joined["_row"].to_numpy()
+    extra = {}
+    for name in visitors.column_names:
+        if name not in ("site_id", "visitor_id"):
+            col = joined[name].combine_chunks()
+            extra[name] = col.take(pa.array(np.argsort(rows)))
+    del joined
+    for name, col in extra.items():
+        events = events.append_column(name, col)
+    order = pc.sort_indices(events, [("site_id", "ascending"), ("visit_id", "ascending"),
+                                     ("occurred_at", "ascending"), ("event_id", "ascending")])
+    table = events.take(order)
+    del events, order
     nums = table["visitor_num"].to_numpy()
     if len(nums) and (nums.min() < 0 or nums.max() > MAX_VISITOR_NUM):
         raise ValueError("visitor numbers must fit in 32 bits (Roaring bitmaps)")
@@ -174,7 +196,45 @@ def _prepare(events: pa.Table, visitors: pa.Table, day: LocalDay) -> _Events:
 def _event_groups(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
                   new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], list[bytes]]:
     """Per distinct key (sorted): events, pageviews, distinct visitors, new visitors, and
-    the serialized bitmap of the visitors (one sort of the (key, visitor) pairs)."""
+    the serialized bitmap of the visitors (one sort of the (key, visitor) pairs).
+
+    ``new`` must be constant within a (key, visitor) pair (it is: a visitor is new in a
+    day, or in the hour of its first event). Keys below 2^30 are sorted as one int64 per
+    event, ``key << 33 | visitor << 1 | new`` (a plain sort, no argsort or gathers);
+    larger keys take a lexsort."""
+    if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 30):
+        return _event_groups_lexsort(keys, visitor, pageview, new)
+    packed = (keys.astype(np.int64) << 33) | (visitor.astype(np.int64) << 1) | new.astype(
+        np.int64)
+    packed.sort()
+    k = packed >> 33
+    g = _starts(k)
+    uniq = k[g]
+    pairs = _starts(packed >> 1)
+    pk, pv = k[pairs], ((packed[pairs] >> 1) & 0xFFFFFFFF).astype(np.uint32)
+    pn = (packed[pairs] & 1).astype(np.int64)
+    del packed
+    pg = _starts(pk)  # the same groups, over the distinct pairs
+    pg_end = _ends(pg, len(pk))
+    bitmaps = [BitMap(pv[a:b]).serialize()
+               for a, b in zip(pg.tolist(), pg_end.tolist(), strict=True)]
+    if len(uniq) and uniq[-1] < 4 * len(keys) + 1024:  # dense: a bincount over the key space
+        pageviews = np.bincount(keys, weights=pageview, minlength=int(uniq[-1]) + 1)[uniq]
+    else:
+        pageviews = np.bincount(np.searchsorted(uniq, keys), weights=pageview,
+                                minlength=len(uniq))
+    counts = {
+        "events": _ends(g, len(k)) - g,
+        "pageviews": pageviews.astype(np.int64),
+        "visitors": pg_end - pg,
+        "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
+    }
+    return uniq, counts, bitmaps
+
+
+def _event_groups_lexsort(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
+                          new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                                    list[bytes]]:
     order = np.lexsort((visitor, keys))
     k, v, nw = keys[order], visitor[order], new[order]
     g = _starts(k)
@@ -301,6 +361,8 @@ def _table_of_groups(
         col = np.zeros(n, np.int64)
         col[at] = values
         out[name] = col
+    # a list, not a NumPy array: NumPy would turn the bytes into fixed-width strings,
+    # which drop trailing NUL bytes
     sets: list[bytes] = [EMPTY_SET] * n
     for i, b in zip(at.tolist(), bitmaps, strict=True):
         sets[i] = b
