@@ -319,13 +319,18 @@ class LandingStore:
         )
 
     def read_partition(
-        self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None
+        self, source: str, day: LocalDay, schema: pa.Schema, columns: Sequence[str] | None = None,
+        filters: pc.Expression | None = None,
     ) -> pa.Table:
-        """The landed table of a partition; a partition never landed raises FileNotFoundError."""
+        """The landed table of a partition (only ``columns``, only the rows matching
+        ``filters``: row groups whose statistics exclude them are not read); a partition
+        never landed raises FileNotFoundError."""
         files = self.partition_files(source, day)
         if not files:
-            return schema.empty_table()
-        tables = [pq.read_table(f, filesystem=self.fs, columns=columns) for f in files]
+            empty = schema.empty_table()
+            return empty.select(list(columns)) if columns else empty
+        tables = [pq.read_table(f, filesystem=self.fs, columns=columns, filters=filters)
+                  for f in files]
         return pa.concat_tables(tables)
 
     def iter_partition(

@@ -352,6 +352,47 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return rows
 
 
+_BASE_COLUMNS = ["event_id", "site_id", "visitor_id", "name", "occurred_at", "visit_id",
+                 "visit_start", "visit_events", "visit_duration_seconds"]
+_NO_EVENTS = LANDED_WEB_SCHEMA.empty_table()
+_NO_NUMBERS = pa.table({"visitor_id": pa.array([], pa.string()),
+                        "visitor_num": pa.array([], pa.int64())})
+
+
+def load_edges(engine: Engine, store: LandingStore, site: SiteInfo, parts: list[Part],
+               dimensions: set[str]) -> dict[LocalDay, tuple[pa.Table, pa.Table]]:
+    """The landed events the partial hours of a read need, per local day: only the site's
+    valid rows (row groups of other sites are not read), only the columns used, only the
+    visits that have an event or start in a partial hour (all of their events, for the
+    visit's first values and its pages), and the numbers of their visitors."""
+    out: dict[LocalDay, tuple[pa.Table, pa.Table]] = {}
+    edges: dict[LocalDay, list[Part]] = {}
+    for p in parts:
+        if p.kind == "events":
+            edges.setdefault(p.day, []).append(p)
+    columns = _BASE_COLUMNS + sorted(d for d in dimensions if d != "site")
+    ts = pa.timestamp("us", tz="UTC")
+    for day, pieces in edges.items():
+        try:
+            t = store.read_partition(
+                WEB_SOURCE, day, LANDED_WEB_SCHEMA, columns=columns,
+                filters=(pc.field("site_id") == site.site_id)
+                & pc.field("invalid_reason").is_null())
+        except FileNotFoundError:
+            continue
+        touched = pa.repeat(pa.scalar(False), t.num_rows)
+        for p in pieces:
+            lo, hi = pa.scalar(p.start, ts), pa.scalar(p.end, ts)
+            ev = pc.and_(pc.greater_equal(t["occurred_at"], lo), pc.less(t["occurred_at"], hi))
+            st = pc.and_(pc.greater_equal(t["visit_start"], lo), pc.less(t["visit_start"], hi))
+            touched = pc.or_(touched, pc.or_(ev, st))
+        visits = pc.unique(t["visit_id"].filter(touched))
+        t = t.filter(pc.is_in(t["visit_id"], value_set=visits))
+        ids = pc.unique(t["visitor_id"].combine_chunks())
+        out[day] = (t, _visitor_numbers(engine, site.site_id, ids))
+    return out
+
+
 class _Reader:
     """Rows fetched once per read, whatever the number of buckets asking for them."""
 
@@ -372,17 +413,7 @@ class _Reader:
                                   self.site.site_id, hours, self.dimension)
 
     def _landed(self, day: LocalDay) -> tuple[pa.Table, pa.Table]:
-        if day not in self._events:
-            try:
-                t = self.store.read_partition(WEB_SOURCE, day, LANDED_WEB_SCHEMA)
-            except FileNotFoundError:
-                t = LANDED_WEB_SCHEMA.empty_table()
-            t = t.filter(pc.and_(pc.is_null(t["invalid_reason"]),
-                                 pc.equal(t["site_id"], self.site.site_id)))
-            numbers = _visitor_numbers(self.engine, self.site.site_id,
-                                       t["visitor_id"].combine_chunks())
-            self._events[day] = (t, numbers)
-        return self._events[day]
+        return self._events.get(day) or (_NO_EVENTS, _NO_NUMBERS)
 
     def part(self, p: Part) -> dict[str, Agg]:
         if p.kind == "day":
@@ -463,7 +494,7 @@ def web_stats(
     whole = plan(start, end)
     bucket_parts = [(a, plan(a, b)) for a, b in buckets(start, end, site.timezone, by)] \
         if by else []
-    landed: dict[LocalDay, tuple[pa.Table, pa.Table]] = {}
+    landed = load_edges(engine, store, site, whole, {"site", breakdown or "site"})
     overview = _Reader(engine, store, site, "site", landed)
     overview.prefetch(whole + [p for _, ps in bucket_parts for p in ps])
     # parts are contiguous: what they cover is the range, or wider where retention widened
