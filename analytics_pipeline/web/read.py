@@ -215,6 +215,39 @@ def _rollup_aggs(engine: Engine, table: sa.Table, key: str, site_id: int, keys: 
     return out
 
 
+def _rollup_totals(engine: Engine, table: sa.Table, key: str, site_id: int, keys: list,
+                   dimension: str) -> dict[str, Agg]:
+    """{dimension value: Agg} summed over the stored rows of ``keys``: the counts added by
+    the database, the visitor sets of a value unioned at once (a breakdown over a month
+    reads one row per day and value: no per-row object)."""
+    out: dict[str, Agg] = {}
+    if not keys:
+        return out
+    c = table.c
+    blobs: dict[str, list[bytes]] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(keys), 1000):
+            where = (c.site_id == site_id, c.dimension == dimension,
+                     getattr(c, key).in_(keys[i:i + 1000]))
+            for value, ev, pv, vi, bo, du in conn.execute(sa.select(
+                    c.value, sa.func.sum(c.events), sa.func.sum(c.pageviews),
+                    sa.func.sum(c.visits), sa.func.sum(c.bounces),
+                    sa.func.sum(c.duration_seconds)).where(*where).group_by(c.value)):
+                a = out.setdefault(value, Agg())
+                a.events += int(ev)
+                a.pageviews += int(pv)
+                a.visits += int(vi)
+                a.bounces += int(bo)
+                a.duration_seconds += float(du)
+            for value, vs in conn.execute(sa.select(c.value, c.visitor_set).where(*where)):
+                blobs.setdefault(value, []).append(vs)
+    deserialize = BitMap.deserialize
+    for value, sets in blobs.items():
+        out[value].visitors = BitMap.union(*(deserialize(bytes(b)) for b in sets)) \
+            if len(sets) > 1 else deserialize(bytes(sets[0]))
+    return out
+
+
 def _visit_values(events: pa.Table, dimension: str) -> pa.Array:
     """Each event's value of ``dimension``: its own for event dimensions, its visit's first
     event's for visit dimensions (entry and exit pages are per visit already)."""
@@ -516,8 +549,14 @@ def web_stats(
     table = None
     if breakdown:
         reader = _Reader(engine, store, site, breakdown, landed)
-        reader.prefetch(whole)
-        per = reader.total(whole)
+        per = _rollup_totals(engine, web_daily_rollups, "date", site.site_id,
+                             sorted({p.day.day for p in whole if p.kind == "day"}), breakdown)
+        hourly = _rollup_totals(engine, web_hourly_rollups, "hour_start", site.site_id,
+                                sorted({_naive(p.start) for p in whole if p.kind == "hour"}),
+                                breakdown)
+        for extra in (hourly, *(reader.part(p) for p in whole if p.kind == "events")):
+            for v, a in extra.items():
+                per.setdefault(v, Agg()).add(a)
         rows = [{"value": v, **a.numbers()} for v, a in per.items()]
         rows.sort(key=lambda r: (-r["visitors"], r["value"]))
         table = pd.DataFrame(rows[:limit], columns=[
