@@ -547,6 +547,14 @@ def read_range(wh_url: str, landing: str, days: int, site_id: int, out: mp.Queue
         t0 = time.perf_counter()
         s = web_stats(engine, store, site_id, start, end, breakdown="page", limit=10)
         times.append(time.perf_counter() - t0)
+    if os.environ.get("BENCH_WEB_PROFILE_READ"):  # where the read's time goes
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(web_stats, engine, store, site_id, start, end, breakdown="page",
+                     limit=10)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     out.put({"times": times, "visitors": s.totals["visitors"], "visits": s.totals["visits"],
              "pageviews": s.totals["pageviews"], "top": s.breakdown.iloc[0]["value"],
              "peak_mb": peak_rss_mb()})

@@ -464,23 +464,33 @@ class _Reader:
         return out
 
 
-def _first_seen(engine: Engine, site_id: int, start: datetime, end: datetime) -> pa.Table:
-    c = web_visitors.c
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(c.visitor_num, c.first_seen).where(
-            c.site_id == site_id, c.first_seen >= _naive(start),
-            c.first_seen < _naive(end))).all()
-    nums, seen = zip(*rows, strict=True) if rows else ((), ())
-    return pa.table({"num": pa.array(nums, pa.int64()),
-                     "first_seen": pa.array(seen, pa.timestamp("us"))})
+class _FirstSeen:
+    """New visitors of spans of a read: visitors whose first event on the site
+    (``web_visitors.first_seen``) lies in the span. Such a visitor has an event there, so
+    they are among the span's visitors; counting them needs no visitor set. One COUNT for
+    the whole read; the first-seen times once when a series needs them per bucket."""
 
+    def __init__(self, engine: Engine, site_id: int, start: datetime, end: datetime,
+                 per_bucket: bool):
+        c = web_visitors.c
+        where = (c.site_id == site_id, c.first_seen >= _naive(start),
+                 c.first_seen < _naive(end))
+        with engine.connect() as conn:
+            if per_bucket:
+                seen = [r[0] for r in conn.execute(sa.select(c.first_seen).where(*where))]
+                self.times = np.sort(np.array(seen, dtype="datetime64[us]"))
+                self.total = len(self.times)
+            else:
+                self.times = None
+                self.total = int(conn.execute(
+                    sa.select(sa.func.count()).select_from(web_visitors).where(*where))
+                    .scalar() or 0)
 
-def _new_visitors(visitors: BitMap, first: pa.Table, start: datetime, end: datetime) -> int:
-    t = first["first_seen"]
-    sel = pc.and_(pc.greater_equal(t, pa.scalar(_naive(start), pa.timestamp("us"))),
-                  pc.less(t, pa.scalar(_naive(end), pa.timestamp("us"))))
-    nums = np.asarray(first["num"].filter(sel).to_numpy(), dtype=np.int64)
-    return len(visitors & BitMap(nums.astype(np.uint32)))
+    def between(self, start: datetime, end: datetime) -> int:
+        if self.times is None:
+            return self.total
+        lo, hi = (np.datetime64(_naive(t), "us") for t in (start, end))
+        return int(np.searchsorted(self.times, hi) - np.searchsorted(self.times, lo))
 
 
 def buckets(start: datetime, end: datetime, tz: str, by: str) -> list[tuple[datetime, datetime]]:
@@ -532,12 +542,12 @@ def web_stats(
     overview.prefetch(whole + [p for _, ps in bucket_parts for p in ps])
     # parts are contiguous: what they cover is the range, or wider where retention widened
     # a piece to its whole hour or day; new visitors are counted over what is covered
-    first = _first_seen(engine, site_id, whole[0].start, whole[-1].end)
+    first = _FirstSeen(engine, site_id, whole[0].start, whole[-1].end, per_bucket=bool(by))
 
     def numbers(parts: list[Part]) -> dict:
         agg = overview.total(parts).get(SITE_VALUE, Agg())
-        return {**agg.numbers(), "new_visitors": _new_visitors(
-            agg.visitors, first, parts[0].start, parts[-1].end)}
+        return {**agg.numbers(),
+                "new_visitors": first.between(parts[0].start, parts[-1].end)}
 
     totals = numbers(whole)
     series = None
