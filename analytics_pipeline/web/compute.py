@@ -425,6 +425,7 @@ _KEPT_CODES = ("visitor_id", "name", "page", "referrer", "utm_source", "utm_medi
 _VISIT_COLUMNS = ("visit_id", "visit_start", "visit_events", "visit_duration_seconds",
                   "entry_page", "exit_page")
 SLICE_ROWS = 262_144
+_PACKED_BITS = 63  # the sort key of the visits: one int64 when (site, visitor, instant) fit
 
 
 def _compact(values: pa.Array, indices: pa.Array) -> pa.DictionaryArray:
@@ -532,8 +533,7 @@ class LandingBuilder:
             codes[c] = pa.chunked_array(self._codes[c], _dict).combine_chunks()
             self._codes[c] = []
         order, visit_id, first, last = _visit_order(ids, site, codes["visitor_id"],
-                                                    occurred, np.flatnonzero(valid),
-                                                    self.timeout_seconds)
+                                                    occurred, valid, self.timeout_seconds)
         del valid
         return LandedPartition(
             sites=self.sites, day_start=self.day_start, ids=ids, site=site,
@@ -551,41 +551,69 @@ def _empty_read_with_reason() -> pa.Table:
 
 
 def _visit_order(ids: pa.Array, site: np.ndarray, visitor: pa.DictionaryArray,
-                 occurred: np.ndarray, rows: np.ndarray, timeout_seconds: float,
+                 occurred: np.ndarray, valid: np.ndarray, timeout_seconds: float,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The landed order of the valid ``rows`` (positions in the order read), sorted by
-    (site, visitor, occurred_at, event_id) on a narrow key: the site's rank, the visitor's
-    rank in the lexical order of the visitor dictionary (unified, so one value has one
-    code), the instant; rows equal on all three (rare) are ordered by their event ids.
-    Returns (order, visit id per landed row, first and last landed row of each visit)."""
+    """The landed order of the ``valid`` rows (a mask over the rows in the order read),
+    sorted by (site, visitor, occurred_at, event_id) on a narrow key: the site's rank,
+    the visitor's rank in the lexical order of the visitor dictionary (unified, so one
+    value has one code), the instant, packed into one int64 when they fit; rows equal on
+    all three (rare) are ordered by their event ids. Returns (order: positions in the
+    order read, visit id per landed row, first and last landed row of each visit)."""
+    rows = np.flatnonzero(valid)
+    if len(rows) < 2**31:
+        rows = rows.astype(np.int32)
     if not len(rows):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
-    sites, s = np.unique(site[rows], return_inverse=True)
-    s = s.reshape(-1)
+    step = 1 << 20  # rows at a time: no full-length temporaries but the key
+    site_values = np.sort(pc.unique(pa.array(site)).to_numpy())  # every row's: a superset
     rank = np.asarray(pc.rank(visitor.dictionary, "ascending").to_numpy(), dtype=np.int64)
-    v = rank[np.asarray(pc.fill_null(visitor.indices.take(pa.array(rows)), 0).to_numpy())]
-    del rank
-    t = occurred[rows]
-    t0 = int(t.min())
-    bits = [max(int(x).bit_length(), 1) for x in (len(sites), int(v.max()) + 1,
-                                                   int(t.max()) - t0 + 1)]
-    if sum(bits) <= 63:  # one int64 key: (site, visitor, instant) packed
-        key = (s.astype(np.int64) << (bits[1] + bits[2])) | (v << bits[2]) | (t - t0)
-        perm = np.argsort(key)
-        key = key[perm]
-        tied = key[1:] == key[:-1]
-        del key
-    else:
+    codes = visitor.indices
+    t_lo = min(int(occurred[rows[lo:lo + step]].min()) for lo in range(0, len(rows), step))
+    t_hi = max(int(occurred[rows[lo:lo + step]].max()) for lo in range(0, len(rows), step))
+    bits = [max(int(x).bit_length(), 1) for x in (len(site_values), len(rank),
+                                                   t_hi - t_lo + 1)]
+    if sum(bits) > _PACKED_BITS:  # too wide to pack: three keys
+        s = np.searchsorted(site_values, site[rows])
+        v = rank[np.asarray(pc.fill_null(codes.take(pa.array(rows)), 0).to_numpy())]
+        t = occurred[rows]
         perm = np.lexsort((t, v, s))
-        ss, vs, ts = s[perm], v[perm], t[perm]
-        tied = (ss[1:] == ss[:-1]) & (vs[1:] == vs[:-1]) & (ts[1:] == ts[:-1])
-        del ss, vs, ts
+        s, v, t = s[perm], v[perm], t[perm]
+        tied = (s[1:] == s[:-1]) & (v[1:] == v[:-1]) & (t[1:] == t[:-1])
+        if tied.any():
+            _order_ties_by_id(perm, tied, ids, rows)
+        del tied
+        order = rows[perm]
+        return (order, *visits(s, v, t, timeout_seconds))
+    key = np.empty(len(rows), dtype=np.int64)
+    for lo in range(0, len(rows), step):
+        r = rows[lo:lo + step]
+        v = rank[np.asarray(pc.fill_null(codes.take(pa.array(r)), 0).to_numpy())]
+        key[lo:lo + step] = ((np.searchsorted(site_values, site[r]) << (bits[1] + bits[2]))
+                             | (v << bits[2]) | (occurred[r] - t_lo))
+    del rank
+    perm = np.argsort(key)
+    key = key[perm]
+    tied = key[1:] == key[:-1]
     if tied.any():  # equal (site, visitor, instant): by event id, as Arrow sorts strings
         _order_ties_by_id(perm, tied, ids, rows)
     del tied
     order = rows[perm]
-    visit_id, first, last = visits(s[perm], v[perm], t[perm], timeout_seconds)
+    del perm, rows
+    # visits from the sorted key: a new site or visitor, or a gap over the timeout
+    n = len(key)
+    new = np.ones(n, dtype=bool)
+    limit = int(timeout_seconds * 1_000_000)
+    mask = (1 << bits[2]) - 1
+    for lo in range(1, n, step):
+        hi = min(lo + step, n)
+        cur, prev = key[lo:hi], key[lo - 1:hi - 1]
+        new[lo:hi] = ((cur >> bits[2]) != (prev >> bits[2])) | (
+            (cur & mask) - (prev & mask) > limit)
+    del key
+    visit_id = np.cumsum(new, dtype=np.int32 if n < 2**31 else np.int64) - 1
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], n) - 1
     return order, visit_id, first, last
 
 
