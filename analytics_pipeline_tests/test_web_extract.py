@@ -3,6 +3,7 @@ landed partition end to end (SQLite and PostgreSQL sources)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date, datetime, timedelta, timezone
 
@@ -341,3 +342,76 @@ def test_extract_counts_duplicates_of_an_unkeyed_table(tmp_path):
     t = WebEventsSource(url).extract(DAY, [10], stats=stats)
     assert sorted(t["event_id"].to_pylist()) == ["x", "y"]
     assert (stats.rows_read, stats.duplicates_dropped) == (3, 1)
+
+
+# --- batch by batch -----------------------------------------------------------------------
+
+# the landing of ``random_source()`` as the whole-partition landing wrote it before the
+# landing was built batch by batch (rows as JSON, sorted keys)
+RANDOM_LANDING_SHA256 = "dee89cd61026323459f202c789e71d5bd6935b8344a0d1c24dca82a54292627b"
+RANDOM_SITES = pa.table({"id": [10, 11, 12], "account_id": [1, 1, 2],
+                         "domain": ["example.com", "old.example.com", "www.shop.example"],
+                         "active": [True, False, True]}, schema=SITES)
+
+
+def random_source(n: int = 3000, seed: int = 5) -> pa.Table:
+    """Seeded web_events rows as read (text): repeated ids, invalid rows of every kind,
+    events tied on (site, visitor, second), agents, referrers and UTM parameters."""
+    rng = np.random.default_rng(seed)
+
+    def pick(values: list, p_none: float = 0.0) -> list:
+        out = [values[i] for i in rng.integers(0, len(values), n)]
+        return [None if r < p_none else v for v, r in zip(out, rng.random(n), strict=True)]
+
+    ids = [f"e{i}" for i in rng.integers(0, int(n * 0.9), n)]
+    ids = [None if r < 0.01 else "" if r < 0.015 else i
+           for i, r in zip(ids, rng.random(n), strict=True)]
+    start = datetime(2026, 2, 11, 4, 0)  # an hour before New York's day, to an hour after
+    seconds = rng.integers(0, 26 * 3600, n) // 300 * 300  # coarse: ties
+    occurred = [(start + timedelta(seconds=int(s))).isoformat(sep=" ") for s in seconds]
+    occurred = [None if r < 0.01 else "2026-02-31 10:00:00" if r < 0.02 else o
+                for o, r in zip(occurred, rng.random(n), strict=True)]
+    received = [(start + timedelta(seconds=int(s) + int(d))).isoformat(sep=" ")
+                for s, d in zip(seconds, rng.choice([0, 5, 90, -600], n,
+                                                    p=[0.6, 0.3, 0.08, 0.02]), strict=True)]
+    pages = ["/", "/a", "/b/c", "/p?utm_source=news&utm_medium=mail&utm_campaign=x%20y",
+             "/q?utm_source=ads&utm_campaign=spring+sale", "/r?gclid=1#frag", "/s?utm_source="]
+    urls = [f"https://{h}{p}" for h in ("example.com", "www.shop.example", "EXAMPLE.com")
+            for p in pages] + ["ftp://example.com/", "not a url", "https://example.com/\x01"]
+    return pa.table({
+        "id": ids,
+        "site_id": pick(["10", "10", "10", "11", "12", "12", "99", "x"], 0.01),
+        "visitor_id": pick([f"v{i}" for i in range(40)] + ["", "v\x01"], 0.01),
+        "name": pick(["pageview"] * 6 + ["click", "signup", "", "x" * 300], 0.01),
+        "url": pick(urls[:21] * 3 + urls[21:], 0.01),
+        "referrer": pick(["https://www.google.com/", "https://example.com/a",
+                          "https://blog.shop.example/x", "android-app://com.x/", "junk"],
+                         0.4),
+        "user_agent": pick([IPHONE, IPAD, DESKTOP, BOT, ""], 0.1),
+        "country": pick(["us", "DE", " fr ", "USA", ""], 0.1),
+        "occurred_at": occurred, "received_at": received,
+    }, schema=pa.schema([(c, pa.string()) for c in compute.SOURCE_COLUMNS]))
+
+
+def landed_rows(landed, rows: int = 700) -> list[dict]:
+    batches = list(compute.landed_slices(landed, rows=rows))
+    return pa.Table.from_batches(batches, LANDED_WEB_SCHEMA).to_pylist()
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-key", "three-keys"])
+def test_landing_batch_by_batch_lands_what_the_whole_partition_lands(monkeypatch, packed):
+    if not packed:
+        monkeypatch.setattr(compute, "_PACKED_BITS", 0)
+    source = random_source()
+    read = compute.convert_batch(source)
+    read = read.filter(pa.array(compute.first_of_each_id(read["event_id"])))
+    whole = landed_rows(compute.land_web_events(read, RANDOM_SITES, DAY.start_utc))
+    builder = compute.LandingBuilder(RANDOM_SITES, DAY.start_utc)
+    for lo in range(0, source.num_rows, 450):  # batches as read, each converted alone
+        builder.add(compute.convert_batch(source.slice(lo, 450)))
+    landed = builder.finish()
+    assert landed.duplicates == source.num_rows - read.num_rows > 100
+    assert landed.invalid_rows > 300 and landed.num_rows - landed.invalid_rows > 500
+    assert landed_rows(landed) == whole
+    digest = hashlib.sha256(json.dumps(whole, default=str, sort_keys=True).encode())
+    assert digest.hexdigest() == RANDOM_LANDING_SHA256

@@ -129,11 +129,13 @@ class LandingStore:
         data: pa.Table | Iterable[pa.RecordBatch],
         meta: dict | None = None,
         schema: pa.Schema | None = None,
+        prefetch: int = 4,
     ) -> str:
         """Replace the partition's data atomically; returns the partition's directory.
 
         ``data`` is a table or a stream of record batches (written as they come, so a
-        large partition never sits in memory whole; ``schema`` is then required).
+        large partition never sits in memory whole; ``schema`` is then required; up to
+        ``prefetch`` batches are pulled ahead of the writer).
         ``meta`` is kept in the manifest (``partition_meta``).
         """
         final = self.partition_dir(source, day)
@@ -141,7 +143,8 @@ class LandingStore:
         folder = posixpath.join(final, version)
         self.fs.create_dir(folder, recursive=True)
         try:
-            rows = self._write_parquet(posixpath.join(folder, DATA_FILE), data, schema)
+            rows = self._write_parquet(posixpath.join(folder, DATA_FILE), data, schema,
+                                       prefetch)
         except BaseException:
             try:  # best effort: unreferenced, it would be collected after the grace age
                 self.fs.delete_dir(folder)
@@ -189,7 +192,8 @@ class LandingStore:
             return None
 
     def _write_parquet(
-        self, path: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None
+        self, path: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema | None,
+        prefetch: int = 4,
     ) -> int:
         if isinstance(data, pa.Table):
             pq.write_table(data, path, filesystem=self.fs, compression="zstd",
@@ -199,7 +203,7 @@ class LandingStore:
             raise ValueError("writing a stream of batches needs its schema")
         rows = 0
         with pq.ParquetWriter(path, schema, filesystem=self.fs, compression="zstd") as w:
-            for batch in prefetched(data):
+            for batch in prefetched(data, prefetch):
                 w.write_batch(batch, row_group_size=1_000_000)
                 rows += batch.num_rows
         return rows

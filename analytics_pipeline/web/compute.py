@@ -72,15 +72,6 @@ READ_WEB_SCHEMA = pa.schema([
     pa.field("raw", pa.string()),
 ])
 
-# LANDED_WEB_SCHEMA with the repeated strings still dictionary-encoded (what
-# ``land_web_events`` returns; cast to LANDED_WEB_SCHEMA slice by slice when written)
-_LANDED_DICT = ("visitor_id", "name", "page", "referrer", "utm_source", "utm_medium",
-                "utm_campaign", "device", "browser", "os", "country", "entry_page",
-                "exit_page")
-LANDED_WEB_DICT_SCHEMA = pa.schema([
-    pa.field(f.name, _dict) if f.name in _LANDED_DICT else f for f in LANDED_WEB_SCHEMA
-])
-
 SITES_SCHEMA = pa.schema([
     pa.field("id", pa.int64()),
     pa.field("account_id", pa.int64()),
@@ -181,17 +172,25 @@ def first_of_each_id(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     table of strings); only rows whose hash repeats are compared as strings, so a hash
     collision never drops a distinct event."""
     ids = _chunk(ids) if isinstance(ids, pa.ChunkedArray) else ids
-    n = len(ids)
+    return _first_of_each_hash(_hash64(ids), ids)
+
+
+def _first_of_each_hash(h: np.ndarray, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``first_of_each_id`` given the ids' hashes ``h`` (hashed batch by batch, so that
+    the ids are never copied whole); ``ids`` may be chunked."""
+    n = len(h)
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
-    h = _hash64(ids)
     order = np.argsort(h, kind="stable")
     hs = h[order]
     repeat = np.zeros(n, dtype=bool)
     repeat[1:] = hs[1:] == hs[:-1]
+    del hs
     repeat[:-1] |= repeat[1:]  # every member of a run of equal hashes
-    candidates = np.sort(order[repeat & _np(pc.is_valid(ids))[order]])
+    candidates = order[repeat]
+    del order, repeat
+    candidates = np.sort(candidates[_np(pc.is_valid(ids))[candidates]])
     if not len(candidates):
         return keep
     rows = pa.table({"id": ids.take(pa.array(candidates)),
@@ -395,14 +394,6 @@ def hour_start(occurred_at: pa.Array, day_start: datetime) -> pa.Array:
 # --- visits ------------------------------------------------------------------------------
 
 
-def _ranks(values: pa.DictionaryArray) -> np.ndarray:
-    """Each row's rank of its value in lexical order (a sort key for dictionaries,
-    which Arrow's table sort does not take)."""
-    rank = np.asarray(pc.rank(values.dictionary, "ascending").to_numpy(), dtype=np.int64)
-    idx = np.asarray(pc.fill_null(values.indices, 0).to_numpy(), dtype=np.int64)
-    return rank[idx] if len(rank) else np.zeros(len(values), dtype=np.int64)
-
-
 def visits(site_id: np.ndarray, visitor_rank: np.ndarray, occurred_us: np.ndarray,
            timeout_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Visits of events sorted by (site, visitor, occurred_at, event_id): a new visit
@@ -427,74 +418,314 @@ def visits(site_id: np.ndarray, visitor_rank: np.ndarray, occurred_us: np.ndarra
 
 # --- the landed partition ------------------------------------------------------------------
 
+# per-row dictionary codes kept of each batch (int32 indices; one dictionary per batch,
+# unified once all the batches are in)
+_KEPT_CODES = ("visitor_id", "name", "page", "referrer", "utm_source", "utm_medium",
+               "utm_campaign", "user_agent", "country")
+_VISIT_COLUMNS = ("visit_id", "visit_start", "visit_events", "visit_duration_seconds",
+                  "entry_page", "exit_page")
+SLICE_ROWS = 262_144
+_PACKED_BITS = 63  # the sort key of the visits: one int64 when (site, visitor, instant) fit
 
-def land_web_events(events: pa.Table, sites: pa.Table, day_start: datetime,
-                    session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_SECONDS,
-                    ) -> pa.Table:
-    """A partition's de-duplicated READ_WEB_SCHEMA events → LANDED_WEB_DICT_SCHEMA:
-    valid rows (first, in visit order) with their dimensions and visit, then invalid rows
-    with their reason, the columns that could be read and ``raw``.
 
-    Visit-level dimensions (referrer, UTM, device, browser, OS, country) keep each
-    event's own value here; the rollup takes the value of the visit's first event.
+def _compact(values: pa.Array, indices: pa.Array) -> pa.DictionaryArray:
+    """Per-row values of a computation over a dictionary (``values``, one per dictionary
+    entry), dictionary-encoded over the *distinct* values only: a null value nulls its
+    rows (as ``_dict_of``), and many dictionary entries with the same derived value (the
+    URLs of one page) keep one entry."""
+    enc = _encode(values)
+    return pa.DictionaryArray.from_arrays(enc.indices.take(indices), enc.dictionary)
+
+
+class LandingBuilder:
+    """A partition's READ_WEB_SCHEMA events, added batch by batch as they are read, → its
+    landed rows (``finish``: a ``LandedPartition``).
+
+    Each batch is validated and its dimensions derived as it arrives (on its dictionaries:
+    once per distinct URL, referrer, visitor and name); what is kept of it is narrow: the
+    event id, the site id, the instants, int32 dictionary codes of the repeated strings
+    and of the derived dimensions, and the landed rows of its invalid rows (with ``raw``).
+    The source's URL, referrer and user agent strings are dropped with the batch.
+    ``dedupe`` keeps the first row read of each event id (``first_of_each_id``), over the
+    whole partition, from 64-bit hashes of the ids taken batch by batch.
     """
-    reason, account_id = validate(events, sites)
-    events = events.append_column("invalid_reason", reason).append_column(
-        "account_id", account_id)
-    ok = pc.is_null(reason)
-    valid_events, invalid = events.filter(ok), _landed_invalid(events.filter(pc.invert(ok)))
-    del events  # the caller keeps no reference either: the read rows are freed here
-    valid = _landed_valid(valid_events, sites, day_start, session_timeout_seconds)
-    return pa.concat_tables([valid, invalid])
+
+    def __init__(self, sites: pa.Table, day_start: datetime,
+                 session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_SECONDS,
+                 dedupe: bool = True):
+        self.sites, self.day_start = sites, day_start
+        self.timeout_seconds, self.dedupe = session_timeout_seconds, dedupe
+        self.rows = 0
+        self._ids: list[pa.Array] = []
+        self._hashes: list[np.ndarray] = []
+        self._ok: list[np.ndarray] = []
+        self._site: list[np.ndarray] = []
+        self._occurred: list[np.ndarray] = []
+        self._received: list[pa.Array] = []
+        self._codes: dict[str, list[pa.DictionaryArray]] = {c: [] for c in _KEPT_CODES}
+        self._invalid: list[tuple[np.ndarray, pa.Table]] = []
+
+    def add(self, events: pa.Table) -> None:
+        """One batch of READ_WEB_SCHEMA events (in the order read)."""
+        n = events.num_rows
+        if not n:
+            return
+        reason, account_id = validate(events, self.sites)
+        ok = _np(pc.is_null(reason))
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            rows = events.append_column("invalid_reason", reason).append_column(
+                "account_id", account_id).take(pa.array(bad))
+            self._invalid.append((bad + self.rows, _landed_invalid(rows)))
+        del reason, account_id
+        # Copies of what is kept, never views: a column as read may share its memory
+        # with the whole batch as the driver returned it (an imported Arrow batch lives
+        # as long as any of its buffers), which would keep every string of it alive.
+        event_id = pa.concat_arrays([_chunk(events["event_id"])])
+        self._ids.append(event_id)
+        if self.dedupe:
+            self._hashes.append(_hash64(event_id))
+        self._ok.append(ok)
+        site = _chunk(events["site_id"])
+        self._site.append(np.array(pc.fill_null(site, 0).to_numpy(), dtype=np.int64))
+        occurred = pc.cast(_chunk(events["occurred_at"]), pa.int64())
+        self._occurred.append(np.array(pc.fill_null(occurred, 0).to_numpy(), dtype=np.int64))
+        self._received.append(pa.concat_arrays([_chunk(events["received_at"])]))
+        url, ref = _chunk(events["url"]), _chunk(events["referrer"])
+        hosts = _compact(referrer_host(ref.dictionary), ref.indices)
+        domains = _chunk(self.sites["domain"]).take(pc.index_in(site,
+                                                                value_set=self.sites["id"]))
+        codes = {
+            "page": _compact(page_of(url.dictionary), url.indices),
+            "referrer": external_referrer(hosts, domains),
+            **{f"utm_{p}": _compact(utm_of(url.dictionary, f"utm_{p}"), url.indices)
+               for p in ("source", "medium", "campaign")},
+        }
+        for c in _KEPT_CODES:
+            self._codes[c].append(codes[c] if c in codes else _chunk(events[c]))
+        self.rows += n
+
+    def finish(self) -> LandedPartition:
+        """De-duplication, then the valid rows' order (site, visitor, occurred_at, event
+        id) and visits; the intermediates are freed as they are used."""
+        n = self.rows
+        ids = pa.chunked_array(self._ids, pa.string())
+        self._ids = []
+        keep = np.ones(n, dtype=bool)
+        if self.dedupe and n:
+            keep = _first_of_each_hash(np.concatenate(self._hashes), ids)
+        self._hashes = []
+        ids = ids.combine_chunks()
+        invalid = [t.filter(pa.array(keep[at])) for at, t in self._invalid]
+        self._invalid = []
+        valid = np.concatenate(self._ok) if n else np.zeros(0, dtype=bool)
+        self._ok = []
+        valid &= keep
+        duplicates = int(n - np.count_nonzero(keep))
+        del keep
+        site = np.concatenate(self._site) if n else np.zeros(0, dtype=np.int64)
+        occurred = np.concatenate(self._occurred) if n else np.zeros(0, dtype=np.int64)
+        self._site, self._occurred = [], []
+        received = pa.chunked_array(self._received, _ts).combine_chunks()
+        self._received = []
+        codes = {}
+        for c in _KEPT_CODES:
+            codes[c] = pa.chunked_array(self._codes[c], _dict).combine_chunks()
+            self._codes[c] = []
+        order, visit_id, first, last = _visit_order(ids, site, codes["visitor_id"],
+                                                    occurred, valid, self.timeout_seconds)
+        del valid
+        return LandedPartition(
+            sites=self.sites, day_start=self.day_start, ids=ids, site=site,
+            occurred=occurred, received=received, codes=codes, order=order,
+            visit_id=visit_id, first=first, last=last,
+            invalid=(pa.concat_tables(invalid) if invalid
+                     else _landed_invalid(_empty_read_with_reason())),
+            duplicates=duplicates, rows_read=n)
 
 
-def _landed_valid(t: pa.Table, sites: pa.Table, day_start: datetime,
-                  timeout_seconds: float) -> pa.Table:
-    n = t.num_rows
-    if not n:
-        return LANDED_WEB_DICT_SCHEMA.empty_table()
-    visitor = _chunk(t["visitor_id"])
-    order = pc.sort_indices(
-        pa.table({"s": t["site_id"], "v": _ranks(visitor), "t": t["occurred_at"],
-                  "e": t["event_id"]}),
-        sort_keys=[("s", "ascending"), ("v", "ascending"), ("t", "ascending"),
-                   ("e", "ascending")])
-    t = t.take(order)
-    visitor = _chunk(t["visitor_id"])
-    site_id = np.asarray(_chunk(t["site_id"]).to_numpy())
-    occurred = _chunk(t["occurred_at"])
-    occurred_us = np.asarray(pc.cast(occurred, pa.int64()).to_numpy())
-    visit_id, first, last = visits(site_id, _ranks(visitor), occurred_us, timeout_seconds)
+def _empty_read_with_reason() -> pa.Table:
+    return READ_WEB_SCHEMA.empty_table().append_column(
+        "invalid_reason", pa.array([], pa.string())).append_column(
+        "account_id", pa.array([], pa.int64()))
 
-    url = _chunk(t["url"])
-    page = _dict_of(page_of(url.dictionary), url.indices)
-    ref = _chunk(t["referrer"])
-    hosts = _dict_of(referrer_host(ref.dictionary), ref.indices)
-    domains = _chunk(sites["domain"]).take(pc.index_in(_chunk(t["site_id"]),
-                                                       value_set=sites["id"]))
-    out = {
-        "event_id": t["event_id"], "site_id": t["site_id"], "account_id": t["account_id"],
-        "visitor_id": visitor, "name": t["name"], "occurred_at": occurred,
-        "received_at": t["received_at"], "hour_start": hour_start(occurred, day_start),
-        "page": page,
-        "referrer": external_referrer(hosts, domains),
-        **{f"utm_{p}": _dict_of(utm_of(url.dictionary, f"utm_{p}"), url.indices)
-           for p in ("source", "medium", "campaign")},
-        **user_agent_dimensions(_chunk(t["user_agent"])),
-        "country": _dict_of(country_of(_chunk(t["country"]).dictionary),
-                            _chunk(t["country"]).indices),
-        "visit_id": pa.array(visit_id, pa.int64()),
-        "visit_start": pa.array(occurred_us[first][visit_id], _ts),
-        "visit_events": pa.array((last - first + 1)[visit_id], pa.int64()),
-        "visit_duration_seconds": pa.array(
-            ((occurred_us[last] - occurred_us[first]) / 1e6)[visit_id], pa.float64()),
-        "entry_page": page.take(pa.array(first[visit_id])),
-        "exit_page": page.take(pa.array(last[visit_id])),
-        "invalid_reason": pa.nulls(n, pa.string()),
-        "raw": pa.nulls(n, pa.string()),
-    }
-    return pa.Table.from_arrays([_as(out[f.name], f.type) for f in LANDED_WEB_DICT_SCHEMA],
-                                schema=LANDED_WEB_DICT_SCHEMA)
+
+def _visit_order(ids: pa.Array, site: np.ndarray, visitor: pa.DictionaryArray,
+                 occurred: np.ndarray, valid: np.ndarray, timeout_seconds: float,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The landed order of the ``valid`` rows (a mask over the rows in the order read),
+    sorted by (site, visitor, occurred_at, event_id) on a narrow key: the site's rank,
+    the visitor's rank in the lexical order of the visitor dictionary (unified, so one
+    value has one code), the instant, packed into one int64 when they fit; rows equal on
+    all three (rare) are ordered by their event ids. Returns (order: positions in the
+    order read, visit id per landed row, first and last landed row of each visit)."""
+    rows = np.flatnonzero(valid)
+    if len(rows) < 2**31:
+        rows = rows.astype(np.int32)
+    if not len(rows):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    step = 1 << 20  # rows at a time: no full-length temporaries but the key
+    site_values = np.sort(pc.unique(pa.array(site)).to_numpy())  # every row's: a superset
+    rank = np.asarray(pc.rank(visitor.dictionary, "ascending").to_numpy(), dtype=np.int64)
+    codes = visitor.indices
+    t_lo = min(int(occurred[rows[lo:lo + step]].min()) for lo in range(0, len(rows), step))
+    t_hi = max(int(occurred[rows[lo:lo + step]].max()) for lo in range(0, len(rows), step))
+    bits = [max(int(x).bit_length(), 1) for x in (len(site_values), len(rank),
+                                                   t_hi - t_lo + 1)]
+    if sum(bits) > _PACKED_BITS:  # too wide to pack: three keys
+        s = np.searchsorted(site_values, site[rows])
+        v = rank[np.asarray(pc.fill_null(codes.take(pa.array(rows)), 0).to_numpy())]
+        t = occurred[rows]
+        perm = np.lexsort((t, v, s))
+        s, v, t = s[perm], v[perm], t[perm]
+        tied = (s[1:] == s[:-1]) & (v[1:] == v[:-1]) & (t[1:] == t[:-1])
+        if tied.any():
+            _order_ties_by_id(perm, tied, ids, rows)
+        del tied
+        order = rows[perm]
+        return (order, *visits(s, v, t, timeout_seconds))
+    key = np.empty(len(rows), dtype=np.int64)
+    for lo in range(0, len(rows), step):
+        r = rows[lo:lo + step]
+        v = rank[np.asarray(pc.fill_null(codes.take(pa.array(r)), 0).to_numpy())]
+        key[lo:lo + step] = ((np.searchsorted(site_values, site[r]) << (bits[1] + bits[2]))
+                             | (v << bits[2]) | (occurred[r] - t_lo))
+    del rank
+    perm = np.argsort(key)
+    key = key[perm]
+    tied = key[1:] == key[:-1]
+    if tied.any():  # equal (site, visitor, instant): by event id, as Arrow sorts strings
+        _order_ties_by_id(perm, tied, ids, rows)
+    del tied
+    order = rows[perm]
+    del perm, rows
+    # visits from the sorted key: a new site or visitor, or a gap over the timeout
+    n = len(key)
+    new = np.ones(n, dtype=bool)
+    limit = int(timeout_seconds * 1_000_000)
+    mask = (1 << bits[2]) - 1
+    for lo in range(1, n, step):
+        hi = min(lo + step, n)
+        cur, prev = key[lo:hi], key[lo - 1:hi - 1]
+        new[lo:hi] = ((cur >> bits[2]) != (prev >> bits[2])) | (
+            (cur & mask) - (prev & mask) > limit)
+    del key
+    visit_id = np.cumsum(new, dtype=np.int32 if n < 2**31 else np.int64) - 1
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], n) - 1
+    return order, visit_id, first, last
+
+
+def _order_ties_by_id(perm: np.ndarray, tied: np.ndarray, ids: pa.Array,
+                      rows: np.ndarray) -> None:
+    """Reorder in place each run of ``perm`` whose keys are equal (``tied[i]``: landed
+    rows i and i + 1 are) by event id."""
+    member = np.zeros(len(perm), dtype=bool)
+    member[1:] |= tied
+    member[:-1] |= tied
+    at = np.flatnonzero(member)
+    starts = np.ones(len(at), dtype=bool)
+    starts[1:] = ~tied[at[:-1]]  # a run starts where the previous member is not tied to it
+    group = np.cumsum(starts)
+    read = rows[perm[at]]
+    by = pc.sort_indices(pa.table({"g": group, "e": ids.take(pa.array(read)), "r": read}),
+                         sort_keys=[("g", "ascending"), ("e", "ascending"),
+                                    ("r", "ascending")])
+    perm[at] = perm[at[np.asarray(by.to_numpy())]]
+
+
+class LandedPartition:
+    """A partition's landed rows (LANDED_WEB_SCHEMA), held narrow: the valid rows as
+    codes in the order read plus their landed order and visits, the invalid rows whole.
+    ``slices`` gathers the wide rows in landed order, one slice at a time."""
+
+    def __init__(self, *, sites: pa.Table, day_start: datetime, ids: pa.Array,
+                 site: np.ndarray, occurred: np.ndarray, received: pa.Array,
+                 codes: dict[str, pa.DictionaryArray], order: np.ndarray,
+                 visit_id: np.ndarray, first: np.ndarray, last: np.ndarray,
+                 invalid: pa.Table, duplicates: int, rows_read: int):
+        self.sites, self.day_start = sites, day_start
+        self._ids, self._site, self._occurred, self._received = ids, site, occurred, received
+        self._codes = codes
+        idx = np.int32 if len(site) < 2**31 else np.int64
+        self._order = order.astype(idx)
+        self._visit_id = visit_id.astype(idx)
+        start, end = occurred[order[first]], occurred[order[last]]
+        self._visit_start = start
+        self._visit_events = (last - first + 1).astype(np.int64)
+        self._visit_duration = (end - start) / 1e6
+        self._entry = order[first].astype(idx)
+        self._exit = order[last].astype(idx)
+        self.invalid = invalid
+        self.duplicates, self.rows_read = duplicates, rows_read
+        self.valid_rows = len(order)
+        self.visits = len(first)
+        # per distinct user agent of a valid row, parsed once; per distinct country
+        agents = codes["user_agent"]
+        used = np.zeros(len(agents.dictionary), dtype=bool)
+        used[np.asarray(pc.drop_null(agents.indices.take(pa.array(order))).to_numpy())] = True
+        distinct = agents.dictionary.filter(pa.array(used))
+        self._agent_at = pa.array(np.cumsum(used) - 1, pa.int32())
+        self._agent = user_agent_dimensions(pa.DictionaryArray.from_arrays(
+            pa.array(np.arange(len(distinct)), pa.int32()), distinct))
+        self._country = country_of(codes["country"].dictionary)
+
+    @property
+    def num_rows(self) -> int:
+        return self.valid_rows + self.invalid.num_rows
+
+    @property
+    def invalid_rows(self) -> int:
+        return self.invalid.num_rows
+
+    def _valid(self, lo: int, hi: int) -> pa.Table:
+        """Landed rows ``lo:hi`` of the valid rows, LANDED_WEB_SCHEMA."""
+        idx = self._order[lo:hi]
+        at = pa.array(idx)
+        site = pa.array(self._site[idx], pa.int64())
+        occurred = pa.array(self._occurred[idx], _ts)
+        codes = self._codes
+        v = self._visit_id[lo:hi]
+        agent = self._agent_at.take(codes["user_agent"].indices.take(at))
+        n = hi - lo
+        out = {
+            "event_id": self._ids.take(at), "site_id": site,
+            "account_id": _chunk(self.sites["account_id"]).take(
+                pc.index_in(site, value_set=self.sites["id"])),
+            "occurred_at": occurred, "received_at": self._received.take(at),
+            "hour_start": hour_start(occurred, self.day_start),
+            **{c: codes[c].take(at) for c in ("visitor_id", "name", "page", "referrer",
+                                             "utm_source", "utm_medium", "utm_campaign")},
+            **{c: self._agent[c].take(agent) for c in ("device", "browser", "os")},
+            "country": self._country.take(codes["country"].indices.take(at)),
+            "visit_id": pa.array(v, pa.int64()),
+            "visit_start": pa.array(self._visit_start[v], _ts),
+            "visit_events": pa.array(self._visit_events[v], pa.int64()),
+            "visit_duration_seconds": pa.array(self._visit_duration[v], pa.float64()),
+            "entry_page": codes["page"].take(pa.array(self._entry[v])),
+            "exit_page": codes["page"].take(pa.array(self._exit[v])),
+            "invalid_reason": pa.nulls(n, pa.string()),
+            "raw": pa.nulls(n, pa.string()),
+        }
+        return pa.Table.from_arrays([_as(out[f.name], f.type) for f in LANDED_WEB_SCHEMA],
+                                    schema=LANDED_WEB_SCHEMA)
+
+    def slices(self, rows: int = SLICE_ROWS) -> Iterator[pa.RecordBatch]:
+        """LANDED_WEB_SCHEMA record batches of ``rows`` rows: the valid rows in visit
+        order, then the invalid rows in the order read; the strings are decoded one slice
+        at a time, so the partition is never held decoded whole."""
+        nv = self.valid_rows
+        for lo in range(0, self.num_rows, rows):
+            hi = min(lo + rows, self.num_rows)
+            parts = []
+            if lo < nv:
+                parts.append(self._valid(lo, min(hi, nv)))
+            if hi > nv:
+                first = max(lo, nv)
+                parts.append(self.invalid.slice(first - nv, hi - first).cast(
+                    LANDED_WEB_SCHEMA))
+            yield from pa.concat_tables(parts).combine_chunks().to_batches()
 
 
 def _as(arr: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array:
@@ -502,32 +733,47 @@ def _as(arr: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array:
     return arr if arr.type == type_ else arr.cast(type_)
 
 
+def land_web_events(events: pa.Table, sites: pa.Table, day_start: datetime,
+                    session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_SECONDS,
+                    ) -> LandedPartition:
+    """A partition's de-duplicated READ_WEB_SCHEMA events (one table) → its landed rows:
+    valid rows (first, in visit order) with their dimensions and visit, then invalid rows
+    with their reason, the columns that could be read and ``raw``. ``LandingBuilder``
+    takes the events batch by batch instead.
+
+    Visit-level dimensions (referrer, UTM, device, browser, OS, country) keep each
+    event's own value here; the rollup takes the value of the visit's first event.
+    """
+    builder = LandingBuilder(sites, day_start, session_timeout_seconds, dedupe=False)
+    builder.add(events)
+    return builder.finish()
+
+
 def _landed_invalid(t: pa.Table) -> pa.Table:
-    """Invalid rows: what could be read, derived columns null, ``raw`` as read (rows
-    flagged at conversion) or else from the converted values."""
+    """Invalid rows (READ_WEB_SCHEMA with ``invalid_reason`` and ``account_id``) →
+    LANDED_WEB_SCHEMA with the repeated strings still dictionary-encoded: what could be
+    read, derived columns null, ``raw`` as read (rows flagged at conversion) or else from
+    the converted values."""
     n = t.num_rows
-    if not n:
-        return LANDED_WEB_DICT_SCHEMA.empty_table()
     raw = _chunk(t["raw"])
     typed = _raw_json(t.rename_columns(["id" if c == "event_id" else c
                                         for c in t.column_names]),
                       pc.is_null(raw), SOURCE_COLUMNS)
     keep = {"event_id", "site_id", "account_id", "visitor_id", "name", "occurred_at",
             "received_at", "invalid_reason"}
-    cols = []
-    for f in LANDED_WEB_DICT_SCHEMA:
+    cols, fields = [], []
+    for f in LANDED_WEB_SCHEMA:
         if f.name == "raw":
             cols.append(pc.coalesce(raw, typed))
         elif f.name in keep:
-            cols.append(_as(t[f.name], f.type))
+            cols.append(_chunk(t[f.name]))
         else:
             cols.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(cols, schema=LANDED_WEB_DICT_SCHEMA)
+        fields.append(pa.field(f.name, cols[-1].type))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
-def landed_slices(table: pa.Table, rows: int = 262_144) -> Iterator[pa.RecordBatch]:
-    """LANDED_WEB_SCHEMA record batches of a LANDED_WEB_DICT_SCHEMA table: the strings
-    are decoded one slice at a time, so the partition is never held decoded whole."""
-    for lo in range(0, table.num_rows, rows):
-        part = table.slice(lo, rows)
-        yield from part.cast(LANDED_WEB_SCHEMA).combine_chunks().to_batches()
+def landed_slices(landed: LandedPartition, rows: int = SLICE_ROWS,
+                  ) -> Iterator[pa.RecordBatch]:
+    """LANDED_WEB_SCHEMA record batches of a landed partition (``LandedPartition.slices``)."""
+    return landed.slices(rows)

@@ -28,8 +28,11 @@ from analytics_pipeline.core.sources import (
 )
 from analytics_pipeline.core.warehouse import normalize_url
 from analytics_pipeline.web.compute import (
+    DEFAULT_SESSION_TIMEOUT_SECONDS,
     SITES_SCHEMA,
     SOURCE_COLUMNS,
+    LandedPartition,
+    LandingBuilder,
     concat_read,
     convert_batch,
     first_of_each_id,
@@ -156,3 +159,21 @@ class WebEventsSource:
         dropped = int(len(keep) - np.count_nonzero(keep))
         stats.duplicates_dropped += dropped
         return events.filter(pa.array(keep)) if dropped else events
+
+    def land(
+        self, day: LocalDay, sites: pa.Table, orphans_of_sites: Sequence[int] | None = None,
+        stats: ExtractStats | None = None,
+        session_timeout_seconds: float = DEFAULT_SESSION_TIMEOUT_SECONDS,
+    ) -> LandedPartition:
+        """The events of ``sites`` (SITES_SCHEMA) as ``extract`` reads them, landed
+        (``compute.land_web_events``), built batch by batch as they are read: only narrow
+        codes of each batch are kept, never the partition's rows as read."""
+        stats = stats if stats is not None else ExtractStats()
+        builder = LandingBuilder(sites, day.start_utc, session_timeout_seconds,
+                                 dedupe=not inspect_table(self.url, "web_events").unique_id)
+        for batch in self.extract_batches(day, sites["id"].to_pylist(), orphans_of_sites,
+                                          stats):
+            builder.add(batch)
+        landed = builder.finish()
+        stats.duplicates_dropped += landed.duplicates
+        return landed

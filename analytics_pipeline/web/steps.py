@@ -12,11 +12,7 @@ from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.sources import ExtractStats
-from analytics_pipeline.web.compute import (
-    DEFAULT_SESSION_TIMEOUT_SECONDS,
-    land_web_events,
-    landed_slices,
-)
+from analytics_pipeline.web.compute import DEFAULT_SESSION_TIMEOUT_SECONDS, landed_slices
 from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA, WEB_SOURCE, web_sites
 from analytics_pipeline.web.source import WebEventsSource
 
@@ -66,8 +62,10 @@ def extract_web_partition(
     the default timezone's partitions also sweep the events of no known site (null,
     unknown, not an integer, or of an account missing from the snapshot), quarantined
     as ``unknown_site``. The whole partition is held in memory (a visitor's visits need
-    all of the day's events), its repeated strings dictionary-encoded; it is written
-    slice by slice. The manifest records the accounts and sites it holds.
+    all of the day's events), narrow: each batch is converted, validated and its
+    dimensions derived as it is read, keeping int32 dictionary codes of its strings; the
+    wide rows are gathered in landed order and written slice by slice. The manifest
+    records the accounts and sites it holds.
     """
     accounts = wh.account_ids_in_timezone(engine, day.tz)
     known_accounts = pa.array(wh.known_account_ids(engine), pa.int64())
@@ -79,12 +77,9 @@ def extract_web_partition(
     site_ids = targets["id"].to_pylist()
     orphans_of = known["id"].to_pylist() if day.tz == default_tz else None
     stats = ExtractStats()
-    # no reference kept to the events read: they are freed as the landed rows are built
-    landed = land_web_events(source.extract(day, site_ids, orphans_of, stats), targets,
-                             day.start_utc, session_timeout_seconds)
-    stats.invalid_rows = landed.num_rows - landed["invalid_reason"].null_count
-    visit_ids = landed["visit_id"]
-    visits = 0 if visit_ids.null_count == len(visit_ids) else pc.max(visit_ids).as_py() + 1
+    landed = source.land(day, targets, orphans_of, stats, session_timeout_seconds)
+    stats.invalid_rows = landed.invalid_rows
+    visits = landed.visits
     window = f"{day.start_utc.isoformat()} → {day.end_utc.isoformat()}"
     meta = {
         "accounts": len(accounts), "account_ids": accounts, "site_ids": site_ids,
@@ -94,8 +89,10 @@ def extract_web_partition(
         "duplicates_dropped": stats.duplicates_dropped, "visits": visits,
         "session_timeout_seconds": session_timeout_seconds,
     }
+    # the slices are gathered from memory: one ahead of the writer is enough to overlap
+    # their decoding with the compression, and each one held is ~50 MB
     path = store.write_partition(WEB_SOURCE, day, landed_slices(landed), meta,
-                                 LANDED_WEB_SCHEMA)
+                                 LANDED_WEB_SCHEMA, prefetch=1)
     return WebExtractResult(
         key=day.key, rows=landed.num_rows, invalid_rows=stats.invalid_rows,
         duplicates_dropped=stats.duplicates_dropped, sites=len(site_ids),
