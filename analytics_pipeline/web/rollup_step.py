@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -18,7 +19,14 @@ from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, value_counts
 from analytics_pipeline.core.steps import LandingOutOfDate, landed_accounts
 from analytics_pipeline.web.contract import DIMENSIONS, LANDED_WEB_SCHEMA, WEB_SOURCE
-from analytics_pipeline.web.rollups import SITE_DIMENSION, web_rollup_rows
+from analytics_pipeline.web.rollups import (
+    SITE_DIMENSION,
+    EventColumns,
+    WebRows,
+    one_array,
+    web_events,
+    web_rollup,
+)
 from analytics_pipeline.web.store import (
     register_visitors,
     replace_web_slice,
@@ -70,40 +78,80 @@ def quarantine_rows(invalid: pa.Table) -> pa.Table:
         [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
 
 
-# the landed columns the rollup reads for valid rows; the repeated strings among them stay
-# dictionary-encoded as stored (the partition is never held decoded whole)
-_VALID_COLUMNS = tuple(dict.fromkeys((
-    "event_id", "site_id", "account_id", "visitor_id", "name", "occurred_at",
-                  "hour_start", "visit_id", "invalid_reason",
-                  *(d for d in DIMENSIONS if d != SITE_DIMENSION))))
-_DICTIONARY_COLUMNS = tuple(c for c in _VALID_COLUMNS
-                            if c not in ("event_id", "visitor_id", "invalid_reason")
-                            and pa.types.is_string(LANDED_WEB_SCHEMA.field(c).type))
+# the landed string columns the rollup reads dictionary-encoded (as stored)
+_DICTIONARY_COLUMNS = frozenset(
+    c for c in ("visitor_id", "name", *(d for d in DIMENSIONS if d != SITE_DIMENSION))
+    if pa.types.is_string(LANDED_WEB_SCHEMA.field(c).type))
+_BATCH_ROWS = 65_536
 
 
-def _read_landed(store: LandingStore, day: LocalDay) -> tuple[pa.Table, pa.Table]:
-    """The partition's valid rows (``_VALID_COLUMNS``, repeated strings dictionary-encoded)
-    and its invalid rows (every column, as landed)."""
+class LandedColumns(EventColumns):
+    """The valid rows of a landed partition's files, read one column at a time (repeated
+    strings as dictionary codes; the partition is never held whole)."""
+
+    def __init__(self, store: LandingStore, files: list[str], valid: list[np.ndarray | None],
+                 sizes: list[int]):
+        self.store, self.files, self.valid, self.sizes = store, files, valid, sizes
+        self.num_rows = sum(int(m.sum()) if m is not None else k
+                            for m, k in zip(valid, sizes, strict=True))
+
+    def column(self, name: str) -> pa.Array:
+        chunks: list[pa.Array] = []
+        dictionary = [name] if name in _DICTIONARY_COLUMNS else None
+        for path, ok in zip(self.files, self.valid, strict=True):
+            col = pq.read_table(path, filesystem=self.store.fs, columns=[name],
+                                read_dictionary=dictionary)[name]
+            if ok is not None:
+                col = col.filter(pa.array(ok))
+            chunks.extend(col.chunks)
+        if not chunks:
+            typ = LANDED_WEB_SCHEMA.field(name).type
+            return pa.array([], pa.dictionary(pa.int32(), typ) if dictionary else typ)
+        return one_array(pa.chunked_array(chunks))
+
+    def rows_of(self, name: str, rows: np.ndarray) -> pa.Array:
+        if name in _DICTIONARY_COLUMNS:  # codes: cheap to read whole
+            return super().rows_of(name, rows)
+        # other columns (event ids) batch by batch, keeping only the rows asked for
+        parts: list[pa.Array] = []
+        base = 0  # valid rows before this file
+        for path, ok, size in zip(self.files, self.valid, self.sizes, strict=True):
+            at = np.arange(size) if ok is None else np.flatnonzero(ok)
+            lo, hi = np.searchsorted(rows, [base, base + len(at)])
+            wanted = at[rows[lo:hi] - base]  # rows of the file
+            base += len(at)
+            if not len(wanted):
+                continue
+            start = 0
+            for batch in pq.ParquetFile(path, filesystem=self.store.fs).iter_batches(
+                    batch_size=_BATCH_ROWS, columns=[name]):
+                a, b = np.searchsorted(wanted, [start, start + batch.num_rows])
+                if b > a:
+                    parts.append(batch.column(0).take(pa.array(wanted[a:b] - start)))
+                start += batch.num_rows
+        typ = LANDED_WEB_SCHEMA.field(name).type
+        return pa.concat_arrays(parts) if parts else pa.array([], typ)
+
+
+def _read_landed(store: LandingStore, day: LocalDay) -> tuple[LandedColumns, pa.Table]:
+    """The partition's valid rows (column at a time) and its invalid rows (every column,
+    as landed)."""
     files = store.partition_files(WEB_SOURCE, day)
-    if not files:
-        empty = LANDED_WEB_SCHEMA.empty_table()
-        return empty.select(list(_VALID_COLUMNS)), empty
-    valid_parts, invalid_parts = [], []
+    valid, sizes, invalid_parts = [], [], []
     for path in files:
         reasons = pq.read_table(path, filesystem=store.fs, columns=["invalid_reason"])
-        table = pq.read_table(path, filesystem=store.fs, columns=list(_VALID_COLUMNS),
-                              read_dictionary=list(_DICTIONARY_COLUMNS))
         ok = pc.is_null(reasons["invalid_reason"])
+        sizes.append(reasons.num_rows)
         if reasons["invalid_reason"].null_count != reasons.num_rows:
             whole = pq.read_table(path, filesystem=store.fs)
             invalid_parts.append(whole.filter(pc.invert(ok)))
             del whole
-            table = table.filter(ok)
-        valid_parts.append(table)
-    valid = pa.concat_tables(valid_parts) if len(valid_parts) > 1 else valid_parts[0]
+            valid.append(one_array(ok).to_numpy(zero_copy_only=False))
+        else:
+            valid.append(None)
     invalid = (pa.concat_tables(invalid_parts) if invalid_parts
                else LANDED_WEB_SCHEMA.empty_table())
-    return valid, invalid
+    return LandedColumns(store, files, valid, sizes), invalid
 
 
 def rollup_web_partition(store: LandingStore, engine: Engine, day: LocalDay) -> WebRollupResult:
@@ -128,32 +176,49 @@ def rollup_web_partition(store: LandingStore, engine: Engine, day: LocalDay) -> 
                              sites=len(site_ids))
     bad = quarantine_rows(invalid)
     del invalid
-    stray_sites = pc.invert(pc.is_in(valid["site_id"], pa.array(site_ids, pa.int64())))
-    stray_accounts = pc.invert(pc.is_in(valid["account_id"], pa.array(accounts, pa.int64())))
-    if valid.num_rows and pc.any(pc.or_(stray_sites, stray_accounts)).as_py():
-        raise ValueError(f"{day.key}: landed valid events of sites or accounts the landing "
-                         "does not record; re-materialize its raw events asset")
+    if valid.num_rows:
+        stray_sites = pc.invert(pc.is_in(valid.column("site_id"),
+                                         pa.array(site_ids, pa.int64())))
+        stray_accounts = pc.invert(pc.is_in(valid.column("account_id"),
+                                            pa.array(accounts, pa.int64())))
+        if pc.any(pc.or_(stray_sites, stray_accounts)).as_py():
+            raise ValueError(f"{day.key}: landed valid events of sites or accounts the "
+                             "landing does not record; re-materialize its raw events asset")
+        del stray_sites, stray_accounts
     result.valid = valid.num_rows
     result.quarantined_by_reason = value_counts(bad["reason"])
 
-    seen = valid.group_by(["site_id", "visitor_id"], use_threads=False).aggregate(
-        [("occurred_at", "min"), ("occurred_at", "max")]).rename_columns(
-        ["site_id", "visitor_id", "first_seen", "last_seen"])
-    nums = register_visitors(engine, seen)
-    hourly, daily = web_rollup_rows(valid, nums, day, nums)
-    result.rows_replaced = replace_web_slice(engine, day, site_ids, hourly, daily, bad)
-    result.hourly_rows, result.daily_rows = hourly.num_rows, daily.num_rows
+    events = web_events(valid, day)
+    events.number(register_visitors(engine, events.seen()))
+    rollup = web_rollup(events)
+    del events
+    result.rows_replaced = replace_web_slice(engine, day, site_ids, rollup.hourly,
+                                             rollup.daily, bad)
+    result.hourly_rows, result.daily_rows = rollup.hourly.num_rows, rollup.daily.num_rows
 
-    overview = daily.filter(pc.equal(daily["dimension"], SITE_DIMENSION))
-    result.visits = int(pc.sum(overview["visits"]).as_py() or 0)
-    result.visitors = int(pc.sum(overview["visitors"]).as_py() or 0)
+    overview = rollup.daily.part(SITE_DIMENSION)
+    if overview is not None:
+        result.visits = int(overview.counts["visits"].sum())
+        result.visitors = int(overview.counts["visitors"].sum())
     problems = web_rollup_problems(engine, day.day, site_ids)
     result.mismatches = {check: len(found) for check, found in problems.items()}
     result.problems = {check: found[:PROBLEMS_SHOWN] for check, found in problems.items()
                        if found}
-    pages = daily.filter(pc.equal(daily["dimension"], "page")).sort_by(
-        [("visitors", "descending"), ("pageviews", "descending"), ("site_id", "ascending"),
-         ("value", "ascending")]).slice(0, PREVIEW_PAGES)
-    result.preview = pages.select(["site_id", "value", "visitors", "pageviews"]) \
-        .rename_columns(["site_id", "page", "visitors", "pageviews"]).to_pylist()
+    result.preview = _top_pages(rollup.daily)
     return result
+
+
+def _top_pages(daily: WebRows) -> list[dict]:
+    """The ``PREVIEW_PAGES`` daily page rows of the most visitors (then pageviews, site,
+    page)."""
+    part = daily.part("page")
+    if part is None or not len(part.value):
+        return []
+    pages = pa.table({
+        "site_id": pa.array(daily.sites[part.site], pa.int64()),
+        "page": part.values.cast(pa.string()).take(pa.array(part.value)),
+        "visitors": pa.array(part.counts["visitors"], pa.int64()),
+        "pageviews": pa.array(part.counts["pageviews"], pa.int64())})
+    return pages.sort_by([("visitors", "descending"), ("pageviews", "descending"),
+                          ("site_id", "ascending"), ("page", "ascending")]).slice(
+        0, PREVIEW_PAGES).to_pylist()

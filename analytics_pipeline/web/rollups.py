@@ -17,6 +17,7 @@ pairs are sorted once and only the groups are looped over, to build one bitmap e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -68,26 +69,46 @@ def dimension_values(column: pa.ChunkedArray | pa.Array, dimension: str) -> pa.A
     return pc.if_else(pc.fill_null(pc.equal(col, ""), True), missing, col)
 
 
-@dataclass
-class _Events:
-    """The partition's valid events sorted by (site, visit, time, id), as NumPy arrays."""
+# --- the events, one column at a time ------------------------------------------------------
 
-    site: np.ndarray  # int64 site ids
-    hour: np.ndarray  # int64 µs since epoch (UTC) of the event's local hour
-    visitor: np.ndarray  # uint32 visitor numbers
-    pageview: np.ndarray  # bool
-    visit: np.ndarray  # int64 visit index, 0..n_visits-1
-    table: pa.Table  # the sorted events (for the dimension columns)
-    visit_first: np.ndarray  # index of each visit's first event
-    visit_events: np.ndarray  # events per visit
-    visit_duration: np.ndarray  # seconds, last - first event of the visit
-    new_day: np.ndarray  # per event: its visitor's first_seen lies in the day
-    first_hour: np.ndarray  # per event: the hour of its visitor's first event here
+class EventColumns:
+    """The valid landed rows of a partition, read one column at a time, in input order:
+    strings as dictionary arrays (one dictionary for the column), so that no string column
+    is ever held decoded per event. ``TableColumns`` serves a table in memory;
+    ``rollup_step`` serves the landed files."""
+
+    num_rows: int
+
+    def column(self, name: str) -> pa.Array:
+        raise NotImplementedError
+
+    def rows_of(self, name: str, rows: np.ndarray) -> pa.Array:
+        """Column ``name`` at ``rows`` (input positions, ascending)."""
+        return self.column(name).take(pa.array(rows, pa.int64()))
+
+
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one array (a dictionary column with one dictionary)."""
+    if isinstance(column, pa.Array):
+        return column
+    if pa.types.is_dictionary(column.type):
+        column = column.unify_dictionaries()
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks()
+
+
+class TableColumns(EventColumns):
+    def __init__(self, table: pa.Table):
+        self.table, self.num_rows = table, table.num_rows
+
+    def column(self, name: str) -> pa.Array:
+        return one_array(self.table[name])
 
 
 def _us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A timestamp column as int64 microseconds since the epoch (UTC)."""
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    col = one_array(column)
     return col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(
         zero_copy_only=False)
 
@@ -96,6 +117,43 @@ def _naive_utc_us(moment: datetime) -> int:
     moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(
         tzinfo=timezone.utc)
     return int(round(moment.timestamp() * 1_000_000))
+
+
+def _int64(column: pa.Array) -> np.ndarray:
+    return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _codes(column: pa.Array, dimension: str | None = None) -> tuple[np.ndarray, pa.Array]:
+    """Per row, a code into the returned dictionary of distinct values: the stored values
+    of ``dimension`` (``dimension_values``: a missing value is ``NONE_VALUE``/``DIRECT``),
+    or with ``dimension=None`` the values themselves (no null allowed)."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string()).dictionary_encode()
+    indices = column.indices
+    if dimension is None:
+        values, remap = column.dictionary.cast(pa.string()), None
+    else:
+        enc = dimension_values(column.dictionary, dimension).dictionary_encode()
+        values = enc.dictionary
+        remap = np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64)
+    missing = -1
+    if indices.null_count:
+        if dimension is None:
+            raise ValueError("null values in a column without nulls")
+        missing_value = DIRECT if dimension == "referrer" else NONE_VALUE
+        missing = pc.index(values, missing_value).as_py()
+        if missing < 0:
+            values = pa.concat_arrays([values, pa.array([missing_value], values.type)])
+            missing = len(values) - 1
+        indices = pc.fill_null(indices, -1)
+    idx = np.asarray(indices.to_numpy(zero_copy_only=False))
+    if remap is None:
+        codes = idx.astype(np.int64)
+    else:
+        codes = remap[np.maximum(idx, 0)] if len(remap) else np.zeros(len(idx), np.int64)
+    if missing >= 0:
+        codes[idx < 0] = missing
+    return codes, values
 
 
 def _starts(*keys: np.ndarray) -> np.ndarray:
@@ -121,120 +179,247 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return ordered[_starts(ordered)]
 
 
-def _run_index(n: int, starts: np.ndarray) -> np.ndarray:
+def _run_index(n: int, starts: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     """For each of ``n`` sorted rows, the index of its run (runs begin at ``starts``)."""
-    flags = np.zeros(n, np.int64)
+    flags = np.zeros(n, np.int8)
     flags[starts] = 1
-    return np.cumsum(flags) - 1
+    out = np.cumsum(flags, dtype=dtype)
+    out -= 1
+    return out
 
 
-def _prepare(events: pa.Table, visitors: pa.Table, day: LocalDay) -> _Events:
-    if events.num_rows and pc.any(pc.is_valid(events["invalid_reason"])).as_py():
-        raise ValueError("web_rollup_rows takes valid landed rows only")
-    for col in ("site_id", "visitor_id", "visit_id", "hour_start", "occurred_at"):
-        if events[col].null_count:
-            raise ValueError(f"valid landed web events have no null {col}")
-    needed = ["event_id", "site_id", "visitor_id", "name", "occurred_at", "hour_start",
-              "visit_id", *(d for d in DIMENSIONS if d != SITE_DIMENSION)]
-    events = events.select(list(dict.fromkeys(needed)))
-    # the visitors' numbers joined on a narrow table (row, site, visitor), then put back in
-    # row order: the event columns (dictionary-encoded or not) never go through the join
-    n = events.num_rows
-    visitor_ids = events["visitor_id"]
-    if pa.types.is_dictionary(visitor_ids.type):
-        visitor_ids = visitor_ids.cast(visitor_ids.type.value_type)
-    keys = pa.table({"site_id": events["site_id"], "visitor_id": visitor_ids,
-                     "_row": pa.array(np.arange(n, dtype=np.int64))})
-    del visitor_ids
-    joined = keys.join(visitors, ["site_id", "visitor_id"], join_type="left outer",
-                       use_threads=False)
-    del keys
-    if joined["visitor_num"].null_count:
-        raise ValueError("web events of visitors without a number: register them first")
-    rows = joined["_row"].to_numpy()
-    extra = {}
-    for name in visitors.column_names:
-        if name not in ("site_id", "visitor_id"):
-            col = joined[name].combine_chunks()
-            extra[name] = col.take(pa.array(np.argsort(rows)))
-    del joined
-    for name, col in extra.items():
-        events = events.append_column(name, col)
-    order = pc.sort_indices(events, [("site_id", "ascending"), ("visit_id", "ascending"),
-                                     ("occurred_at", "ascending"), ("event_id", "ascending")])
-    table = events.take(order)
-    del events, order
-    nums = table["visitor_num"].to_numpy()
-    if len(nums) and (nums.min() < 0 or nums.max() > MAX_VISITOR_NUM):
-        raise ValueError("visitor numbers must fit in 32 bits (Roaring bitmaps)")
-    site = table["site_id"].to_numpy()
-    visit_id = table["visit_id"].to_numpy()
-    occurred = _us(table["occurred_at"])
-    hour = _us(table["hour_start"])
-    first_idx = _starts(site, visit_id)
-    visit = _run_index(len(site), first_idx)
-    ends = _ends(first_idx, len(site))
-    n_events = ends - first_idx
-    duration = (occurred[ends - 1] - occurred[first_idx]) / 1e6 if len(site) else np.zeros(0)
+class _Events:
+    """A partition's valid events in (site, visit, time) order, held narrow: per event a
+    site code, an hour code, its visit, its visitor's (site, visitor) pair, pageview; per
+    visit its first event, events and duration; per pair the visitor id and the first and
+    last instant and hour (the numbers and first_seen come from ``number``)."""
 
-    # new visitors: first_seen within the day; new in the hour of their first event here
-    first_seen = _us(table["first_seen"])
-    new_day = (first_seen >= _naive_utc_us(day.start_utc)) & (
-        first_seen < _naive_utc_us(day.end_utc))
-    by_visitor = np.lexsort((occurred, nums, site))
-    v_starts = _starts(site[by_visitor], nums[by_visitor])
-    first_hour_of_group = hour[by_visitor][v_starts]
-    group = _run_index(len(site), v_starts)
-    first_hour = np.empty(len(site), np.int64)
-    first_hour[by_visitor] = first_hour_of_group[group]
-    names = table["name"].combine_chunks().cast(pa.string())
-    pageview = pc.fill_null(pc.equal(names, PAGEVIEW), False).to_numpy(zero_copy_only=False)
-    return _Events(site, hour, nums.astype(np.uint32), pageview, visit, table, first_idx,
-                   n_events, duration, new_day, first_hour)
+    def __init__(self, cols: EventColumns, day: LocalDay):
+        self.cols, self.day = cols, day
+        n = self.n = cols.num_rows
+        idx = np.int32 if n < 2**31 else np.int64
+        self.idx = idx
+        site = _int64(cols.column("site_id"))
+        visit_id = _int64(cols.column("visit_id"))
+        occurred = _us(cols.column("occurred_at"))
+        # the order (site, visit, time); the landing writes it so, then no permutation
+        if n > 1 and not _sorted_by(site, visit_id, occurred):
+            order = np.lexsort((occurred, visit_id, site)).astype(idx)
+            site, visit_id, occurred = site[order], visit_id[order], occurred[order]
+        else:
+            order = None
+        self.order = order
+        site_starts = _starts(site)
+        self.sites = site[site_starts]
+        self.site = _run_index(n, site_starts, idx)
+        del site
+        first = _starts(self.site, visit_id)
+        del visit_id
+        self.visit = _run_index(n, first, idx)
+        ends = _ends(first, n)
+        self.visit_events = (ends - first).astype(np.int64)
+        self.visit_duration = ((occurred[ends - 1] - occurred[first]) / 1e6 if n
+                               else np.zeros(0))
+        self.visit_first = self._first_by_id(first, ends, occurred)
+        hour = self._input_order(_us(cols.column("hour_start")))
+        self.hours = _distinct(hour)
+        self.hour = np.searchsorted(self.hours, hour).astype(idx)
+        del hour
+        name_codes, names = _codes(cols.column("name"), "name")
+        self.pageview = self._input_order(
+            pc.equal(names, PAGEVIEW).to_numpy(zero_copy_only=False)[name_codes]
+            if len(names) else np.zeros(n, bool))
+        del name_codes
+        self._pairs(occurred)
 
+    def _input_order(self, values: np.ndarray) -> np.ndarray:
+        return values if self.order is None else values[self.order]
+
+    def _first_by_id(self, first: np.ndarray, ends: np.ndarray,
+                     occurred: np.ndarray) -> np.ndarray:
+        """Each visit's first event: of the events at its first instant, the one of the
+        smallest event id (as Arrow sorts strings; then the input order)."""
+        nxt = np.minimum(first + 1, self.n - 1)
+        tied = (nxt < ends) & (occurred[nxt] == occurred[first]) if self.n else first > 0
+        if not tied.any():
+            return first
+        start_time = occurred[first]
+        tied_event = tied[self.visit] & (occurred == start_time[self.visit])
+        rows = np.flatnonzero(tied_event)
+        inputs = rows if self.order is None else self.order[rows]
+        by_input = np.argsort(inputs, kind="stable")
+        ids = self.cols.rows_of("event_id", inputs[by_input]).take(
+            pa.array(np.argsort(by_input, kind="stable")))
+        picked = pc.sort_indices(pa.table({"v": self.visit[rows], "e": ids, "r": rows}),
+                                 [("v", "ascending"), ("e", "ascending"),
+                                  ("r", "ascending")]).to_numpy()
+        ordered = rows[picked]
+        v = self.visit[ordered]
+        heads = ordered[_starts(v)]
+        out = first.copy()
+        out[self.visit[heads]] = heads
+        return out
+
+    def _pairs(self, occurred: np.ndarray) -> None:
+        """The (site, visitor) pairs: per event its pair, per pair the site, visitor id,
+        first and last instant and first hour."""
+        codes, visitors = _codes(self.cols.column("visitor_id"))
+        codes = self._input_order(codes)
+        width = max(len(visitors), 1)
+        space = len(self.sites) * width
+        key = self.site.astype(np.int64)
+        key *= width
+        key += codes
+        del codes
+        if space <= self.n + (1 << 22):  # dense: a lookup over the key space
+            present = np.zeros(space, bool)
+            present[key] = True
+            pair_keys = np.flatnonzero(present)
+            del present
+            lookup = np.zeros(space, self.idx)
+            lookup[pair_keys] = np.arange(len(pair_keys), dtype=self.idx)
+            self.pair = lookup[key]
+            del lookup
+        else:
+            pair_keys, pair = np.unique(key, return_inverse=True)
+            self.pair = pair.astype(self.idx)
+        del key
+        p = len(pair_keys)
+        self.pair_site = self.sites[pair_keys // width]
+        self.pair_visitor = visitors.take(pa.array(pair_keys % width))
+        self.pair_first = np.full(p, np.iinfo(np.int64).max, np.int64)
+        self.pair_last = np.full(p, np.iinfo(np.int64).min, np.int64)
+        np.minimum.at(self.pair_first, self.pair, occurred)
+        np.maximum.at(self.pair_last, self.pair, occurred)
+        self.pair_first_hour = np.full(p, np.iinfo(self.idx).max, self.idx)
+        np.minimum.at(self.pair_first_hour, self.pair, self.hour)
+
+    def seen(self) -> pa.Table:
+        """(site_id, visitor_id, first_seen, last_seen) of every pair, tz-aware UTC."""
+        ts = pa.timestamp("us", tz="UTC")
+        return pa.table({"site_id": pa.array(self.pair_site, pa.int64()),
+                         "visitor_id": self.pair_visitor,
+                         "first_seen": pa.array(self.pair_first, pa.int64()).cast(ts),
+                         "last_seen": pa.array(self.pair_last, pa.int64()).cast(ts)})
+
+    def number(self, visitors: pa.Table) -> None:
+        """Per event its visitor number and whether its visitor is new in the day and in
+        the event's hour, from ``visitors`` (site_id, visitor_id, visitor_num,
+        first_seen: naive = UTC) holding every pair."""
+        pairs = pa.table({"site_id": pa.array(self.pair_site, pa.int64()),
+                          "visitor_id": self.pair_visitor.cast(pa.string()),
+                          "_pair": pa.array(np.arange(len(self.pair_site)), pa.int64())})
+        joined = pairs.join(visitors, ["site_id", "visitor_id"], join_type="left outer",
+                            use_threads=False)
+        if joined["visitor_num"].null_count:
+            raise ValueError("web events of visitors without a number: register them first")
+        if joined["first_seen"].null_count:
+            raise ValueError("first_seen is missing for some visitors")
+        if joined.num_rows != len(self.pair_site):
+            raise ValueError("more than one number for a visitor")
+        at = _int64(one_array(joined["_pair"]))
+        nums = np.empty(len(at), np.int64)
+        nums[at] = _int64(one_array(joined["visitor_num"]))
+        if len(nums) and (nums.min() < 0 or nums.max() > MAX_VISITOR_NUM):
+            raise ValueError("visitor numbers must fit in 32 bits (Roaring bitmaps)")
+        first_seen = np.empty(len(at), np.int64)
+        first_seen[at] = _us(joined["first_seen"])
+        del joined
+        new_pair = (first_seen >= _naive_utc_us(self.day.start_utc)) & (
+            first_seen < _naive_utc_us(self.day.end_utc))
+        self.visitor = nums.astype(np.uint32)[self.pair]
+        self.new_day = new_pair[self.pair]
+        self.new_hour = self.new_day & (self.hour == self.pair_first_hour[self.pair])
+        del self.pair
+
+    def dimension(self, dimension: str) -> tuple[np.ndarray, pa.Array]:
+        """The value code of ``dimension`` of every event (an event dimension) or visit
+        (the others), and the values the codes index."""
+        if dimension == SITE_DIMENSION:
+            return (np.zeros(len(self.visit_first), np.int64),
+                    pa.array([SITE_VALUE], pa.string()))
+        if dimension in VISIT_DIMENSIONS:  # every event takes its visit's first value
+            first = self.visit_first if self.order is None else self.order[self.visit_first]
+            by_input = np.argsort(first, kind="stable")
+            column = self.cols.rows_of(dimension, first[by_input])
+            codes, values = _codes(column, dimension)
+            out = np.empty(len(codes), np.int64)
+            out[by_input] = codes
+            return out, values
+        codes, values = _codes(self.cols.column(dimension), dimension)
+        return self._input_order(codes), values
+
+
+def _sorted_by(site: np.ndarray, visit: np.ndarray, occurred: np.ndarray) -> bool:
+    """Whether the rows are in (site, visit, occurred) order."""
+    ds = np.sign(site[1:] - site[:-1])
+    if (ds < 0).any():
+        return False
+    dv = np.sign(visit[1:] - visit[:-1])
+    if ((ds == 0) & (dv < 0)).any():
+        return False
+    return not ((ds == 0) & (dv == 0) & (occurred[1:] < occurred[:-1])).any()
+
+
+# --- the rows of one dimension -------------------------------------------------------------
 
 def _event_groups(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
-                  new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], list[bytes]]:
+                  new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], pa.Array]:
     """Per distinct key (sorted): events, pageviews, distinct visitors, new visitors, and
     the serialized bitmap of the visitors (one sort of the (key, visitor) pairs).
 
     ``new`` must be constant within a (key, visitor) pair (it is: a visitor is new in a
-    day, or in the hour of its first event). Keys below 2^30 are sorted as one int64 per
-    event, ``key << 33 | visitor << 1 | new`` (a plain sort, no argsort or gathers);
-    larger keys take a lexsort."""
-    if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 30):
+    day, or in the hour of its first event). Keys below 2^29 are sorted as one int64 per
+    event, ``key << 34 | visitor << 2 | new << 1 | pageview`` (a plain sort, no argsort
+    or gathers); larger keys take a lexsort. ``keys`` is consumed (overwritten)."""
+    if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 29):
         return _event_groups_lexsort(keys, visitor, pageview, new)
-    packed = (keys.astype(np.int64) << 33) | (visitor.astype(np.int64) << 1) | new.astype(
-        np.int64)
+    packed = keys
+    packed <<= 32
+    packed |= visitor
+    packed <<= 1
+    packed |= new
+    packed <<= 1
+    packed |= pageview
     packed.sort()
-    k = packed >> 33
-    g = _starts(k)
-    uniq = k[g]
-    pairs = _starts(packed >> 1)
-    pk, pv = k[pairs], ((packed[pairs] >> 1) & 0xFFFFFFFF).astype(np.uint32)
-    pn = (packed[pairs] & 1).astype(np.int64)
+    n = len(packed)
+    work = packed >> 2  # (key, visitor)
+    pairs = _starts(work)
+    work >>= 32  # key
+    g = _starts(work)
+    uniq = work[g]
+    pk = work[pairs]
+    pv = ((packed[pairs] >> 2) & 0xFFFFFFFF).astype(np.uint32)
+    pn = ((packed[pairs] >> 1) & 1).astype(np.int64)
+    np.bitwise_and(packed, 1, out=work)
+    np.cumsum(work, out=work)  # pageviews so far
     del packed
+    g_end = _ends(g, n)
+    before = np.where(g > 0, work[np.maximum(g - 1, 0)], 0)
+    pageviews = work[g_end - 1] - before if len(g) else g
+    del work
     pg = _starts(pk)  # the same groups, over the distinct pairs
     pg_end = _ends(pg, len(pk))
-    bitmaps = [BitMap(pv[a:b]).serialize()
-               for a, b in zip(pg.tolist(), pg_end.tolist(), strict=True)]
-    if len(uniq) and uniq[-1] < 4 * len(keys) + 1024:  # dense: a bincount over the key space
-        pageviews = np.bincount(keys, weights=pageview, minlength=int(uniq[-1]) + 1)[uniq]
-    else:
-        pageviews = np.bincount(np.searchsorted(uniq, keys), weights=pageview,
-                                minlength=len(uniq))
     counts = {
-        "events": _ends(g, len(k)) - g,
-        "pageviews": pageviews.astype(np.int64),
+        "events": g_end - g,
+        "pageviews": pageviews,
         "visitors": pg_end - pg,
         "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
     }
-    return uniq, counts, bitmaps
+    return uniq, counts, _bitmaps(pv, pg, pg_end)
+
+
+def _bitmaps(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """The serialized Roaring bitmap of each run ``values[starts[i]:ends[i]]`` (sorted,
+    distinct), as one binary array."""
+    sets = [BitMap(values[a:b]).serialize()
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    return pa.array(sets, pa.large_binary())
 
 
 def _event_groups_lexsort(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
                           new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray],
-                                                    list[bytes]]:
+                                                    pa.Array]:
     order = np.lexsort((visitor, keys))
     k, v, nw = keys[order], visitor[order], new[order]
     g = _starts(k)
@@ -242,31 +427,210 @@ def _event_groups_lexsort(keys: np.ndarray, visitor: np.ndarray, pageview: np.nd
     pk, pv, pn = k[pairs], v[pairs], nw[pairs].astype(np.int64)
     pg = _starts(pk)  # the same groups, over the distinct pairs
     pg_end = _ends(pg, len(pk))
-    bitmaps = [BitMap(pv[a:b]).serialize()
-               for a, b in zip(pg.tolist(), pg_end.tolist(), strict=True)]
     counts = {
         "events": _ends(g, len(k)) - g,
         "pageviews": np.add.reduceat(pageview[order].astype(np.int64), g) if len(g) else g,
         "visitors": pg_end - pg,
         "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
     }
-    return k[g], counts, bitmaps
+    return k[g], counts, _bitmaps(pv, pg, pg_end)
 
 
-def _dimension(ev: _Events, dimension: str) -> tuple[np.ndarray, pa.Array]:
-    """The value code of ``dimension`` of every event, and the values the codes index."""
-    n = len(ev.site)
-    if dimension == SITE_DIMENSION:
-        codes = np.zeros(n, np.int64)
-        dictionary = pa.array([SITE_VALUE], pa.string())
+def _with_visit_keys(keys: np.ndarray, v_key: np.ndarray) -> np.ndarray:
+    """The sorted distinct ``keys`` plus the visit keys they lack (only an event value's
+    visit that started in another hour has none)."""
+    if len(keys) == 0:
+        return _distinct(v_key)
+    at = np.minimum(np.searchsorted(keys, v_key), len(keys) - 1)
+    missing = keys[at] != v_key
+    return np.union1d(keys, v_key[missing]) if missing.any() else keys
+
+
+@dataclass
+class _Part:
+    """The rows of one dimension, hourly or daily, as arrays (``_Rows`` makes tables)."""
+
+    dimension: int  # index in DIMENSIONS
+    site: np.ndarray  # site codes
+    hour: np.ndarray | None  # hour codes (hourly rows)
+    value: np.ndarray  # codes into ``values``
+    values: pa.Array
+    counts: dict[str, np.ndarray]
+    sets: pa.Array  # large_binary
+
+
+def _part(e_key: np.ndarray, v_key: np.ndarray, ev: _Events, p_visit: np.ndarray,
+          bounce: np.ndarray, new: np.ndarray, dimension: int, values: pa.Array,
+          width: int, n_hours: int, hourly: bool) -> _Part:
+    """The rows of one dimension: event groups (events, pageviews, visitor sets) and visit
+    groups (visits, bounces, duration) joined on their key."""
+    keys, counts, bitmaps = _event_groups(e_key, ev.visitor, ev.pageview, new)
+    all_keys = _with_visit_keys(keys, v_key)
+    n = len(all_keys)
+    out: dict[str, np.ndarray] = {}
+    if n == len(keys):  # every key has events (the common case)
+        out.update(counts)
+        sets = bitmaps
     else:
-        values = dimension_values(ev.table[dimension], dimension)
-        encoded = values.dictionary_encode()
-        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        dictionary = encoded.dictionary
-        if dimension in VISIT_DIMENSIONS:  # every event takes its visit's first value
-            codes = codes[ev.visit_first][ev.visit]
-    return codes, dictionary
+        at = np.searchsorted(all_keys, keys)
+        for name, col in counts.items():
+            full = np.zeros(n, np.int64)
+            full[at] = col
+            out[name] = full
+        where = np.full(n, -1, np.int64)
+        where[at] = np.arange(len(keys))
+        sets = pc.if_else(pa.array(where >= 0),
+                          bitmaps.take(pa.array(np.maximum(where, 0))),
+                          pa.scalar(EMPTY_SET, pa.large_binary())) if len(keys) else \
+            pa.array([EMPTY_SET] * n, pa.large_binary())
+    v_at = np.searchsorted(all_keys, v_key)
+    out["visits"] = np.bincount(v_at, minlength=n).astype(np.int64)
+    out["bounces"] = np.bincount(v_at, weights=bounce[p_visit], minlength=n).astype(np.int64)
+    out["duration_seconds"] = np.bincount(
+        v_at, weights=ev.visit_duration[p_visit], minlength=n).astype(np.float64)
+    code = all_keys % width
+    rest = all_keys // width
+    return _Part(dimension, rest // n_hours, rest % n_hours if hourly else None, code,
+                 values, out, sets)
+
+
+def _parts(ev: _Events) -> Iterator[tuple[_Part, _Part]]:
+    """The hourly and daily rows of each dimension in turn (one dimension's arrays at a
+    time)."""
+    n_hours = max(len(ev.hours), 1)
+    v_site, v_hour = ev.site[ev.visit_first], ev.hour[ev.visit_first]
+    bounce = (ev.visit_events == 1).astype(np.int64)
+    for d, dimension in enumerate(DIMENSIONS):
+        codes, values = ev.dimension(dimension)
+        width = max(len(values), 1)
+        # the visits with each value: one per visit, or per (visit, value) for event values
+        if dimension in EVENT_DIMENSIONS:
+            pair = ev.visit.astype(np.int64)
+            pair *= width
+            pair += codes
+            pair = _distinct(pair)
+            p_visit, p_code = pair // width, pair % width
+            del pair
+        else:
+            p_visit, p_code = np.arange(len(ev.visit_first)), codes
+            codes = codes[ev.visit]
+        v_key = v_site[p_visit].astype(np.int64)
+        v_key *= n_hours
+        v_key += v_hour[p_visit]
+        v_key *= width
+        v_key += p_code
+        key = ev.site.astype(np.int64)
+        key *= n_hours
+        key += ev.hour
+        key *= width
+        key += codes
+        hourly = _part(key, v_key, ev, p_visit, bounce, ev.new_hour, d, values, width,
+                       n_hours, True)
+        del key, v_key
+        key = ev.site.astype(np.int64)
+        key *= width
+        key += codes
+        del codes
+        v_key = v_site[p_visit].astype(np.int64)
+        v_key *= width
+        v_key += p_code
+        daily = _part(key, v_key, ev, p_visit, bounce, ev.new_day, d, values, width, 1,
+                      False)
+        del key, v_key, p_visit, p_code
+        yield hourly, daily
+
+
+class WebRows:
+    """The hourly or daily rows of a partition (parts of every dimension), as tables in
+    (site, hour, dimension, value) order, ``rows`` at a time."""
+
+    def __init__(self, parts: list[_Part], sites: np.ndarray, hours: np.ndarray | None,
+                 day: date):
+        self.parts, self.sites, self.hours, self.day = parts, sites, hours, day
+        self.num_rows = sum(len(p.value) for p in parts)
+
+    def _order(self) -> np.ndarray:
+        names = np.argsort(np.argsort(np.array(DIMENSIONS)))  # rank of each name
+        site = np.concatenate([p.site for p in self.parts])
+        hour = (np.concatenate([p.hour for p in self.parts]) if self.hours is not None
+                else np.zeros(len(site), np.int64))
+        dim = np.concatenate([np.full(len(p.value), names[p.dimension], np.int64)
+                              for p in self.parts])
+        ranks = []
+        for p in self.parts:
+            rank = np.empty(len(p.values), np.int64)
+            rank[pc.sort_indices(p.values).to_numpy()] = np.arange(len(p.values))
+            ranks.append(rank[p.value])
+        return np.lexsort((np.concatenate(ranks), dim, hour, site))
+
+    def tables(self, rows: int = 65_536) -> Iterator[pa.Table]:
+        if not self.parts or not self.num_rows:
+            return
+        order = self._order()
+        site = np.concatenate([p.site for p in self.parts])
+        hour = (np.concatenate([p.hour for p in self.parts]) if self.hours is not None
+                else None)
+        dim = np.concatenate([np.full(len(p.value), p.dimension, np.int64)
+                              for p in self.parts])
+        base = np.cumsum([0] + [len(p.values) for p in self.parts])[:-1]
+        value = np.concatenate([p.value + b for p, b in zip(self.parts, base, strict=True)])
+        values = pa.concat_arrays([p.values.cast(pa.string()) for p in self.parts])
+        counts = {name: np.concatenate([p.counts[name] for p in self.parts])
+                  for name, _ in _COUNTS if name != "visitor_set"}
+        sets = pa.chunked_array([p.sets for p in self.parts], pa.large_binary())
+        names = pa.array(DIMENSIONS, pa.string())
+        schema = HOURLY_SCHEMA if hour is not None else DAILY_SCHEMA
+        for lo in range(0, len(order), rows):
+            at = order[lo:lo + rows]
+            n = len(at)
+            cols: dict[str, pa.Array] = {"site_id": pa.array(self.sites[site[at]], pa.int64())}
+            if hour is not None:
+                cols["hour_start"] = pa.array(self.hours[hour[at]], pa.int64()).cast(
+                    pa.timestamp("us"))
+            cols["date"] = pa.repeat(pa.scalar(self.day, pa.date32()), n)
+            cols["dimension"] = names.take(pa.array(dim[at]))
+            cols["value"] = values.take(pa.array(value[at]))
+            for name, typ in _COUNTS:
+                if name == "visitor_set":
+                    cols[name] = one_array(sets.take(pa.array(at))).cast(pa.binary())
+                else:
+                    cols[name] = pa.array(counts[name][at], typ)
+            yield pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+    def table(self) -> pa.Table:
+        schema = HOURLY_SCHEMA if self.hours is not None else DAILY_SCHEMA
+        parts = list(self.tables())
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def part(self, dimension: str) -> _Part | None:
+        for p in self.parts:
+            if DIMENSIONS[p.dimension] == dimension:
+                return p
+        return None
+
+
+@dataclass
+class WebRollup:
+    hourly: WebRows
+    daily: WebRows
+
+
+def web_rollup(ev: _Events) -> WebRollup:
+    """The hourly and daily rows of numbered events (``_Events.number``)."""
+    hourly, daily = [], []
+    for h, d in _parts(ev):
+        hourly.append(h)
+        daily.append(d)
+    return WebRollup(WebRows(hourly, ev.sites, ev.hours, ev.day.day),
+                     WebRows(daily, ev.sites, None, ev.day.day))
+
+
+def web_events(cols: EventColumns, day: LocalDay) -> _Events:
+    """The valid events of ``cols`` prepared for ``web_rollup`` (then numbered)."""
+    for col in ("site_id", "visitor_id", "visit_id", "hour_start", "occurred_at"):
+        if cols.column(col).null_count:
+            raise ValueError(f"valid landed web events have no null {col}")
+    return _Events(cols, day)
 
 
 def web_rollup_rows(
@@ -284,109 +648,17 @@ def web_rollup_rows(
     ``events``. A visitor is new in the day when first_seen lies in the day's UTC window,
     and new in the hour of its first event of the partition.
     """
+    if events.num_rows and pc.any(pc.is_valid(events["invalid_reason"])).as_py():
+        raise ValueError("web_rollup_rows takes valid landed rows only")
+    ev = web_events(TableColumns(events), day)
     visitors = visitor_nums.select(["site_id", "visitor_id", "visitor_num"]).cast(
         pa.schema([("site_id", pa.int64()), ("visitor_id", pa.string()),
                    ("visitor_num", pa.int64())]))
-    if first_seen is None:
-        first_seen = events.group_by(["site_id", "visitor_id"], use_threads=False).aggregate(
-            [("occurred_at", "min")]).rename_columns(["site_id", "visitor_id", "first_seen"])
-    seen = first_seen.select(["site_id", "visitor_id", "first_seen"]).cast(pa.schema([
+    seen = ev.seen() if first_seen is None else first_seen
+    seen = seen.select(["site_id", "visitor_id", "first_seen"]).cast(pa.schema([
         ("site_id", pa.int64()), ("visitor_id", pa.string()),
         ("first_seen", pa.timestamp("us", tz="UTC"))]))  # naive values are UTC
-    visitors = visitors.join(seen, ["site_id", "visitor_id"], join_type="left outer",
-                             use_threads=False)
-    if visitors["first_seen"].null_count:
-        raise ValueError("first_seen is missing for some visitors")
-    ev = _prepare(events, visitors, day)
-
-    # sites and hours as small codes, so that one int64 encodes a (site, hour, value) group
-    site_starts = _starts(ev.site)  # the events are sorted by site
-    sites, site_code = ev.site[site_starts], _run_index(len(ev.site), site_starts)
-    hours = _distinct(ev.hour)
-    hour_code = np.searchsorted(hours, ev.hour)
-    n_hours = max(len(hours), 1)
-    v_site, v_hour = site_code[ev.visit_first], hour_code[ev.visit_first]
-    bounce = (ev.visit_events == 1).astype(np.int64)
-    new_hour = ev.new_day & (ev.hour == ev.first_hour)
-
-    hourly_parts: list[pa.Table] = []
-    daily_parts: list[pa.Table] = []
-    for dimension in DIMENSIONS:
-        codes, dictionary = _dimension(ev, dimension)
-        width = max(len(dictionary), 1)
-        h_key = (site_code * n_hours + hour_code) * width + codes
-        d_key = site_code * width + codes
-        # the visits with each value: one per visit, or per (visit, value) for event values
-        if dimension in EVENT_DIMENSIONS:
-            pair = _distinct(ev.visit * width + codes)
-            p_visit, p_code = pair // width, pair % width
-        else:
-            p_visit, p_code = np.arange(len(ev.visit_first)), codes[ev.visit_first]
-        vh_key = (v_site[p_visit] * n_hours + v_hour[p_visit]) * width + p_code
-
-        hourly_parts.append(_table_of_groups(
-            h_key, vh_key, ev, p_visit, bounce, new_hour, dimension, dictionary,
-            width, sites, hours, n_hours, day.day))
-        daily_parts.append(_table_of_groups(
-            d_key, v_site[p_visit] * width + p_code, ev, p_visit, bounce, ev.new_day,
-            dimension, dictionary, width, sites, None, 1, day.day))
-    hourly = pa.concat_tables(hourly_parts) if hourly_parts else HOURLY_SCHEMA.empty_table()
-    daily = pa.concat_tables(daily_parts) if daily_parts else DAILY_SCHEMA.empty_table()
-    return hourly, daily
-
-
-def _with_visit_keys(keys: np.ndarray, v_key: np.ndarray) -> np.ndarray:
-    """The sorted distinct ``keys`` plus the visit keys they lack (only an event value's
-    visit that started in another hour has none)."""
-    if len(keys) == 0:
-        return _distinct(v_key)
-    at = np.minimum(np.searchsorted(keys, v_key), len(keys) - 1)
-    missing = keys[at] != v_key
-    return np.union1d(keys, v_key[missing]) if missing.any() else keys
-
-
-def _table_of_groups(
-    e_key: np.ndarray, v_key: np.ndarray, ev: _Events, p_visit: np.ndarray,
-    bounce: np.ndarray, new: np.ndarray, dimension: str, dictionary: pa.Array, width: int,
-    sites: np.ndarray, hours: np.ndarray | None, n_hours: int, day: date,
-) -> pa.Table:
-    """The rows of one dimension: event groups (events, pageviews, visitor sets) and visit
-    groups (visits, bounces, duration) joined on their key."""
-    keys, counts, bitmaps = _event_groups(e_key, ev.visitor, ev.pageview, new)
-    all_keys = _with_visit_keys(keys, v_key)
-    n = len(all_keys)
-    at = np.searchsorted(all_keys, keys)
-    out: dict[str, np.ndarray] = {}
-    for name, values in counts.items():
-        col = np.zeros(n, np.int64)
-        col[at] = values
-        out[name] = col
-    # a list, not a NumPy array: NumPy would turn the bytes into fixed-width strings,
-    # which drop trailing NUL bytes
-    sets: list[bytes] = [EMPTY_SET] * n
-    for i, b in zip(at.tolist(), bitmaps, strict=True):
-        sets[i] = b
-    v_at = np.searchsorted(all_keys, v_key)
-    out["visits"] = np.bincount(v_at, minlength=n).astype(np.int64)
-    out["bounces"] = np.bincount(v_at, weights=bounce[p_visit], minlength=n).astype(np.int64)
-    out["duration_seconds"] = np.bincount(
-        v_at, weights=ev.visit_duration[p_visit], minlength=n).astype(np.float64)
-
-    code = all_keys % width
-    rest = all_keys // width
-    site_idx, hour_idx = rest // n_hours, rest % n_hours
-    columns: dict[str, pa.Array] = {"site_id": pa.array(sites[site_idx], pa.int64())}
-    if hours is not None:
-        columns["hour_start"] = pa.array(hours[hour_idx], pa.int64()).cast(
-            pa.timestamp("us"))
-    columns["date"] = pa.repeat(pa.scalar(day, pa.date32()), n)
-    columns["dimension"] = pa.repeat(pa.scalar(dimension, pa.string()), n)
-    columns["value"] = dictionary.take(pa.array(code, pa.int64())) if n else pa.array(
-        [], pa.string())
-    for name, typ in _COUNTS:
-        if name == "visitor_set":
-            columns[name] = pa.array(sets, pa.binary())
-        else:
-            columns[name] = pa.array(out[name], typ)
-    schema = HOURLY_SCHEMA if hours is not None else DAILY_SCHEMA
-    return pa.Table.from_pydict(columns, schema=schema)
+    ev.number(visitors.join(seen, ["site_id", "visitor_id"], join_type="left outer",
+                            use_threads=False))
+    rollup = web_rollup(ev)
+    return rollup.hourly.table(), rollup.daily.table()

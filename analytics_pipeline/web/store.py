@@ -6,9 +6,10 @@ what was written.
 from __future__ import annotations
 
 import io
+import itertools
 import uuid
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,13 @@ from analytics_pipeline.web.contract import (
     web_hourly_rollups,
     web_visitors,
 )
-from analytics_pipeline.web.rollups import ADDITIVE, DAILY_SCHEMA, HOURLY_SCHEMA
+from analytics_pipeline.web.rollups import (
+    ADDITIVE,
+    DAILY_SCHEMA,
+    HOURLY_SCHEMA,
+    WebRows,
+    one_array,
+)
 
 # --- checks (names as reported in asset checks and run metadata) -----------------------
 
@@ -49,6 +56,7 @@ HOURLY_COLUMNS = [c.name for c in web_hourly_rollups.c]
 DAILY_COLUMNS = [c.name for c in web_daily_rollups.c]
 
 _VISITOR_BATCH = 5_000  # rows per executemany batch into SQLite's temporary table
+_WRITE_BATCH = 65_536  # rollup rows per batch written
 
 
 # --- visitors ----------------------------------------------------------------------------
@@ -181,19 +189,15 @@ def _check_slice(table: pa.Table, day: date, site_ids: Sequence[int], what: str)
 
 
 def _with_write_columns(rows: pa.Table, schema: pa.Schema, columns: list[str], tz: str,
-                        pg: bool) -> pa.Table:
+                        updated_at: datetime) -> pa.Table:
     """The rows as the table stores them: plus timezone and updated_at, in the table's
-    column order; on PostgreSQL the bitmaps as bytea hex text for COPY."""
+    column order."""
     n = rows.num_rows
     table = rows.select(schema.names).cast(schema)
     table = table.append_column("timezone", pa.repeat(pa.scalar(tz, pa.string()), n))
     table = table.append_column("updated_at", pa.repeat(
-        pa.scalar(wh.utc_now_naive(), pa.timestamp("us")), n))
-    table = table.select(columns)
-    if pg:
-        table = table.set_column(columns.index("visitor_set"), "visitor_set",
-                                 bytea_hex(table["visitor_set"]))
-    return table
+        pa.scalar(updated_at, pa.timestamp("us")), n))
+    return table.select(columns)
 
 
 # every byte's two hex digits, as one little-endian uint16 (low byte first in memory)
@@ -220,14 +224,150 @@ def bytea_hex(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar("\\x", large), hexed, pa.scalar("", large))
 
 
-def _insert(conn: Connection, target: sa.Table, table: pa.Table) -> None:
-    if table.num_rows == 0:
-        return
+# --- PostgreSQL's binary COPY ---------------------------------------------------------------
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
+_PG_EPOCH_DAYS = 10_957
+
+
+def _fixed_width(typ: pa.DataType) -> tuple[str, int] | None:
+    """The binary COPY encoding (NumPy big-endian type, bytes) of a fixed-width column."""
+    if pa.types.is_int64(typ) or pa.types.is_timestamp(typ):
+        return ">i8", 8
+    if pa.types.is_float64(typ):
+        return ">f8", 8
+    if pa.types.is_date32(typ):
+        return ">i4", 4
+    return None
+
+
+def _copy_columns(table: pa.Table) -> list[str]:
+    """The columns in binary COPY order: the fixed-width ones first."""
+    fixed = [c for c in table.column_names if _fixed_width(table.schema.field(c).type)]
+    return fixed + [c for c in table.column_names if c not in fixed]
+
+
+def _lengths(values: pa.Array) -> pa.Array:
+    """Each value's byte length as a 4-byte big-endian binary value."""
+    n = np.asarray(pc.binary_length(values).to_numpy(zero_copy_only=False), ">i4")
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(4), len(n), [None, pa.py_buffer(n.tobytes())]).cast(pa.binary())
+
+
+def copy_binary_rows(table: pa.Table) -> bytes:
+    """``table``'s rows as PostgreSQL binary COPY tuples (no header), its columns in
+    ``_copy_columns`` order: int64, timestamp (naive UTC), date32 and float64 columns as
+    fixed-width big-endian values, strings and binaries as they are. No nulls."""
+    n = table.num_rows
+    if not n:
+        return b""
+    names = _copy_columns(table)
+    fixed = [c for c in names if _fixed_width(table.schema.field(c).type)]
+    var = names[len(fixed):]
+    fields = [("n", ">i2")]
+    for i, c in enumerate(fixed):
+        fields += [(f"l{i}", ">i4"), (f"v{i}", _fixed_width(table.schema.field(c).type)[0])]
+    if var:
+        fields.append(("lv", ">i4"))
+    rec = np.empty(n, np.dtype(fields))
+    rec["n"] = len(names)
+    for i, c in enumerate(fixed):
+        col = one_array(table[c])
+        if col.null_count:
+            raise ValueError(f"copy_binary_rows: null {c}")
+        typ = col.type
+        if pa.types.is_timestamp(typ):
+            values = col.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy() - _PG_EPOCH_US
+        elif pa.types.is_date32(typ):
+            values = col.cast(pa.int32()).to_numpy() - _PG_EPOCH_DAYS
+        else:
+            values = col.to_numpy()
+        rec[f"l{i}"] = _fixed_width(typ)[1]
+        rec[f"v{i}"] = values
+    pieces: list[pa.Array] = []
+    for j, c in enumerate(var):
+        col = one_array(table[c])
+        if col.null_count:
+            raise ValueError(f"copy_binary_rows: null {c}")
+        col = col.cast(pa.binary())
+        length = _lengths(col)
+        if j == 0:
+            rec["lv"] = np.frombuffer(length.buffers()[2], ">i4")[:n]
+        else:
+            pieces.append(length)
+        pieces.append(col)
+    head = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(rec.dtype.itemsize), n, [None, pa.py_buffer(rec.tobytes())]).cast(
+        pa.binary())
+    if not pieces:
+        return head.buffers()[2].to_pybytes()
+    rows = pc.binary_join_element_wise(head, *pieces, pa.scalar(b"", pa.binary()))
+    offsets = np.frombuffer(rows.buffers()[1], np.int32)[rows.offset:rows.offset + n + 1]
+    return rows.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes()
+
+
+class _CopyStream:
+    """A file-like object of COPY data made chunk by chunk (psycopg2's ``copy_expert``
+    reads it); an error while making a chunk is kept to be raised after the COPY."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks, self.error = chunks, None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            for chunk in self.chunks:
+                if chunk:
+                    return chunk
+        except BaseException as e:  # noqa: BLE001 - re-raised by _copy_binary
+            self.error = e
+            raise
+        return b""
+
+    readline = read
+
+
+def _copy_binary(conn: Connection, target: str, tables: Iterable[pa.Table]) -> int:
+    """COPY the rows of ``tables`` (same columns, no nulls) into ``target`` in PostgreSQL's
+    binary format, one table at a time, in the caller's transaction; returns the rows."""
+    it = iter(tables)
+    first = next(it, None)
+    if first is None:
+        return 0
+    cols = _copy_columns(first)
+    count = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        yield _COPY_HEADER
+        for t in itertools.chain([first], it):
+            count += t.num_rows
+            yield copy_binary_rows(t.select(cols))
+        yield _COPY_TRAILER
+
+    stream = _CopyStream(chunks())
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        names = ", ".join(f'"{c}"' for c in cols)
+        cursor.copy_expert(f"COPY {target} ({names}) FROM STDIN WITH (FORMAT binary)",
+                           stream, size=1 << 20)
+    except Exception:
+        if stream.error is not None:
+            raise stream.error from None
+        raise
+    finally:
+        cursor.close()
+    return count
+
+
+def _insert(conn: Connection, target: sa.Table, tables: Iterable[pa.Table]) -> None:
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
-        _copy_csv(conn, f'"{target.name}"', table)
+        _copy_binary(conn, f'"{target.name}"', tables)
         return
-    for off in range(0, table.num_rows, 20_000):
-        conn.execute(target.insert(), table.slice(off, 20_000).to_pylist())
+    for table in tables:
+        for off in range(0, table.num_rows, 20_000):
+            conn.execute(target.insert(), table.slice(off, 20_000).to_pylist())
 
 
 def _site_chunks(site_ids: Sequence[int]) -> list[list[int]]:
@@ -235,12 +375,30 @@ def _site_chunks(site_ids: Sequence[int]) -> list[list[int]]:
     return [ids[i:i + wh.ID_CHUNK] for i in range(0, len(ids), wh.ID_CHUNK)]
 
 
+def _batches(rows: pa.Table | WebRows, sort: list[tuple[str, str]]) -> Iterator[pa.Table]:
+    """The rows in key order, a batch at a time."""
+    if isinstance(rows, pa.Table):
+        rows = rows.sort_by(sort) if rows.num_rows else rows
+        for off in range(0, rows.num_rows, _WRITE_BATCH):
+            yield rows.slice(off, _WRITE_BATCH)
+    else:
+        yield from rows.tables(_WRITE_BATCH)
+
+
+def _written(batches: Iterable[pa.Table], day: LocalDay, site_ids: Sequence[int],
+             what: str, schema: pa.Schema, columns: list[str],
+             updated_at: datetime) -> Iterator[pa.Table]:
+    for batch in batches:
+        _check_slice(batch, day.day, site_ids, what)
+        yield _with_write_columns(batch, schema, columns, day.tz, updated_at)
+
+
 def replace_web_slice(
     engine: Engine,
     day: LocalDay,
     site_ids: Sequence[int],
-    hourly: pa.Table,
-    daily: pa.Table,
+    hourly: pa.Table | WebRows,
+    daily: pa.Table | WebRows,
     quarantined: pa.Table,
 ) -> int:
     """Replace one partition's slice of ``web_hourly_rollups`` and ``web_daily_rollups``
@@ -248,27 +406,34 @@ def replace_web_slice(
     quarantine rows (source ``WEB_SOURCE``), in one transaction serialized per partition;
     returns the rollup rows deleted. A failure leaves the previous rows.
 
+    The rows (tables, or a rollup's ``WebRows``) are written in key order a batch at a
+    time: on PostgreSQL one binary COPY per table, streamed (the bitmaps as they are, no
+    text), so the rows are never all held as COPY data.
+
     The quarantine is replaced inside the same transaction (with core's own statements,
     as ``replace_partition`` does), so the rollups and the quarantine of a partition always
     come from the same run. ``quarantined`` holds source, event_id, reason and payload,
     one row per (event_id, reason).
     """
-    _check_slice(hourly, day.day, site_ids, "hourly")
-    _check_slice(daily, day.day, site_ids, "daily")
+    if isinstance(hourly, pa.Table):
+        _check_slice(hourly, day.day, site_ids, "hourly")
+    if isinstance(daily, pa.Table):
+        _check_slice(daily, day.day, site_ids, "daily")
     deleted = 0
+    updated_at = wh.utc_now_naive()
     with engine.begin() as conn:
-        pg = conn.dialect.name == "postgresql"
         wh._lock_partition(conn, WEB_SOURCE, day.day, day.tz)
         for chunk in _site_chunks(site_ids):
             for target in (web_hourly_rollups, web_daily_rollups):
                 deleted += conn.execute(target.delete().where(
                     target.c.date == day.day, target.c.site_id.in_(chunk))).rowcount or 0
         sort = [("site_id", "ascending"), ("dimension", "ascending"), ("value", "ascending")]
-        _insert(conn, web_hourly_rollups, _with_write_columns(
-            hourly.sort_by([sort[0], ("hour_start", "ascending"), *sort[1:]]), HOURLY_SCHEMA,
-            HOURLY_COLUMNS, day.tz, pg))
-        _insert(conn, web_daily_rollups, _with_write_columns(
-            daily.sort_by(sort), DAILY_SCHEMA, DAILY_COLUMNS, day.tz, pg))
+        _insert(conn, web_hourly_rollups, _written(
+            _batches(hourly, [sort[0], ("hour_start", "ascending"), *sort[1:]]), day,
+            site_ids, "hourly", HOURLY_SCHEMA, HOURLY_COLUMNS, updated_at))
+        _insert(conn, web_daily_rollups, _written(
+            _batches(daily, sort), day, site_ids, "daily", DAILY_SCHEMA, DAILY_COLUMNS,
+            updated_at))
         q = wh.quarantine.c
         conn.execute(wh.quarantine.delete().where(
             q.source == WEB_SOURCE, q.partition_date == day.day, q.timezone == day.tz))
