@@ -119,6 +119,12 @@ def _naive_utc_us(moment: datetime) -> int:
     return int(round(moment.timestamp() * 1_000_000))
 
 
+def _no_nulls(column: pa.Array, name: str) -> pa.Array:
+    if column.null_count:
+        raise ValueError(f"valid landed web events have no null {name}")
+    return column
+
+
 def _int64(column: pa.Array) -> np.ndarray:
     return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
 
@@ -199,9 +205,9 @@ class _Events:
         n = self.n = cols.num_rows
         idx = np.int32 if n < 2**31 else np.int64
         self.idx = idx
-        site = _int64(cols.column("site_id"))
-        visit_id = _int64(cols.column("visit_id"))
-        occurred = _us(cols.column("occurred_at"))
+        site = _int64(_no_nulls(cols.column("site_id"), "site_id"))
+        visit_id = _int64(_no_nulls(cols.column("visit_id"), "visit_id"))
+        occurred = _us(_no_nulls(cols.column("occurred_at"), "occurred_at"))
         # the order (site, visit, time); the landing writes it so, then no permutation
         if n > 1 and not _sorted_by(site, visit_id, occurred):
             order = np.lexsort((occurred, visit_id, site)).astype(idx)
@@ -221,8 +227,8 @@ class _Events:
         self.visit_duration = ((occurred[ends - 1] - occurred[first]) / 1e6 if n
                                else np.zeros(0))
         self.visit_first = self._first_by_id(first, ends, occurred)
-        hour = self._input_order(_us(cols.column("hour_start")))
-        self.hours = _distinct(hour)
+        hour = self._input_order(_us(_no_nulls(cols.column("hour_start"), "hour_start")))
+        self.hours = np.sort(np.unique(hour))
         self.hour = np.searchsorted(self.hours, hour).astype(idx)
         del hour
         name_codes, names = _codes(cols.column("name"), "name")
@@ -263,7 +269,7 @@ class _Events:
     def _pairs(self, occurred: np.ndarray) -> None:
         """The (site, visitor) pairs: per event its pair, per pair the site, visitor id,
         first and last instant and first hour."""
-        codes, visitors = _codes(self.cols.column("visitor_id"))
+        codes, visitors = _codes(_no_nulls(self.cols.column("visitor_id"), "visitor_id"))
         codes = self._input_order(codes)
         width = max(len(visitors), 1)
         space = len(self.sites) * width
@@ -352,13 +358,13 @@ class _Events:
 
 def _sorted_by(site: np.ndarray, visit: np.ndarray, occurred: np.ndarray) -> bool:
     """Whether the rows are in (site, visit, occurred) order."""
-    ds = np.sign(site[1:] - site[:-1])
-    if (ds < 0).any():
+    if (site[1:] < site[:-1]).any():
         return False
-    dv = np.sign(visit[1:] - visit[:-1])
-    if ((ds == 0) & (dv < 0)).any():
+    same = site[1:] == site[:-1]
+    if (same & (visit[1:] < visit[:-1])).any():
         return False
-    return not ((ds == 0) & (dv == 0) & (occurred[1:] < occurred[:-1])).any()
+    same &= visit[1:] == visit[:-1]
+    return not (same & (occurred[1:] < occurred[:-1])).any()
 
 
 # --- the rows of one dimension -------------------------------------------------------------
@@ -537,6 +543,7 @@ def _parts(ev: _Events) -> Iterator[tuple[_Part, _Part]]:
         daily = _part(key, v_key, ev, p_visit, bounce, ev.new_day, d, values, width, 1,
                       False)
         del key, v_key, p_visit, p_code
+        release_memory()
         yield hourly, daily
 
 
@@ -627,10 +634,15 @@ def web_rollup(ev: _Events) -> WebRollup:
 
 def web_events(cols: EventColumns, day: LocalDay) -> _Events:
     """The valid events of ``cols`` prepared for ``web_rollup`` (then numbered)."""
-    for col in ("site_id", "visitor_id", "visit_id", "hour_start", "occurred_at"):
-        if cols.column(col).null_count:
-            raise ValueError(f"valid landed web events have no null {col}")
-    return _Events(cols, day)
+    events = _Events(cols, day)
+    release_memory()
+    return events
+
+
+def release_memory() -> None:
+    """Give back the memory Arrow's pool keeps of what column reads and casts freed (the
+    NumPy work of the next stage could not reuse it)."""
+    pa.default_memory_pool().release_unused()
 
 
 def web_rollup_rows(

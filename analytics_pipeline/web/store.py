@@ -463,6 +463,18 @@ def _where(table: sa.Table, day: date, chunk: list[int]) -> sa.ColumnElement:
     return sa.and_(table.c.date == day, table.c.site_id.in_(chunk))
 
 
+def _may_mismatch(d: sa.Table, hsum: sa.Subquery) -> sa.ColumnElement:
+    """The daily rows the checks below may find wrong (a superset: only these are read
+    back): no hourly rows, a sum that differs, visitors outside the hourly bounds."""
+    differs = [d.c[c] != hsum.c[c] for c in ADDITIVE if c != "duration_seconds"]
+    dur, h_dur = d.c.duration_seconds, hsum.c.duration_seconds
+    # the check's tolerance is 1e-6 * max(1, |h|) >= 0.5e-6 * (1 + |h|)
+    differs.append(sa.func.abs(dur - h_dur) > 0.5e-6 * (1 + sa.func.abs(h_dur)))
+    return sa.or_(hsum.c.site_id.is_(None), *differs,
+                  d.c.visitors < sa.func.coalesce(hsum.c.max_visitors, 0),
+                  d.c.visitors > sa.func.coalesce(hsum.c.sum_visitors, 0))
+
+
 def web_rollup_problems(engine: Engine, day: date,
                         site_ids: Sequence[int]) -> dict[str, list[str]]:
     """What is wrong with the stored slice of ``site_ids`` on ``day``, per check (every
@@ -474,6 +486,8 @@ def web_rollup_problems(engine: Engine, day: date,
     - ``WEB_VISITORS_BOUNDED``: max(hourly visitors) ≤ daily visitors ≤ sum(hourly);
     - ``WEB_VISITS_GE_BOUNCES``: visits ≥ bounces in every hourly and daily row;
     - ``WEB_NON_NEGATIVE``: no negative count or duration in any row.
+
+    Every check runs in the database; only the rows that may be wrong are read back.
     """
     problems: dict[str, list[str]] = {c: [] for c in WEB_CHECKS}
     h, d = web_hourly_rollups, web_daily_rollups
@@ -492,7 +506,8 @@ def web_rollup_problems(engine: Engine, day: date,
                           *(d.c[c] for c in ADDITIVE),
                           *(hsum.c[c].label(f"h_{c}") for c in ADDITIVE),
                           hsum.c.max_visitors, hsum.c.sum_visitors, hsum.c.site_id.label("h")
-                          ).select_from(d.outerjoin(hsum, joined)).where(_where(d, day, chunk))
+                          ).select_from(d.outerjoin(hsum, joined)).where(
+                _where(d, day, chunk), _may_mismatch(d, hsum))
             for r in conn.execute(q).mappings():
                 where = f"site {r['site_id']} {day} {r['dimension']}={r['value']!r}"
                 if r["h"] is None:
