@@ -1,8 +1,32 @@
 """Helpers shared by the benchmark scripts (run as ``python bench/<script>.py``)."""
 
+import os
+import uuid
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
+
+# The PostgreSQL server the benchmarks create their throwaway databases on.
+PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def create_db(prefix: str) -> str:
+    """A new, empty database on ``PG``; returns its URL (password kept, for the children)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_db(url: str) -> None:
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def peak_rss_mb() -> float:

@@ -20,13 +20,12 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date
 
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
-from bench_common import peak_rss_mb
+from bench_common import create_db, drop_db, peak_rss_mb
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import LandingStore
@@ -37,29 +36,12 @@ from analytics_pipeline.support.metrics import REPORTING_METRICS
 from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline.support.steps import extract_partition, rollup_partition
 
-PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 TZ = "America/New_York"
 DAY = LocalDay(date(2026, 2, 11), TZ)
 NAMES = np.array(["first_response", "reply_time", "conversation_resolved",
                   "conversation_bot_resolved", "conversation_bot_handoff",
                   "conversation_opened"])
 NAME_P = [0.2, 0.35, 0.2, 0.05, 0.1, 0.1]
-
-
-def create_db(prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_db(url: str) -> None:
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def generate(n: int, accounts: int, seed: int = 1) -> pa.Table:

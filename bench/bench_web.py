@@ -35,7 +35,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -43,7 +42,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from bench_common import peak_rss_mb, prefixed_strings, reset_peak_rss, rss_mb
+from bench_common import (
+    create_db,
+    drop_db,
+    peak_rss_mb,
+    prefixed_strings,
+    reset_peak_rss,
+    rss_mb,
+)
 
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import LandingStore
@@ -51,7 +57,6 @@ from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.sources import source_metadata
 from analytics_pipeline.web import contract as wc
 
-PG = os.environ.get("ANALYTICS_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 TZ = "America/New_York"
 DAY = LocalDay(date(2026, 2, 11), TZ)  # no DST change within the 30 days before it
 NAMES = ["pageview", "click", "signup", "download", "outbound"]
@@ -61,22 +66,6 @@ COUNTRIES = ["US", "GB", "DE", "FR", "CA", "IN", "BR", "JP", "AU", "NL", "ES", "
              "ZA", "AR", "CL", "CO", "us", "", "XX1"]
 CHUNK = 1_000_000
 SESSION_US = 30 * 60 * 1_000_000
-
-
-def create_db(prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_db(url: str) -> None:
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 # --- the generated day --------------------------------------------------------------------
