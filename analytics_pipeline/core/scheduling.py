@@ -206,6 +206,30 @@ def skip_with_cursor(context: SensorEvaluationContext, reason: str,
     return SensorResult(skip_reason=reason, cursor=cursor)
 
 
+def request_late_partitions(
+    context: SensorEvaluationContext, pending: dict[str, Any], limit: int,
+    run_key: Callable[[str, Any], str], cursor_state: dict, idle_reason: str,
+) -> SensorResult:
+    """The tail of a late-events sensor: ``pending`` maps a partition key to the stamp of
+    the newest arrival that touched it; the oldest stamps (then keys) are requested, at
+    most ``limit``, and the rest carried in the cursor (``cursor_state`` plus ``pending``)
+    to the next ticks."""
+    order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
+    now, rest = order[:limit], dict(order[limit:])
+    cursor = json.dumps({**cursor_state, "pending": rest}, sort_keys=True)
+    if not now:
+        return skip_with_cursor(context, idle_reason, cursor)
+    if rest:
+        context.log.info(f"{len(rest)} late-event partitions left for the next ticks")
+    requests = []
+    for key, stamp in now:
+        day = LocalDay.from_key(key)
+        requests.append(RunRequest(
+            run_key=run_key(key, stamp), partition_key=day.multi_key(),
+            tags={"analytics/timezone": day.tz, "analytics/reason": "late-events"}))
+    return SensorResult(run_requests=requests, cursor=cursor)
+
+
 @dataclass(frozen=True)
 class ClosedDaysStream:
     """A stream of ``date|timezone`` partitions that the closed-days sensor requests.

@@ -20,7 +20,6 @@ from dagster import (
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
-    SensorResult,
     define_asset_job,
     sensor,
 )
@@ -34,8 +33,8 @@ from analytics_pipeline.core.resources import Warehouse
 from analytics_pipeline.core.scheduling import (
     ClosedDaysStream,
     StreamClock,
+    request_late_partitions,
     skip,
-    skip_with_cursor,
     valid_timezones,
 )
 from analytics_pipeline.core.warehouse import get_cursor, get_stream_state
@@ -314,21 +313,11 @@ def late_email_events_sensor(pipeline: EmailPipeline):
             del pending[key]
         # Oldest fetch first; the run key names the newest fetch that touched the day, so a
         # later fetch that brings more events of the same day gets its own run.
-        order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
-        now, rest = order[:LATE_REQUESTS_PER_TICK], dict(order[LATE_REQUESTS_PER_TICK:])
-        cursor = json.dumps({"after": after, "pending": rest}, sort_keys=True)
-        if not now:
-            return skip_with_cursor(context, "no rolled-up day was touched by a new fetch",
-                                    cursor)
-        if rest:
-            context.log.info(f"{len(rest)} late-event partitions left for the next ticks")
-        requests = []
-        for key, storage_id in now:
-            day = LocalDay.from_key(key)
-            requests.append(RunRequest(
-                run_key=f"late:{storage_id}:{key}", partition_key=day.multi_key(),
-                tags={"analytics/timezone": day.tz, "analytics/reason": "late-events"}))
-        return SensorResult(run_requests=requests, cursor=cursor)
+        return request_late_partitions(
+            context, pending, LATE_REQUESTS_PER_TICK,
+            run_key=lambda key, storage_id: f"late:{storage_id}:{key}",
+            cursor_state={"after": after},
+            idle_reason="no rolled-up day was touched by a new fetch")
 
     return _sensor
 

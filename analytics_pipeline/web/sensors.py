@@ -7,14 +7,12 @@ from datetime import datetime, timedelta, timezone
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
-    RunRequest,
     SensorEvaluationContext,
-    SensorResult,
     sensor,
 )
 
-from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.resources import SourceDatabase, Warehouse
+from analytics_pipeline.core.scheduling import request_late_partitions, skip_with_cursor
 from analytics_pipeline.web.jobs import web_job
 from analytics_pipeline.web.late import late_partitions, received_dates, site_timezones
 from analytics_pipeline.web.resources import WebSettings
@@ -40,10 +38,8 @@ def late_web_events_sensor(context: SensorEvaluationContext, source_db: SourceDa
     until = (_utcnow() - timedelta(seconds=web.late_lag_seconds)).replace(tzinfo=None)
     state = json.loads(context.cursor) if context.cursor else None
     if state is None:
-        reason = "first tick: late events are looked for from now on"
-        context.log.info(f"skipped: {reason}")
-        return SensorResult(skip_reason=reason,
-                            cursor=json.dumps({"after": until.isoformat(), "pending": {}}))
+        return skip_with_cursor(context, "first tick: late events are looked for from now on",
+                                json.dumps({"after": until.isoformat(), "pending": {}}))
     after = datetime.fromisoformat(state["after"])
     pending: dict[str, str] = dict(state.get("pending", {}))
     if until > after:
@@ -54,19 +50,8 @@ def late_web_events_sensor(context: SensorEvaluationContext, source_db: SourceDa
             if day.key in done:
                 pending[day.key] = until.isoformat()  # the newest arrival names the run
         after = max(after, until)
-    order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
-    now, rest = order[:LATE_WEB_REQUESTS_PER_TICK], dict(order[LATE_WEB_REQUESTS_PER_TICK:])
-    cursor = json.dumps({"after": after.isoformat(), "pending": rest}, sort_keys=True)
-    if not now:
-        reason = "no rolled-up day received late events since the last tick"
-        context.log.info(f"skipped: {reason}")
-        return SensorResult(skip_reason=reason, cursor=cursor)
-    if rest:
-        context.log.info(f"{len(rest)} late web partitions left for the next ticks")
-    requests = []
-    for key, stamp in now:
-        day = LocalDay.from_key(key)
-        requests.append(RunRequest(
-            run_key=f"late-web:{key}:{stamp}", partition_key=day.multi_key(),
-            tags={"analytics/timezone": day.tz, "analytics/reason": "late-events"}))
-    return SensorResult(run_requests=requests, cursor=cursor)
+    return request_late_partitions(
+        context, pending, LATE_WEB_REQUESTS_PER_TICK,
+        run_key=lambda key, stamp: f"late-web:{key}:{stamp}",
+        cursor_state={"after": after.isoformat()},
+        idle_reason="no rolled-up day received late events since the last tick")
