@@ -5,7 +5,6 @@ what was written.
 
 from __future__ import annotations
 
-import io
 import itertools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +13,6 @@ from datetime import date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -55,7 +53,6 @@ VISITOR_NUMS_SCHEMA = pa.schema([
 HOURLY_COLUMNS = [c.name for c in web_hourly_rollups.c]
 DAILY_COLUMNS = [c.name for c in web_daily_rollups.c]
 
-_VISITOR_BATCH = 5_000  # rows per executemany batch into SQLite's temporary table
 _WRITE_BATCH = 65_536  # rollup rows per batch written
 
 
@@ -71,21 +68,6 @@ def _naive_utc(table: pa.Table, schema: pa.Schema) -> pa.Table:
             col = col.cast(pa.timestamp("us", tz="UTC"))
         cols.append(col.cast(f.type))
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _copy_csv(conn: Connection, target: str, table: pa.Table) -> None:
-    """COPY ``table``'s rows into ``target`` (PostgreSQL, psycopg2) in the caller's
-    transaction."""
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
-    buf.seek(0)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cols = ", ".join(f'"{c}"' for c in table.column_names)
-        cursor.copy_expert(f'COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)', buf,
-                           size=1 << 20)
-    finally:
-        cursor.close()
 
 
 def register_visitors(engine: Engine, visitors: pa.Table) -> pa.Table:
@@ -117,18 +99,16 @@ def register_visitors(engine: Engine, visitors: pa.Table) -> pa.Table:
             conn.exec_driver_sql(
                 f"CREATE TEMP TABLE {tmp} (site_id bigint NOT NULL, visitor_id text NOT NULL,"
                 " first_seen timestamp NOT NULL, last_seen timestamp NOT NULL) ON COMMIT DROP")
-            _copy_csv(conn, tmp, table)
             lower, upper = "LEAST", "GREATEST"
         else:
             conn.exec_driver_sql(
                 f"CREATE TEMP TABLE {tmp} (site_id INTEGER NOT NULL, visitor_id TEXT NOT NULL,"
                 " first_seen DATETIME NOT NULL, last_seen DATETIME NOT NULL)")
-            target = sa.table(tmp, sa.column("site_id"), sa.column("visitor_id"),
-                              sa.column("first_seen", sa.DateTime),
-                              sa.column("last_seen", sa.DateTime))
-            for off in range(0, table.num_rows, _VISITOR_BATCH):
-                conn.execute(target.insert(), table.slice(off, _VISITOR_BATCH).to_pylist())
             lower, upper = "min", "max"  # SQLite's scalar min/max; same text format
+        # COPY on PostgreSQL, batched inserts elsewhere
+        wh.insert_arrow(conn, sa.table(tmp, sa.column("site_id"), sa.column("visitor_id"),
+                                       sa.column("first_seen", sa.DateTime),
+                                       sa.column("last_seen", sa.DateTime)), table)
         match = "v.site_id = t.site_id AND v.visitor_id = t.visitor_id"
         known = ""
         if pg:
