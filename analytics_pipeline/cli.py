@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING
 
 from analytics_pipeline.core.registry import Unit
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 def _date(s: str) -> date:
@@ -26,34 +32,43 @@ def _shown(value: float | int | None, unit: Unit) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+@contextmanager
+def _reading_warehouse(url: str) -> Iterator[Engine]:
+    """An engine on the existing warehouse at ``url`` (never created); a database error
+    while reading becomes one line naming the redacted URL."""
     import sqlalchemy as sa
 
-    from analytics_pipeline.catalog import get_metric
-    from analytics_pipeline.core.settings import setting
     from analytics_pipeline.core.warehouse import (
         WarehouseUnavailable,
         open_warehouse_for_read,
         redact,
         scrub,
     )
-    from analytics_pipeline.report import metric_series, reportable_account
 
-    metric = get_metric(args.metric)  # an unknown name fails before any database is opened
-    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
-    engine = open_warehouse_for_read(url)  # never creates a warehouse
+    engine = open_warehouse_for_read(url)
     try:
-        account = reportable_account(engine, args.account, url)
-        points = metric_series(
-            engine, args.account, metric.name, args.date_from, args.date_to, by=args.by,
-            dimension=args.dimension, dimension_id=args.id, business_hours=args.business_hours,
-        )
+        yield engine
     except sa.exc.SQLAlchemyError as exc:  # e.g. the connection dropped, an older schema
         detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
         raise WarehouseUnavailable(f"reading the warehouse at {redact(url)} failed: "
                                    f"{detail}") from None
     finally:
         engine.dispose()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analytics_pipeline.catalog import get_metric
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.report import metric_series, reportable_account
+
+    metric = get_metric(args.metric)  # an unknown name fails before any database is opened
+    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
+    with _reading_warehouse(url) as engine:
+        account = reportable_account(engine, args.account, url)
+        points = metric_series(
+            engine, args.account, metric.name, args.date_from, args.date_to, by=args.by,
+            dimension=args.dimension, dimension_id=args.id, business_hours=args.business_hours,
+        )
     if args.json:
         print(json.dumps([
             {"period_start": p.period_start.isoformat(), "period_end": p.period_end.isoformat(),
@@ -93,33 +108,19 @@ def _duration(v: float | None) -> str:
 
 
 def cmd_web_stats(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
     from analytics_pipeline.core.landing import LandingStore
     from analytics_pipeline.core.settings import setting
-    from analytics_pipeline.core.warehouse import (
-        WarehouseUnavailable,
-        open_warehouse_for_read,
-        redact,
-        scrub,
-    )
     from analytics_pipeline.web.read import SiteNotReportable, site_info, web_stats
 
     url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
-    engine = open_warehouse_for_read(url)  # never creates a warehouse
-    try:
-        stats = web_stats(
-            engine, LandingStore(setting("ANALYTICS_LANDING_URI")), args.site,
-            args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit)
-        tz = site_info(engine, args.site).timezone
-    except SiteNotReportable as exc:
-        raise ValueError(str(exc)) from None
-    except sa.exc.SQLAlchemyError as exc:
-        detail = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()[0]
-        raise WarehouseUnavailable(f"reading the warehouse at {redact(url)} failed: "
-                                   f"{detail}") from None
-    finally:
-        engine.dispose()
+    with _reading_warehouse(url) as engine:
+        try:
+            stats = web_stats(
+                engine, LandingStore(setting("ANALYTICS_LANDING_URI")), args.site,
+                args.start, args.end, by=args.by, breakdown=args.breakdown, limit=args.limit)
+            tz = site_info(engine, args.site).timezone
+        except SiteNotReportable as exc:
+            raise ValueError(str(exc)) from None
     if args.json:
         print(json.dumps(stats.as_dict(), indent=2, default=str))
         return 0
