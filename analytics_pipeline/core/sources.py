@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -159,6 +159,45 @@ def _window_literal(instant: datetime) -> sa.ColumnElement:
     # Whole seconds, no fraction: '2026-02-11 05:00:00' sorts before every text spelling
     # of that second ('... 05:00:00', '... 05:00:00.000', '... 05:00:00.5').
     return sa.literal_column(f"'{instant.strftime('%Y-%m-%d %H:%M:%S')}'")
+
+
+def in_window(
+    dated_at: tuple[sa.ColumnElement, sa.ColumnElement],
+    fallback_at: tuple[sa.ColumnElement, sa.ColumnElement] | None,
+    fallback_date: date, day: LocalDay,
+) -> sa.ColumnElement:
+    """Rows of ``day``'s UTC window by their instant (``_instant`` pair); a row whose instant
+    is unusable is dated by ``fallback_at`` when that is usable, else by ``fallback_date``,
+    so every row lands in exactly one partition (to be quarantined there if need be)."""
+    at, dated = dated_at
+    lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
+    fb = _window_literal(datetime.combine(fallback_date, datetime.min.time()))
+    undated_at = fb if fallback_at is None else sa.case((fallback_at[1], fallback_at[0]),
+                                                        else_=fb)
+    return sa.or_(
+        sa.and_(dated, at >= lo, at < hi),
+        sa.and_(sa.not_(dated), undated_at >= lo, undated_at < hi),
+    )
+
+
+def owned_by(col: sa.ColumnElement, kind: str, ids: Sequence[int],
+             orphans_of: Sequence[int] | None) -> sa.ColumnElement:
+    """Rows whose owner id is one of ``ids``; with ``orphans_of`` (every known owner, for
+    the default timezone's partitions) also the rows of no known owner (null, unknown or
+    not an exact id), to be quarantined once, never lost."""
+    which = _ids_match(col, kind, ids)
+    if orphans_of is None:
+        return which
+    return sa.or_(which, col.is_(None), sa.not_(_ids_match(col, kind, orphans_of)))
+
+
+def columns_as_stored(table: sa.Table, names: Sequence[str], dialect: str) -> list:
+    """The columns to read: on SQLite as bytes, not text, so a value that is not UTF-8
+    reaches the conversion, which quarantines it, instead of failing the driver for the
+    whole partition; elsewhere as typed."""
+    if dialect == "sqlite":
+        return [sa.cast(table.c[c], sa.LargeBinary).label(c) for c in names]
+    return [table.c[c] for c in names]
 
 
 @dataclass

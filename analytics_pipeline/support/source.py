@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
@@ -29,12 +29,13 @@ from analytics_pipeline.core.sources import (
     ColumnKinds,
     ExtractStats,
     SeenIds,
-    _ids_match,
     _instant,
     _printable,
-    _window_literal,
     arrow_batches,
+    columns_as_stored,
+    in_window,
     inspect_table,
+    owned_by,
     source_metadata,
 )
 from analytics_pipeline.core.warehouse import normalize_url
@@ -96,31 +97,13 @@ class ReportingEventsSource:
         missing = [c for c in _READ_COLUMNS if c not in kinds]
         if missing:
             raise LookupError(f"source table reporting_events lacks columns {missing}")
-        created, dated = _instant(e.created_at, kinds["created_at"], dialect)
-        if "updated_at" in kinds:
-            updated, updated_dated = _instant(e.updated_at, kinds["updated_at"], dialect)
-        else:
-            updated, updated_dated = sa.null(), sa.false()
-        lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
-        fb = _window_literal(datetime.combine(self.fallback_date, datetime.min.time()))
-        undated_at = sa.case((updated_dated, updated), else_=fb)
-        in_window = sa.or_(
-            sa.and_(dated, created >= lo, created < hi),
-            sa.and_(sa.not_(dated), undated_at >= lo, undated_at < hi),
-        )
-        who = _ids_match(e.account_id, kinds["account_id"], account_ids)
-        if orphans_of is not None:
-            # Events of no known account (null, unknown or not an exact id) are swept by
-            # the default timezone's partitions, to be quarantined once, never lost.
-            known = _ids_match(e.account_id, kinds["account_id"], orphans_of)
-            who = sa.or_(who, e.account_id.is_(None), sa.not_(known))
-        if dialect == "sqlite":
-            # bytes, not text: a value that is not UTF-8 must reach the conversion, which
-            # quarantines it, instead of failing the driver for the whole partition
-            cols = [sa.cast(getattr(e, c), sa.LargeBinary).label(c) for c in _READ_COLUMNS]
-        else:
-            cols = [getattr(e, c) for c in _READ_COLUMNS]
-        return sa.select(*cols).where(who, in_window)
+        created = _instant(e.created_at, kinds["created_at"], dialect)
+        updated = (_instant(e.updated_at, kinds["updated_at"], dialect)
+                   if "updated_at" in kinds else None)
+        when = in_window(created, updated, self.fallback_date, day)
+        who = owned_by(e.account_id, kinds["account_id"], account_ids, orphans_of)
+        cols = columns_as_stored(src_reporting_events, _READ_COLUMNS, dialect)
+        return sa.select(*cols).where(who, when)
 
     def extract(
         self, day: LocalDay, account_ids: Sequence[int],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
@@ -20,11 +20,12 @@ from analytics_pipeline.core.settings import start_date
 from analytics_pipeline.core.sources import (
     ColumnKinds,
     ExtractStats,
-    _ids_match,
     _instant,
-    _window_literal,
     arrow_batches,
+    columns_as_stored,
+    in_window,
     inspect_table,
+    owned_by,
 )
 from analytics_pipeline.core.warehouse import normalize_url
 from analytics_pipeline.web.compute import (
@@ -99,29 +100,13 @@ class WebEventsSource:
         missing = [c for c in SOURCE_COLUMNS if c not in kinds]
         if missing:
             raise LookupError(f"source table web_events lacks columns {missing}")
-        occurred, dated = _instant(e.occurred_at, kinds["occurred_at"], dialect)
-        received, received_dated = _instant(e.received_at, kinds["received_at"], dialect)
-        lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
-        fb = _window_literal(datetime.combine(self.fallback_date, datetime.min.time()))
         # an event without a usable occurred_at is dated by its arrival instead
-        undated_at = sa.case((received_dated, received), else_=fb)
-        in_window = sa.or_(
-            sa.and_(dated, occurred >= lo, occurred < hi),
-            sa.and_(sa.not_(dated), undated_at >= lo, undated_at < hi),
-        )
-        which = _ids_match(e.site_id, kinds["site_id"], site_ids)
-        if orphans_of_sites is not None:
-            # Events of no known site (null, unknown or not an exact id) are swept by the
-            # default timezone's partitions, to be quarantined once, never lost.
-            known = _ids_match(e.site_id, kinds["site_id"], orphans_of_sites)
-            which = sa.or_(which, e.site_id.is_(None), sa.not_(known))
-        if dialect == "sqlite":
-            # bytes, not text: a value that is not UTF-8 must reach the conversion, which
-            # quarantines it, instead of failing the driver for the whole partition
-            cols = [sa.cast(getattr(e, c), sa.LargeBinary).label(c) for c in SOURCE_COLUMNS]
-        else:
-            cols = [getattr(e, c) for c in SOURCE_COLUMNS]
-        return sa.select(*cols).where(which, in_window)
+        when = in_window(_instant(e.occurred_at, kinds["occurred_at"], dialect),
+                         _instant(e.received_at, kinds["received_at"], dialect),
+                         self.fallback_date, day)
+        which = owned_by(e.site_id, kinds["site_id"], site_ids, orphans_of_sites)
+        cols = columns_as_stored(src_web_events, SOURCE_COLUMNS, dialect)
+        return sa.select(*cols).where(which, when)
 
     def extract_batches(
         self, day: LocalDay, site_ids: Sequence[int],
