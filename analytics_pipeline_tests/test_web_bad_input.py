@@ -102,14 +102,16 @@ CASES = {
 }
 
 
-def _sqlite_source(url: str, rows: list[dict]) -> None:
+def _sqlite_source(url: str, rows: list[dict], sites: list[tuple] = SITES) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as c:
         # no declared types: SQLite keeps whatever the application wrote
         c.exec_driver_sql("CREATE TABLE sites (id, account_id, domain, active)")
         c.exec_driver_sql(f"CREATE TABLE web_events ({', '.join(SOURCE_COLUMNS)})")
-        for s in SITES:
-            c.exec_driver_sql("INSERT INTO sites VALUES (?, ?, ?, ?)", s)
+        for s in sites:
+            marks = ", ".join("CAST(? AS TEXT)" if isinstance(v, Bytes) else "?" for v in s)
+            c.exec_driver_sql(f"INSERT INTO sites VALUES ({marks})",
+                              tuple(v.data if isinstance(v, Bytes) else v for v in s))
         for r in rows:
             marks = ["CAST(? AS TEXT)" if isinstance(r[k], Bytes) else "?"
                      for k in SOURCE_COLUMNS]
@@ -119,7 +121,7 @@ def _sqlite_source(url: str, rows: list[dict]) -> None:
     engine.dispose()
 
 
-def _pg_source(url: str, rows: list[dict]) -> None:
+def _pg_source(url: str, rows: list[dict], sites: list[tuple] = SITES) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as c:
         c.exec_driver_sql("DROP TABLE IF EXISTS web_events, sites")
@@ -128,7 +130,7 @@ def _pg_source(url: str, rows: list[dict]) -> None:
         types = {k: "text" for k in SOURCE_COLUMNS} | {"name": "bytea"}
         c.exec_driver_sql("CREATE TABLE web_events ("
                           + ", ".join(f"{k} {types[k]}" for k in SOURCE_COLUMNS) + ")")
-        for s in SITES:
+        for s in sites:
             c.execute(sa.text("INSERT INTO sites VALUES (:i, :a, :d, :x)"),
                       dict(zip("iadx", s, strict=True)))
         for r in rows:
@@ -216,3 +218,43 @@ def test_bad_web_event_lands_once_with_its_reason(case_id, dialect, tmp_path, re
         assert set(payload) == set(SOURCE_COLUMNS)
         assert "\x00" not in row["raw"]
         assert (row["visit_id"], row["page"], row["hour_start"]) == (None, None, None)
+
+
+# A bad row of the application's `sites` table is no site: the events of its id are
+# quarantined as unknown_site (never attributed to a half-read site); the good site's
+# event beside them lands valid.
+SITE_CASES = {
+    "site id 20x": ("20x", 1, "bad.example", True, False),
+    "site id fractional": (20.5, 1, "bad.example", True, False),
+    "account id not an integer": (20, "1x", "bad.example", True, False),
+    "account id null": (20, None, "bad.example", True, False),
+    "domain null": (20, 1, None, True, True),
+    "domain invalid utf-8": (20, 1, Bytes(b"bad\xff.example"), True, False),
+    "domain with NUL": (20, 1, "bad\x00.example", True, False),
+    "active not a boolean": (20, 1, "bad.example", "maybe", False),
+    "duplicate site id": (10, 1, "again.example", True, True),
+}
+
+
+@pytest.mark.parametrize(("case_id", "dialect"), [
+    pytest.param(c, d, id=f"{c}-{d}") for c in SITE_CASES for d in ("sqlite", "postgresql")
+    if d == "sqlite" or SITE_CASES[c][4]])  # PostgreSQL's typed sites hold only these
+def test_bad_site_rows_are_no_site(case_id, dialect, tmp_path, request):
+    *bad_site, _ = SITE_CASES[case_id]
+    site_id = 10 if case_id == "duplicate site id" else 20
+    sites = [*SITES, tuple(bad_site)]
+    rows = [CONTROL] if site_id == 10 else [
+        CONTROL, {**CONTROL, "id": "on-bad-site", "visitor_id": "v2", "site_id": site_id}]
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'source.db'}"
+        _sqlite_source(url, rows, sites)
+    else:
+        url = request.getfixturevalue("pg_source_url")
+        _pg_source(url, rows, sites)
+    landed, _ = run_extraction(url, tmp_path)
+    reasons = {r["event_id"]: r["invalid_reason"] for r in landed}
+    if site_id == 10:  # a repeated id makes both rows no site: its events are unknown
+        assert reasons == {"ctl": "unknown_site"}
+    else:
+        assert reasons == {"ctl": None, "on-bad-site": "unknown_site"}
+    assert len(landed) == len(rows)  # each event once, in one partition

@@ -72,11 +72,7 @@ class WebEventsSource:
         boolean, or whose id repeats, is no site: its events are quarantined as
         ``unknown_site``."""
         url = normalize_url(self.url)
-        s = src_sites.c
-        if url.get_backend_name() == "sqlite":
-            cols = [sa.cast(getattr(s, c), sa.LargeBinary).label(c) for c in _SITE_COLUMNS]
-        else:
-            cols = [getattr(s, c) for c in _SITE_COLUMNS]
+        cols = columns_as_stored(src_sites, _SITE_COLUMNS, url.get_backend_name())
         with arrow_batches(url, sa.select(*cols)) as reader:
             tables = [pa.Table.from_batches([b]) for b in reader if b.num_rows]
         if not tables:
