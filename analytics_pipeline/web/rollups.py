@@ -17,6 +17,7 @@ pairs are sorted once and only the groups are looped over, to build one bitmap e
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -369,77 +370,129 @@ def _sorted_by(site: np.ndarray, visit: np.ndarray, occurred: np.ndarray) -> boo
 
 # --- the rows of one dimension -------------------------------------------------------------
 
-def _event_groups(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
-                  new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], pa.Array]:
-    """Per distinct key (sorted): events, pageviews, distinct visitors, new visitors, and
-    the serialized bitmap of the visitors (one sort of the (key, visitor) pairs).
+# The packed sort key of an event: ``key << 35 | visitor << 3 | new_day << 2 | new_hour << 1
+# | pageview``, one int64 when the group key is below 2^28.
+_KEY_SHIFT = 35
+PACKED_KEY_LIMIT = 1 << (63 - _KEY_SHIFT)
 
-    ``new`` must be constant within a (key, visitor) pair (it is: a visitor is new in a
-    day, or in the hour of its first event). Keys below 2^29 are sorted as one int64 per
-    event, ``key << 34 | visitor << 2 | new << 1 | pageview`` (a plain sort, no argsort
-    or gathers); larger keys take a lexsort. ``keys`` is consumed (overwritten)."""
-    if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 29):
-        return _event_groups_lexsort(keys, visitor, pageview, new)
+
+@dataclass
+class _Groups:
+    """Per distinct group key (sorted): the event counts and the serialized visitor sets."""
+
+    keys: np.ndarray
+    counts: dict[str, np.ndarray]  # events, pageviews, visitors, new_visitors
+    sets: pa.Array  # large_binary
+
+
+def _groups_of_pairs(keys: np.ndarray, events: np.ndarray, pageviews: np.ndarray,
+                     pair_key: np.ndarray, pair_visitor: np.ndarray,
+                     pair_new: np.ndarray) -> _Groups:
+    """Groups from their event counts and their distinct (key, visitor) pairs, sorted."""
+    pg = _starts(pair_key)  # the same groups as ``keys``, over the distinct pairs
+    pg_end = _ends(pg, len(pair_key))
+    counts = {
+        "events": events,
+        "pageviews": pageviews,
+        "visitors": pg_end - pg,
+        "new_visitors": np.add.reduceat(pair_new.astype(np.int64), pg) if len(pg) else pg,
+    }
+    return _Groups(keys, counts, _bitmaps(pair_visitor, pg, pg_end))
+
+
+def _event_groups(keys: np.ndarray, per_day: int, visitor: np.ndarray,
+                  pageview: np.ndarray, new_hour: np.ndarray, new_day: np.ndarray,
+                  ) -> tuple[_Groups, _Groups]:
+    """The hourly and the daily groups of one dimension's events: ``keys`` are
+    ``day_key * per_day + hour`` (the hour last, so a day's hours are contiguous in key
+    order), consumed (overwritten).
+
+    One sort of the events (packed in one int64 each: no argsort, no gathers) gives the
+    hourly groups and their distinct (key, visitor) pairs; the daily groups add up the
+    hourly counts and take their visitors from a sort of those pairs, which are fewer
+    than the events (a visitor's events of one hour and value are one pair). ``new_hour``
+    and ``new_day`` are constant within a pair (a visitor is new in a day, or in the hour
+    of its first event)."""
+    if len(keys) and (keys.min() < 0 or keys.max() >= PACKED_KEY_LIMIT):
+        return _event_groups_lexsort(keys, per_day, visitor, pageview, new_hour, new_day)
     packed = keys
     packed <<= 32
     packed |= visitor
-    packed <<= 1
-    packed |= new
-    packed <<= 1
-    packed |= pageview
+    for bit in (new_day, new_hour, pageview):
+        packed <<= 1
+        packed |= bit
     packed.sort()
     n = len(packed)
-    work = packed >> 2  # (key, visitor)
+    work = packed >> 3  # (key, visitor)
     pairs = _starts(work)
+    pair = packed[pairs]
+    del pairs
     work >>= 32  # key
     g = _starts(work)
     uniq = work[g]
-    pk = work[pairs]
-    pv = ((packed[pairs] >> 2) & 0xFFFFFFFF).astype(np.uint32)
-    pn = ((packed[pairs] >> 1) & 1).astype(np.int64)
     np.bitwise_and(packed, 1, out=work)
-    np.cumsum(work, out=work)  # pageviews so far
     del packed
+    np.cumsum(work, out=work)  # pageviews so far
     g_end = _ends(g, n)
     before = np.where(g > 0, work[np.maximum(g - 1, 0)], 0)
     pageviews = work[g_end - 1] - before if len(g) else g
     del work
-    pg = _starts(pk)  # the same groups, over the distinct pairs
-    pg_end = _ends(pg, len(pk))
-    counts = {
-        "events": g_end - g,
-        "pageviews": pageviews,
-        "visitors": pg_end - pg,
-        "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
-    }
-    return uniq, counts, _bitmaps(pv, pg, pg_end)
+    events = g_end - g
+    hourly = _groups_of_pairs(uniq, events, pageviews, pair >> _KEY_SHIFT,
+                              ((pair >> 3) & 0xFFFFFFFF).astype(np.uint32), (pair >> 1) & 1)
+    # the daily groups: hourly counts added up, visitors from the pairs re-keyed by day
+    day_of = uniq // per_day
+    dg = _starts(day_of)
+    day_pair = pair >> _KEY_SHIFT
+    day_pair //= per_day
+    day_pair <<= 33
+    day_pair |= (pair >> 2) & 0x1FFFFFFFF  # visitor << 1 | new_day
+    del pair
+    day_pair.sort()
+    day_pair = day_pair[_starts(day_pair)]
+    daily = _groups_of_pairs(
+        day_of[dg], np.add.reduceat(events, dg) if len(dg) else dg,
+        np.add.reduceat(pageviews, dg) if len(dg) else dg, day_pair >> 33,
+        ((day_pair >> 1) & 0xFFFFFFFF).astype(np.uint32), day_pair & 1)
+    return hourly, daily
 
 
 def _bitmaps(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """The serialized Roaring bitmap of each run ``values[starts[i]:ends[i]]`` (sorted,
-    distinct), as one binary array."""
-    sets = [BitMap(values[a:b]).serialize()
+    distinct), as one binary array. The values go to pyroaring as ``array.array`` slices:
+    it reads those as one buffer, but a NumPy array one element at a time (7x slower)."""
+    buffer = array("I")
+    buffer.frombytes(np.ascontiguousarray(values, np.uint32).tobytes())
+    sets = [BitMap(buffer[a:b]).serialize()
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
     return pa.array(sets, pa.large_binary())
 
 
-def _event_groups_lexsort(keys: np.ndarray, visitor: np.ndarray, pageview: np.ndarray,
-                          new: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray],
-                                                    pa.Array]:
+def _event_groups_lexsort(keys: np.ndarray, per_day: int, visitor: np.ndarray,
+                          pageview: np.ndarray, new_hour: np.ndarray, new_day: np.ndarray,
+                          ) -> tuple[_Groups, _Groups]:
+    """``_event_groups`` for keys too wide to pack: sorts of index arrays."""
     order = np.lexsort((visitor, keys))
-    k, v, nw = keys[order], visitor[order], new[order]
+    k, v = keys[order], visitor[order]
     g = _starts(k)
     pairs = _starts(k, v)
-    pk, pv, pn = k[pairs], v[pairs], nw[pairs].astype(np.int64)
-    pg = _starts(pk)  # the same groups, over the distinct pairs
-    pg_end = _ends(pg, len(pk))
-    counts = {
-        "events": _ends(g, len(k)) - g,
-        "pageviews": np.add.reduceat(pageview[order].astype(np.int64), g) if len(g) else g,
-        "visitors": pg_end - pg,
-        "new_visitors": np.add.reduceat(pn, pg) if len(pg) else pg,
-    }
-    return k[g], counts, _bitmaps(pv, pg, pg_end)
+    events = _ends(g, len(k)) - g
+    pageviews = (np.add.reduceat(pageview[order].astype(np.int64), g) if len(g) else g)
+    pk, pv = k[pairs], v[pairs]
+    hourly = _groups_of_pairs(k[g], events, pageviews, pk, pv, new_hour[order][pairs])
+    p_new_day = new_day[order][pairs]
+    del order, k, v
+    day_of = hourly.keys // per_day
+    dg = _starts(day_of)
+    dk = pk // per_day
+    by_day = np.lexsort((pv, dk))
+    dk, dv, dn = dk[by_day], pv[by_day], p_new_day[by_day]
+    distinct = _starts(dk, dv)
+    daily = _groups_of_pairs(
+        day_of[dg], np.add.reduceat(events, dg) if len(dg) else dg,
+        np.add.reduceat(pageviews, dg) if len(dg) else dg, dk[distinct], dv[distinct],
+        dn[distinct])
+    return hourly, daily
 
 
 def _with_visit_keys(keys: np.ndarray, v_key: np.ndarray) -> np.ndarray:
@@ -465,28 +518,29 @@ class _Part:
     sets: pa.Array  # large_binary
 
 
-def _part(e_key: np.ndarray, v_key: np.ndarray, ev: _Events, p_visit: np.ndarray,
-          bounce: np.ndarray, new: np.ndarray, dimension: int, values: pa.Array,
-          width: int, n_hours: int, hourly: bool) -> _Part:
+def _part(groups: _Groups, v_key: np.ndarray, ev: _Events, p_visit: np.ndarray,
+          bounce: np.ndarray, dimension: int, values: pa.Array, width: int, n_hours: int,
+          hourly: bool) -> _Part:
     """The rows of one dimension: event groups (events, pageviews, visitor sets) and visit
-    groups (visits, bounces, duration) joined on their key."""
-    keys, counts, bitmaps = _event_groups(e_key, ev.visitor, ev.pageview, new)
+    groups (visits, bounces, duration) joined on their key, ``(site * width + value) *
+    n_hours + hour`` (hourly) or ``site * width + value`` (daily)."""
+    keys = groups.keys
     all_keys = _with_visit_keys(keys, v_key)
     n = len(all_keys)
     out: dict[str, np.ndarray] = {}
     if n == len(keys):  # every key has events (the common case)
-        out.update(counts)
-        sets = bitmaps
+        out.update(groups.counts)
+        sets = groups.sets
     else:
         at = np.searchsorted(all_keys, keys)
-        for name, col in counts.items():
+        for name, col in groups.counts.items():
             full = np.zeros(n, np.int64)
             full[at] = col
             out[name] = full
         where = np.full(n, -1, np.int64)
         where[at] = np.arange(len(keys))
         sets = pc.if_else(pa.array(where >= 0),
-                          bitmaps.take(pa.array(np.maximum(where, 0))),
+                          groups.sets.take(pa.array(np.maximum(where, 0))),
                           pa.scalar(EMPTY_SET, pa.large_binary())) if len(keys) else \
             pa.array([EMPTY_SET] * n, pa.large_binary())
     v_at = np.searchsorted(all_keys, v_key)
@@ -494,10 +548,9 @@ def _part(e_key: np.ndarray, v_key: np.ndarray, ev: _Events, p_visit: np.ndarray
     out["bounces"] = np.bincount(v_at, weights=bounce[p_visit], minlength=n).astype(np.int64)
     out["duration_seconds"] = np.bincount(
         v_at, weights=ev.visit_duration[p_visit], minlength=n).astype(np.float64)
-    code = all_keys % width
-    rest = all_keys // width
-    return _Part(dimension, rest // n_hours, rest % n_hours if hourly else None, code,
-                 values, out, sets)
+    rest = all_keys // n_hours if hourly else all_keys
+    return _Part(dimension, rest // width, all_keys % n_hours if hourly else None,
+                 rest % width, values, out, sets)
 
 
 def _parts(ev: _Events) -> Iterator[tuple[_Part, _Part]]:
@@ -520,29 +573,25 @@ def _parts(ev: _Events) -> Iterator[tuple[_Part, _Part]]:
         else:
             p_visit, p_code = np.arange(len(ev.visit_first)), codes
             codes = codes[ev.visit]
-        v_key = v_site[p_visit].astype(np.int64)
-        v_key *= n_hours
-        v_key += v_hour[p_visit]
-        v_key *= width
-        v_key += p_code
         key = ev.site.astype(np.int64)
+        key *= width
+        key += codes
         key *= n_hours
         key += ev.hour
-        key *= width
-        key += codes
-        hourly = _part(key, v_key, ev, p_visit, bounce, ev.new_hour, d, values, width,
-                       n_hours, True)
-        del key, v_key
-        key = ev.site.astype(np.int64)
-        key *= width
-        key += codes
         del codes
+        hourly_groups, daily_groups = _event_groups(key, n_hours, ev.visitor, ev.pageview,
+                                                    ev.new_hour, ev.new_day)
+        del key
         v_key = v_site[p_visit].astype(np.int64)
         v_key *= width
         v_key += p_code
-        daily = _part(key, v_key, ev, p_visit, bounce, ev.new_day, d, values, width, 1,
-                      False)
-        del key, v_key, p_visit, p_code
+        daily = _part(daily_groups, v_key, ev, p_visit, bounce, d, values, width, 1, False)
+        del daily_groups
+        v_key *= n_hours
+        v_key += v_hour[p_visit]
+        hourly = _part(hourly_groups, v_key, ev, p_visit, bounce, d, values, width, n_hours,
+                       True)
+        del hourly_groups, v_key, p_visit, p_code
         release_memory()
         yield hourly, daily
 
