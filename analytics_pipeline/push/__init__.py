@@ -1,0 +1,1 @@
+"""Push notifications and their impact on product activity (PostHog)."""
