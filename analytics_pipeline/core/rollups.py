@@ -6,6 +6,8 @@ the reconciliation check.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import date
 
@@ -43,6 +45,30 @@ def value_counts(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     if len(values) == 0:
         return {}
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(values).to_pylist()}
+
+
+def landed_quarantine(invalid: pa.Table, source: str, id_column: str) -> pa.Table:
+    """``QUARANTINE_SCHEMA`` rows of landed rows with an ``invalid_reason``: the payload is
+    the source row as landed in ``raw`` (else the landed row as JSON); a row without an id
+    is named by its payload's hash. One row per (event_id, reason)."""
+    if invalid.num_rows == 0:
+        return QUARANTINE_SCHEMA.empty_table()
+    payload = invalid["raw"].combine_chunks()
+    ids = invalid[id_column].combine_chunks().cast(pa.string())
+    if payload.null_count or ids.null_count or pc.any(pc.equal(ids, "")).as_py():
+        # rare (a row landed without raw values or without an id): a loop over these only
+        rows = invalid.drop_columns(["raw", "invalid_reason"]).to_pylist()
+        texts = [p if p is not None else json.dumps(r, default=str, sort_keys=True)
+                 for p, r in zip(payload.to_pylist(), rows, strict=True)]
+        payload = pa.array(texts, pa.string())
+        ids = pa.array([i if i else "sha1:" + hashlib.sha1(t.encode()).hexdigest()
+                        for i, t in zip(ids.to_pylist(), texts, strict=True)], pa.string())
+    bad = pa.Table.from_arrays(
+        [pa.repeat(pa.scalar(source, pa.string()), invalid.num_rows), ids,
+         invalid["invalid_reason"].combine_chunks().cast(pa.string()), payload],
+        schema=QUARANTINE_SCHEMA)
+    return bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
+        [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

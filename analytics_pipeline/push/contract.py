@@ -120,12 +120,17 @@ push_user_mapping = sa.Table(
                        name="ck_push_user_mapping_person"),
 )
 
-# Automation definitions as last read from ANALYTICS_AUTOMATIONS_DIR (labels of results).
+# Every automation seen (in a push or as a definition file), numbered once (the rollups'
+# automation dimension id), with its definition as last read from ANALYTICS_AUTOMATIONS_DIR
+# (null when no file defines it: its results are labelled by id).
 push_automations = sa.Table(
     "push_automations", metadata,
-    sa.Column("automation_id", KeyText, primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("definition", sa.Text, nullable=False),  # the file's content as JSON
+    sa.Column("automation_num", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              primary_key=True, autoincrement=True),
+    sa.Column("automation_id", KeyText, nullable=False, unique=True),
+    sa.Column("name", sa.Text),  # null when no file defines it
+    sa.Column("definition", sa.Text),  # the file's content as JSON; null without a file
+    sa.Column("source_file", sa.Text),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 

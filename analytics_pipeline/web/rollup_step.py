@@ -4,8 +4,6 @@ landed sessionized events → quarantine, visitor numbers, hourly and daily roll
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay
-from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA, value_counts
+from analytics_pipeline.core.rollups import landed_quarantine, value_counts
 from analytics_pipeline.core.steps import LandingOutOfDate, landed_accounts
 from analytics_pipeline.web.contract import DIMENSIONS, LANDED_WEB_SCHEMA, WEB_SOURCE
 from analytics_pipeline.web.rollups import (
@@ -55,27 +53,8 @@ class WebRollupResult:
 
 
 def quarantine_rows(invalid: pa.Table) -> pa.Table:
-    """``QUARANTINE_SCHEMA`` rows of the landed rows with an ``invalid_reason``: the payload
-    is the source row as landed in ``raw`` (else the landed row as JSON); a row without
-    an id is named by its payload's hash. One row per (event_id, reason)."""
-    if invalid.num_rows == 0:
-        return QUARANTINE_SCHEMA.empty_table()
-    payload = invalid["raw"].combine_chunks()
-    ids = invalid["event_id"].combine_chunks()
-    if payload.null_count or ids.null_count or pc.any(pc.equal(ids, "")).as_py():
-        # rare (a row landed without raw values or without an id): a loop over these only
-        rows = invalid.drop_columns(["raw", "invalid_reason"]).to_pylist()
-        texts = [p if p is not None else json.dumps(r, default=str, sort_keys=True)
-                 for p, r in zip(payload.to_pylist(), rows, strict=True)]
-        payload = pa.array(texts, pa.string())
-        ids = pa.array([i if i else "sha1:" + hashlib.sha1(t.encode()).hexdigest()
-                        for i, t in zip(ids.to_pylist(), texts, strict=True)], pa.string())
-    bad = pa.Table.from_arrays(
-        [pa.repeat(pa.scalar(WEB_SOURCE, pa.string()), invalid.num_rows), ids,
-         invalid["invalid_reason"].combine_chunks().cast(pa.string()), payload],
-        schema=QUARANTINE_SCHEMA)
-    return bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
-        [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
+    """``QUARANTINE_SCHEMA`` rows of the landed web rows with an ``invalid_reason``."""
+    return landed_quarantine(invalid, WEB_SOURCE, "event_id")
 
 
 # the landed string columns the rollup reads dictionary-encoded (as stored)
