@@ -1,0 +1,448 @@
+"""Did users become more active after a push? Before/after statistics per campaign or automation.
+
+For every delivered push we know one user's activity (events, or active hours) in the window
+*before* the push, ``[t - W, t)``, and in the window *after* it, ``[t, t + W)``. Each row of
+the input is one such pair, tagged with the group it belongs to (a campaign, an automation, a
+campaign on one send date, ... - the caller chooses; any date range is just a different
+selection of rows) and with ``treated``: True for a pushed user, False for a *comparison*
+user of the same account who got no push around that time, measured over the same windows
+placed around the campaign's median send time. :func:`impact_stats` returns one row per group.
+
+How to read the result
+----------------------
+``mean_diff`` is the average change per pushed user (after minus before), with its 95%
+interval ``ci_low``..``ci_high``: if the interval is entirely above zero, users were more
+active after the push. ``lift`` says the same in relative terms (+0.12 = 12% more activity
+than before), with its own interval. ``significant`` is the yes/no answer.
+
+A push is not the only reason activity changes: a weekday effect, a season, a product launch
+move everybody. ``did`` (difference in differences) subtracts the change seen in the
+comparison group from the change of pushed users over the same kind of window, so a trend
+that lifts everyone cancels out. When ``lift`` is significant but ``did``'s interval contains
+zero, the push most likely rode a general trend rather than causing it.
+
+``significant`` follows the paired t-test (``p_value_t < alpha``), not the Wilcoxon test. The
+question growth teams ask is about the *average*: "how many more events per pushed user?",
+which times the audience gives the extra activity a campaign produced. The t-test is the
+test of exactly that average, and it agrees with the interval around ``mean_diff`` (when
+``confidence == 1 - alpha``, significant means the interval excludes zero). Activity counts
+are skewed, but with the tens of users or more that a campaign reaches the average behaves
+well enough for the t-test. The Wilcoxon p-value answers a neighbouring question - among
+users whose activity changed, did more (and bigger) changes go up than down? - and is there
+as a cross-check. If the two disagree, a few very active users are driving the average:
+look before announcing a win. Groups are tested one by one: out of 100 campaigns with no
+effect at all, about ``alpha * 100`` come out significant by chance.
+
+Users who did nothing (zeros and ties)
+--------------------------------------
+Most pushed users are inactive in both windows, so their change is exactly 0; many others
+change by the same small amount (+1, -1). The two tests treat them as follows.
+
+* t-test and intervals: every user counts, zeros included. They are real observations of
+  "no change" and pull the average towards zero, as they should.
+* Wilcoxon signed-rank: users whose activity did not change are set aside (scipy's
+  ``zero_method="wilcox"``, also what R does). A user with no change says nothing about
+  the *direction* of change, which is what this test is about; how many such users there
+  were is reported instead in ``zero_both_share`` (the share inactive in both windows).
+  We do not use "pratt": with, say, 900 unchanged and 100 changed users, Pratt ranks the
+  changed users above all 900 zeros, and the test degenerates into counting ups against
+  downs, ignoring how large the changes were. "zsplit" counts half of each zero as an up
+  and half as a down, which mostly dilutes a real effect.
+* Ties among the changes (several users at +1) get their average rank, and the p-value
+  comes from the normal approximation with scipy's tie correction of the variance
+  (``method="asymptotic"``, no continuity correction). The exact distribution
+  (``method="exact"``) is only right without ties, so it is used only when the changed
+  users are few (at most 50) and all their changes differ in size. This is scipy's own
+  ``method="auto"`` choice for the changed users, except for small samples *with* ties,
+  where scipy runs a permutation test costing 0.1-1 s per group (minutes for a thousand
+  groups); there we keep the normal approximation. With fewer than about ten changed users
+  any p-value is rough: read such groups with care.
+
+When a number is missing (null, never NaN)
+------------------------------------------
+* No pushed user in the group: every statistic is null.
+* One pushed user: the means, ``mean_diff``, ``lift`` and ``zero_both_share`` are shown;
+  intervals, p-values and ``significant`` need at least two users (a spread) and are null.
+* Every pushed user changed by exactly the same amount: the data give no idea of the
+  noise, so ``ci_low``/``ci_high`` are null. If that common change is 0 (typically: nobody
+  was active in either window) nothing moved, and the p-values are 1 and ``significant`` is
+  False: whatever the noise level, zero change is no evidence of an effect. If it is not 0
+  (say every user +1), the t-test p-value would depend entirely on the unknown noise - it
+  could be anything from 0 to 1 - so ``p_value_t`` and ``significant`` are null rather than
+  a certainty the data cannot support. The Wilcoxon test needs no noise estimate and still
+  gives a p-value there.
+* ``lift`` is null when nobody was active before (``mean_before == 0``: "x% more than
+  nothing" is undefined); its interval is also null with one user, or when after is
+  exactly proportional to before for every user (no spread again). The lift interval comes
+  from the delta method, which is reliable only when ``mean_before`` is clearly above zero;
+  with little activity before the push, prefer ``mean_diff``.
+* ``did`` needs at least one pushed and one comparison user; its interval and p-value need
+  two of each, and follow the same zero-spread rule as the paired t-test.
+
+Each row is one user's before/after pair and rows are assumed independent: give a user at
+most one row per group (for instance, their first push of the campaign), otherwise a user
+pushed five times counts as five users and the intervals come out too narrow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy import stats
+
+# Statistics columns, after the group key column, in output order.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "users", "comparison_users",
+    "mean_before", "mean_after", "mean_diff", "ci_low", "ci_high",
+    "lift", "lift_ci_low", "lift_ci_high",
+    "p_value_t", "p_value_wilcoxon", "zero_both_share", "significant",
+    "did", "did_ci_low", "did_ci_high", "p_value_did",
+)
+
+# Largest number of changed users for which Wilcoxon's exact distribution is used (when
+# their changes have no ties); scipy's own threshold for method="auto".
+WILCOXON_EXACT_MAX = 50
+
+# The delta-method variance of the lift is a difference of terms; below this fraction of
+# their size it is rounding noise left from an exactly zero spread.
+_LIFT_VARIANCE_RTOL = 1e-12
+
+
+def impact_stats(
+    table: pa.Table,
+    *,
+    group_column: str = "group_key",
+    before_column: str = "before",
+    after_column: str = "after",
+    treated_column: str = "treated",
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> pa.Table:
+    """Before/after statistics of each group of ``table`` (see the module docstring).
+
+    ``table`` has one row per (group, user, push window): the group key (any orderable
+    Arrow type, no nulls), ``before`` and ``after`` activity (numbers, no nulls or NaN: no
+    activity is 0) and ``treated`` (bool: pushed user, or comparison user). Returns one row
+    per group, sorted by key: the key column under its input name, then
+    :data:`OUTPUT_COLUMNS`. ``confidence`` sets every interval; ``alpha`` the threshold of
+    ``significant``.
+    """
+    columns = (group_column, before_column, after_column, treated_column)
+    missing = [name for name in columns if name not in table.column_names]
+    if missing:
+        raise ValueError(f"impact_stats: missing column(s) {missing}")
+    for name in columns[1:]:
+        if table.column(name).null_count:
+            raise ValueError(f"impact_stats: {name!r} has nulls (no activity is 0)")
+    return impact_stats_from_arrays(
+        table.column(group_column),
+        table.column(before_column).to_numpy(),
+        table.column(after_column).to_numpy(),
+        table.column(treated_column).to_numpy(),
+        key_name=group_column, confidence=confidence, alpha=alpha)
+
+
+def impact_stats_from_arrays(
+    group_keys: pa.Array | pa.ChunkedArray | np.ndarray | Sequence,
+    before: np.ndarray,
+    after: np.ndarray,
+    treated: np.ndarray,
+    *,
+    key_name: str = "group_key",
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> pa.Table:
+    """:func:`impact_stats` on parallel arrays: one element per (group, user, window).
+
+    Every statistic is computed for all groups at once from per-group sums (``bincount``
+    over group codes), so the cost grows with the number of rows, not groups; only the
+    Wilcoxon test goes through scipy in batches of groups of similar size.
+    """
+    if not 0 < confidence < 1 or not 0 < alpha < 1:
+        raise ValueError("impact_stats: confidence and alpha must lie strictly between 0 and 1")
+    keys = _as_key_array(group_keys)
+    before = np.asarray(before, dtype=np.float64)
+    after = np.asarray(after, dtype=np.float64)
+    treated = np.asarray(treated)
+    if not (len(keys) == before.shape[0] == after.shape[0] == treated.shape[0]):
+        raise ValueError("impact_stats: group_keys, before, after and treated differ in length")
+    if treated.dtype != np.bool_:
+        raise ValueError(f"impact_stats: treated must be boolean, got {treated.dtype}")
+    if not (np.isfinite(before).all() and np.isfinite(after).all()):
+        raise ValueError("impact_stats: before/after contain NaN or infinite values")
+
+    codes, unique_keys = _encode_groups(keys)
+    g = len(unique_keys)
+    pushed = _moments(codes[treated], before[treated], after[treated], g)
+    control = _moments(codes[~treated], before[~treated], after[~treated], g)
+    q_level = 0.5 + confidence / 2
+
+    has_users = pushed.n >= 1
+    two = pushed.n >= 2
+
+    # Paired t-test on after - before, and its interval.
+    zero_change = two & pushed.constant & (pushed.constant_value == 0)
+    spread = two & ~pushed.constant
+    se = np.sqrt(pushed.var_diff / np.maximum(pushed.n, 1))
+    p_t = np.full(g, np.nan)
+    ci_low, ci_high = np.full(g, np.nan), np.full(g, np.nan)
+    idx = np.flatnonzero(spread)
+    df = pushed.n[idx] - 1
+    p_t[idx] = 2 * stats.t.sf(np.abs(pushed.mean_diff[idx] / se[idx]), df)
+    half = stats.t.ppf(q_level, df) * se[idx]
+    ci_low[idx] = pushed.mean_diff[idx] - half
+    ci_high[idx] = pushed.mean_diff[idx] + half
+    p_t[zero_change] = 1.0
+    p_t_defined = spread | zero_change
+
+    # Lift: a ratio of two correlated means; delta method with their sample covariance.
+    has_base = has_users & (pushed.mean_before != 0)
+    ratio = np.divide(pushed.mean_after, pushed.mean_before,
+                      out=np.zeros(g), where=has_base)
+    lift = ratio - 1
+    lin_var = pushed.var_after - 2 * ratio * pushed.cov + ratio**2 * pushed.var_before
+    lin_scale = pushed.var_after + ratio**2 * pushed.var_before
+    lift_spread = has_base & two & (lin_var > _LIFT_VARIANCE_RTOL * lin_scale)
+    lift_low, lift_high = np.full(g, np.nan), np.full(g, np.nan)
+    idx = np.flatnonzero(lift_spread)
+    lift_se = np.sqrt(lin_var[idx] / pushed.n[idx]) / np.abs(pushed.mean_before[idx])
+    half = stats.t.ppf(q_level, pushed.n[idx] - 1) * lift_se
+    lift_low[idx] = lift[idx] - half
+    lift_high[idx] = lift[idx] + half
+
+    # Difference in differences, Welch interval (unequal variances, Welch-Satterthwaite df).
+    has_did = has_users & (control.n >= 1)
+    did = pushed.mean_diff - control.mean_diff
+    both_two = two & (control.n >= 2)
+    var_t = pushed.var_diff / np.maximum(pushed.n, 1)
+    var_c = control.var_diff / np.maximum(control.n, 1)
+    did_se2 = var_t + var_c
+    did_spread = both_two & ~(pushed.constant & control.constant)
+    did_zero = (both_two & pushed.constant & control.constant
+                & (pushed.constant_value == control.constant_value))
+    p_did = np.full(g, np.nan)
+    did_low, did_high = np.full(g, np.nan), np.full(g, np.nan)
+    idx = np.flatnonzero(did_spread)
+    vt, vc = var_t[idx], var_c[idx]
+    welch_df = (vt + vc) ** 2 / (vt**2 / (pushed.n[idx] - 1) + vc**2 / (control.n[idx] - 1))
+    did_se = np.sqrt(did_se2[idx])
+    p_did[idx] = 2 * stats.t.sf(np.abs(did[idx] / did_se), welch_df)
+    half = stats.t.ppf(q_level, welch_df) * did_se
+    did_low[idx] = did[idx] - half
+    did_high[idx] = did[idx] + half
+    p_did[did_zero] = 1.0
+
+    p_w = _wilcoxon_p(codes[treated], after[treated] - before[treated], pushed.n)
+
+    return pa.table({
+        key_name: unique_keys,
+        "users": pa.array(pushed.n, pa.int64()),
+        "comparison_users": pa.array(control.n, pa.int64()),
+        "mean_before": _nullable(pushed.mean_before, has_users),
+        "mean_after": _nullable(pushed.mean_after, has_users),
+        "mean_diff": _nullable(pushed.mean_diff, has_users),
+        "ci_low": _nullable(ci_low, spread),
+        "ci_high": _nullable(ci_high, spread),
+        "lift": _nullable(lift, has_base),
+        "lift_ci_low": _nullable(lift_low, lift_spread),
+        "lift_ci_high": _nullable(lift_high, lift_spread),
+        "p_value_t": _nullable(p_t, p_t_defined),
+        "p_value_wilcoxon": _nullable(p_w, two),
+        "zero_both_share": _nullable(pushed.zero_both / np.maximum(pushed.n, 1), has_users),
+        "significant": pa.array(np.where(p_t_defined, p_t, 1.0) < alpha, pa.bool_(),
+                                mask=~p_t_defined),
+        "did": _nullable(did, has_did),
+        "did_ci_low": _nullable(did_low, did_spread),
+        "did_ci_high": _nullable(did_high, did_spread),
+        "p_value_did": _nullable(p_did, did_spread | did_zero),
+    })
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Per-group sample moments of one side (pushed or comparison users).
+
+    Means are 0 and (co)variances NaN or infinite where the group has too few users; the
+    caller masks them. ``constant`` flags groups whose changes (after - before) are all
+    identical, decided exactly (min == max) rather than from a variance that rounding can
+    leave slightly above zero; ``var_diff`` is exactly 0 there.
+    """
+
+    n: np.ndarray
+    mean_before: np.ndarray
+    mean_after: np.ndarray
+    mean_diff: np.ndarray
+    var_before: np.ndarray
+    var_after: np.ndarray
+    cov: np.ndarray
+    var_diff: np.ndarray
+    constant: np.ndarray
+    constant_value: np.ndarray  # the common change where ``constant``
+    zero_both: np.ndarray  # users inactive in both windows
+
+
+def _moments(codes: np.ndarray, before: np.ndarray, after: np.ndarray, g: int) -> _Moments:
+    """Means, variances and covariance of each group, two-pass for accuracy."""
+    diff = after - before
+    n = np.bincount(codes, minlength=g)
+    count = np.maximum(n, 1).astype(np.float64)
+    dof = n - 1.0
+    mean_b = np.bincount(codes, before, g) / count
+    mean_a = np.bincount(codes, after, g) / count
+    mean_d = np.bincount(codes, diff, g) / count
+    dev_b = before - mean_b[codes]
+    dev_a = after - mean_a[codes]
+    dev_d = diff - mean_d[codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_b = np.bincount(codes, dev_b * dev_b, g) / dof
+        var_a = np.bincount(codes, dev_a * dev_a, g) / dof
+        cov = np.bincount(codes, dev_a * dev_b, g) / dof
+        var_d = np.bincount(codes, dev_d * dev_d, g) / dof
+    low = np.full(g, np.inf)
+    high = np.full(g, -np.inf)
+    np.minimum.at(low, codes, diff)
+    np.maximum.at(high, codes, diff)
+    constant = low == high  # False for empty groups (inf != -inf)
+    var_d[constant] = 0.0
+    zero_both = np.bincount(codes, (before == 0) & (after == 0), g)
+    return _Moments(n, mean_b, mean_a, mean_d, var_b, var_a, cov, var_d,
+                    constant, np.where(constant, low, 0.0), zero_both)
+
+
+def _wilcoxon_p(codes: np.ndarray, diff: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Two-sided Wilcoxon signed-rank p-value of each group with at least two users.
+
+    Only changed users enter (``zero_method="wilcox"``); a group where nobody changed
+    gets 1. The method per group is ``"exact"`` when at most :data:`WILCOXON_EXACT_MAX`
+    users changed and no two changes tie in size, ``"asymptotic"`` (tie-corrected normal
+    approximation) otherwise: see the module docstring.
+
+    scipy tests every row of a 2-D array in one call, so groups are laid out as rows of
+    a zero-padded block; padding zeros are discarded by ``zero_method="wilcox"`` exactly
+    like a group's own zeros, which leaves each row's result unchanged. Groups go into
+    blocks by the bit length of their number of changed users, so padding at most doubles
+    a block and a large group does not inflate the rows of small ones.
+    """
+    g = len(n)
+    p = np.full(g, np.nan)
+    moved = diff != 0
+    codes, diff = codes[moved], diff[moved]
+    movers = np.bincount(codes, minlength=g)
+    p[(n >= 2) & (movers == 0)] = 1.0
+
+    size = np.abs(diff)
+    order = np.lexsort((size, codes))
+    codes, diff, size = codes[order], diff[order], size[order]
+    start = np.cumsum(movers) - movers
+    position = np.arange(len(codes)) - start[codes]
+    tied = np.zeros(g, dtype=bool)
+    same = (codes[1:] == codes[:-1]) & (size[1:] == size[:-1])
+    tied[codes[1:][same]] = True
+
+    testable = (n >= 2) & (movers >= 1)
+    exact = (movers <= WILCOXON_EXACT_MAX) & ~tied
+    row_of = np.full(g, -1)
+    for method, chosen in (("exact", testable & exact), ("asymptotic", testable & ~exact)):
+        groups = np.flatnonzero(chosen)
+        bits = np.frexp(movers[groups].astype(np.float64))[1]  # bit length of the count
+        for b in np.unique(bits):
+            rows = groups[bits == b]
+            row_of[rows] = np.arange(len(rows))
+            sel = np.flatnonzero(row_of[codes] >= 0)
+            block = np.zeros((len(rows), movers[rows].max()))
+            block[row_of[codes[sel]], position[sel]] = diff[sel]
+            p[rows] = stats.wilcoxon(block, zero_method="wilcox", method=method,
+                                     axis=1).pvalue
+            row_of[rows] = -1
+    return p
+
+
+def _nullable(values: np.ndarray, defined: np.ndarray) -> pa.Array:
+    """float64 Arrow array, null where ``defined`` is False (never NaN)."""
+    return pa.array(np.where(defined, values, 0.0), pa.float64(), mask=~defined)
+
+
+def _as_key_array(keys: pa.Array | pa.ChunkedArray | np.ndarray | Sequence) -> pa.Array:
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    elif not isinstance(keys, pa.Array):
+        keys = pa.array(keys)
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.dictionary_decode()
+    if keys.null_count:
+        raise ValueError("impact_stats: group keys contain nulls")
+    return keys
+
+
+def _encode_groups(keys: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Dense group codes 0..G-1 in sorted key order, and the sorted distinct keys."""
+    encoded = pc.dictionary_encode(keys)
+    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)].astype(np.intp)
+    return codes, encoded.dictionary.take(pa.array(order))
+
+
+# Comparison group sampling ---------------------------------------------------------------
+
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 output function (Steele, Lea & Flood 2014) on each uint64 of ``x``.
+
+    A bijection of uint64 with strong avalanche: distinct inputs get distinct, evenly
+    spread outputs. ``splitmix64(0)`` is the first output of a SplitMix64 generator
+    seeded with 0, ``0xE220A8397B1DCDAF``.
+    """
+    z = np.asarray(x, dtype=np.uint64) + _GOLDEN_GAMMA  # uint64 arithmetic wraps around
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_comparison_users(
+    candidates: np.ndarray | Iterable[int],
+    excluded: np.ndarray | Iterable[int],
+    size: int,
+    seed: str,
+) -> np.ndarray:
+    """A deterministic random sample of ``size`` comparison users, sorted by id (int64).
+
+    ``candidates`` are an account's user ids; ``excluded`` those pushed in
+    ``[t - W, t + W)``, who cannot serve as unpushed comparison. Each remaining user gets
+    the score ``splitmix64(user_id XOR blake2b(seed))`` and the ``size`` lowest scores
+    win (all remaining users when fewer). Re-running with the same seed - use the campaign
+    id - draws the same users whatever the order or duplication of ``candidates``, and a
+    user's score does not depend on who else is a candidate, so a candidate list that
+    grows by a few users changes the sample by at most that many. Another seed draws an
+    independent sample.
+    """
+    if size < 0:
+        raise ValueError("sample_comparison_users: size must be >= 0")
+    ids = np.unique(_int_ids(candidates))
+    ids = ids[~np.isin(ids, _int_ids(excluded))]
+    if size >= len(ids):
+        return ids
+    if size == 0:
+        return ids[:0]
+    key = np.uint64(int.from_bytes(
+        hashlib.blake2b(seed.encode("utf-8"), digest_size=8).digest(), "little"))
+    score = splitmix64(ids.view(np.uint64) ^ key)
+    return np.sort(ids[np.argpartition(score, size - 1)[:size]])
+
+
+def _int_ids(ids: np.ndarray | Iterable[int]) -> np.ndarray:
+    if not isinstance(ids, np.ndarray):
+        ids = np.fromiter(ids, dtype=np.int64)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"sample_comparison_users: user ids must be integers, got {ids.dtype}")
+    return ids.astype(np.int64, copy=False).ravel()
