@@ -48,15 +48,15 @@ change by the same small amount (+1, -1). The two tests treat them as follows.
   changed users above all 900 zeros, and the test degenerates into counting ups against
   downs, ignoring how large the changes were. "zsplit" counts half of each zero as an up
   and half as a down, which mostly dilutes a real effect.
-* Ties among the changes (several users at +1) get their average rank, and the p-value
-  comes from the normal approximation with scipy's tie correction of the variance
-  (``method="asymptotic"``, no continuity correction). The exact distribution
-  (``method="exact"``) is only right without ties, so it is used only when the changed
-  users are few (at most 50) and all their changes differ in size. This is scipy's own
-  ``method="auto"`` choice for the changed users, except for small samples *with* ties,
-  where scipy runs a permutation test costing 0.1-1 s per group (minutes for a thousand
-  groups); there we keep the normal approximation. With fewer than about ten changed users
-  any p-value is rough: read such groups with care.
+* Ties among the changes (several users at +1) get their average rank. The p-value is
+  the one ``scipy.stats.wilcoxon`` gives by default (``method="auto"``) for the changed
+  users' changes: exact when at most 50 users changed and no two changes have the same
+  size; when at most 13 changed with ties, exact too, from all 2^13 (or fewer) ways of
+  flipping the signs of the changes (a permutation test - the textbook exact answer
+  with ties); otherwise the normal approximation with the variance corrected for ties
+  (no continuity correction), which is accurate with that many changed users. scipy
+  would run that permutation test one group at a time, in up to a second per group; we
+  hand the same test to ``scipy.stats.permutation_test`` for many groups at once.
 
 When a number is missing (null, never NaN)
 ------------------------------------------
@@ -107,6 +107,11 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 # Largest number of changed users for which Wilcoxon's exact distribution is used (when
 # their changes have no ties); scipy's own threshold for method="auto".
 WILCOXON_EXACT_MAX = 50
+# Largest number of changed users with ties for which the exact permutation test runs (2^13
+# sign patterns); scipy's threshold for method="auto", where it stays deterministic.
+WILCOXON_PERMUTATION_MAX = 13
+# Values per batch of permuted data handed to the statistic (memory ~ 8 bytes each).
+_PERMUTATION_BATCH_VALUES = 2_000_000
 
 # The delta-method variance of the lift is a difference of terms; below this fraction of
 # their size it is rounding noise left from an exactly zero spread.
@@ -318,15 +323,19 @@ def _wilcoxon_p(codes: np.ndarray, diff: np.ndarray, n: np.ndarray) -> np.ndarra
     """Two-sided Wilcoxon signed-rank p-value of each group with at least two users.
 
     Only changed users enter (``zero_method="wilcox"``); a group where nobody changed
-    gets 1. The method per group is ``"exact"`` when at most :data:`WILCOXON_EXACT_MAX`
-    users changed and no two changes tie in size, ``"asymptotic"`` (tie-corrected normal
-    approximation) otherwise: see the module docstring.
+    gets 1. Every other group gets ``scipy.stats.wilcoxon(changes)`` with scipy's default
+    ``method="auto"`` choice (see the module docstring), computed for many groups per
+    scipy call:
 
-    scipy tests every row of a 2-D array in one call, so groups are laid out as rows of
-    a zero-padded block; padding zeros are discarded by ``zero_method="wilcox"`` exactly
-    like a group's own zeros, which leaves each row's result unchanged. Groups go into
-    blocks by the bit length of their number of changed users, so padding at most doubles
-    a block and a large group does not inflate the rows of small ones.
+    * ``"exact"`` and ``"asymptotic"``: scipy tests every row of a 2-D array, so groups
+      are laid out as rows of a zero-padded block; padding zeros are discarded by
+      ``zero_method="wilcox"`` exactly like a group's own zeros, which leaves each row's
+      result unchanged. Blocks gather groups of the same bit length of their number of
+      changed users, so padding at most doubles a block.
+    * small samples with ties: the exact sign-flip permutation test. Its statistic, the
+      sum of signed ranks, is ``2 * W+ - sum(ranks)`` with ranks fixed under sign flips,
+      so its p-values equal those of scipy's permutation test on ``W+``. Blocks gather
+      groups of exactly the same size: padding would multiply the 2^m sign patterns.
     """
     g = len(n)
     p = np.full(g, np.nan)
@@ -338,28 +347,47 @@ def _wilcoxon_p(codes: np.ndarray, diff: np.ndarray, n: np.ndarray) -> np.ndarra
     size = np.abs(diff)
     order = np.lexsort((size, codes))
     codes, diff, size = codes[order], diff[order], size[order]
-    start = np.cumsum(movers) - movers
-    position = np.arange(len(codes)) - start[codes]
+    position = np.arange(len(codes)) - (np.cumsum(movers) - movers)[codes]
     tied = np.zeros(g, dtype=bool)
     same = (codes[1:] == codes[:-1]) & (size[1:] == size[:-1])
     tied[codes[1:][same]] = True
 
     testable = (n >= 2) & (movers >= 1)
-    exact = (movers <= WILCOXON_EXACT_MAX) & ~tied
+    exact = testable & ~tied & (movers <= WILCOXON_EXACT_MAX)
+    permutation = testable & tied & (movers <= WILCOXON_PERMUTATION_MAX)
+    asymptotic = testable & ~exact & ~permutation
+    bit_length = np.frexp(movers.astype(np.float64))[1]
     row_of = np.full(g, -1)
-    for method, chosen in (("exact", testable & exact), ("asymptotic", testable & ~exact)):
+    for method, chosen, bucket in (("exact", exact, bit_length),
+                                   ("asymptotic", asymptotic, bit_length),
+                                   ("permutation", permutation, movers)):
         groups = np.flatnonzero(chosen)
-        bits = np.frexp(movers[groups].astype(np.float64))[1]  # bit length of the count
-        for b in np.unique(bits):
-            rows = groups[bits == b]
+        for b in np.unique(bucket[groups]):
+            rows = groups[bucket[groups] == b]
             row_of[rows] = np.arange(len(rows))
             sel = np.flatnonzero(row_of[codes] >= 0)
             block = np.zeros((len(rows), movers[rows].max()))
             block[row_of[codes[sel]], position[sel]] = diff[sel]
-            p[rows] = stats.wilcoxon(block, zero_method="wilcox", method=method,
-                                     axis=1).pvalue
             row_of[rows] = -1
+            if method == "permutation":
+                p[rows] = _signed_rank_permutation_p(block)
+            else:
+                p[rows] = stats.wilcoxon(block, zero_method="wilcox", method=method,
+                                         axis=1).pvalue
     return p
+
+
+def _signed_rank_permutation_p(block: np.ndarray) -> np.ndarray:
+    """Exact two-sided signed-rank p-value of each row (no zeros), over all sign flips."""
+    signed = np.sign(block) * stats.rankdata(np.abs(block), axis=1)
+    return stats.permutation_test(
+        (signed,), _sum_last_axis, permutation_type="samples", vectorized=True,
+        n_resamples=np.inf, axis=1, batch=max(1, _PERMUTATION_BATCH_VALUES // signed.size),
+    ).pvalue
+
+
+def _sum_last_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(x, axis=axis)
 
 
 def _nullable(values: np.ndarray, defined: np.ndarray) -> pa.Array:
