@@ -10,10 +10,14 @@ placed around the campaign's median send time. :func:`impact_stats` returns one 
 
 How to read the result
 ----------------------
-``mean_diff`` is the average change per pushed user (after minus before), with its 95%
-interval ``ci_low``..``ci_high``: if the interval is entirely above zero, users were more
-active after the push. ``lift`` says the same in relative terms (+0.12 = 12% more activity
-than before), with its own interval. ``significant`` is the yes/no answer.
+``mean_diff`` is the average change per pushed user (after minus before), with its
+interval ``ci_low``..``ci_high`` (95% unless asked otherwise): if the interval is entirely
+above zero, users were more active after the push. ``lift`` says the same in relative terms
+(+0.12 = 12% more activity than before), with its own interval. ``significant`` is the
+yes/no answer. Intervals use Student's t with users - 1 degrees of freedom: exactly for
+``mean_diff``; for ``lift``, whose delta-method interval is a large-sample approximation,
+t just widens small groups' intervals a little. The ``did`` interval uses Welch's degrees
+of freedom, as pushed and comparison users may vary differently.
 
 A push is not the only reason activity changes: a weekday effect, a season, a product launch
 move everybody. ``did`` (difference in differences) subtracts the change seen in the
@@ -26,12 +30,14 @@ question growth teams ask is about the *average*: "how many more events per push
 which times the audience gives the extra activity a campaign produced. The t-test is the
 test of exactly that average, and it agrees with the interval around ``mean_diff`` (when
 ``confidence == 1 - alpha``, significant means the interval excludes zero). Activity counts
-are skewed, but with the tens of users or more that a campaign reaches the average behaves
-well enough for the t-test. The Wilcoxon p-value answers a neighbouring question - among
-users whose activity changed, did more (and bigger) changes go up than down? - and is there
-as a cross-check. If the two disagree, a few very active users are driving the average:
-look before announcing a win. Groups are tested one by one: out of 100 campaigns with no
-effect at all, about ``alpha * 100`` come out significant by chance.
+are skewed, but over the hundreds of users a campaign usually reaches their average is close
+to normally distributed, which is all the t-test needs. The Wilcoxon p-value answers a
+neighbouring question - among users whose activity changed, did more (and bigger) changes
+go up than down? - and is there as a cross-check, less swayed by a handful of very active
+users. If the two disagree, those few users are driving the average: look before
+announcing a win, above all in groups of a few dozen users. Groups are tested one by one:
+out of 100 campaigns with no effect at all, about ``alpha * 100`` come out significant by
+chance.
 
 Users who did nothing (zeros and ties)
 --------------------------------------
@@ -210,12 +216,16 @@ def impact_stats_from_arrays(
     ratio = np.divide(pushed.mean_after, pushed.mean_before,
                       out=np.zeros(g), where=has_base)
     lift = ratio - 1
-    lin_var = pushed.var_after - 2 * ratio * pushed.cov + ratio**2 * pushed.var_before
-    lin_scale = pushed.var_after + ratio**2 * pushed.var_before
-    lift_spread = has_base & two & (lin_var > _LIFT_VARIANCE_RTOL * lin_scale)
+    # Var(mean_after - ratio * mean_before) * n: the linearized ratio's sample variance.
+    idx = np.flatnonzero(has_base & two)
+    r, var_a, var_b = ratio[idx], pushed.var_after[idx], pushed.var_before[idx]
+    lin_var = var_a - 2 * r * pushed.cov[idx] + r**2 * var_b
+    keep = lin_var > _LIFT_VARIANCE_RTOL * (var_a + r**2 * var_b)
+    idx, lin_var = idx[keep], lin_var[keep]
+    lift_spread = np.zeros(g, dtype=bool)
+    lift_spread[idx] = True
     lift_low, lift_high = np.full(g, np.nan), np.full(g, np.nan)
-    idx = np.flatnonzero(lift_spread)
-    lift_se = np.sqrt(lin_var[idx] / pushed.n[idx]) / np.abs(pushed.mean_before[idx])
+    lift_se = np.sqrt(lin_var / pushed.n[idx]) / np.abs(pushed.mean_before[idx])
     half = stats.t.ppf(q_level, pushed.n[idx] - 1) * lift_se
     lift_low[idx] = lift[idx] - half
     lift_high[idx] = lift[idx] + half
@@ -378,12 +388,19 @@ def _wilcoxon_p(codes: np.ndarray, diff: np.ndarray, n: np.ndarray) -> np.ndarra
 
 
 def _signed_rank_permutation_p(block: np.ndarray) -> np.ndarray:
-    """Exact two-sided signed-rank p-value of each row (no zeros), over all sign flips."""
-    signed = np.sign(block) * stats.rankdata(np.abs(block), axis=1)
-    return stats.permutation_test(
-        (signed,), _sum_last_axis, permutation_type="samples", vectorized=True,
-        n_resamples=np.inf, axis=1, batch=max(1, _PERMUTATION_BATCH_VALUES // signed.size),
+    """Exact two-sided signed-rank p-value of each row (no zeros), over all sign flips.
+
+    The p-value depends only on the set of signed ranks, and small groups of counts
+    share few such sets (ranks are halves, compared exactly): each distinct set is
+    tested once.
+    """
+    signed = np.sort(np.sign(block) * stats.rankdata(np.abs(block), axis=1), axis=1)
+    distinct, inverse = np.unique(signed, axis=0, return_inverse=True)
+    p = stats.permutation_test(
+        (distinct,), _sum_last_axis, permutation_type="samples", vectorized=True,
+        n_resamples=np.inf, axis=1, batch=max(1, _PERMUTATION_BATCH_VALUES // distinct.size),
     ).pvalue
+    return np.atleast_1d(p)[inverse.ravel()]
 
 
 def _sum_last_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
