@@ -102,6 +102,8 @@ ACTIVITY_SCHEMA = pa.schema([
 ])
 
 GROUP_TYPES = ("campaign", "automation")
+# the activity measures analysed: events counted, and hours with at least one event
+ACTIVITY_METRICS = ("events", "active_hours")
 
 # --- warehouse -----------------------------------------------------------------------
 
@@ -142,9 +144,12 @@ push_impact_daily = sa.Table(
     sa.Column("group_type", KeyText, primary_key=True),
     sa.Column("group_id", KeyText, primary_key=True),
     sa.Column("window_hours", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("metric", KeyText, primary_key=True),  # events | active_hours
     sa.Column("label", sa.Text, nullable=False),
-    sa.Column("pushes", sa.BigInteger, nullable=False),  # delivered pushes of the group
-    sa.Column("users", sa.BigInteger, nullable=False),  # analysed (mapped) pushes
+    # users with a delivered push of the group, and those analysed (mapped to a person):
+    # one row per user (their first push of the group), however often they were pushed
+    sa.Column("pushed_users", sa.BigInteger, nullable=False),
+    sa.Column("users", sa.BigInteger, nullable=False),
     sa.Column("mapped_rate", sa.Float(precision=53)),
     sa.Column("comparison_users", sa.BigInteger, nullable=False),
     sa.Column("mean_before", sa.Float(precision=53)),
@@ -162,6 +167,7 @@ push_impact_daily = sa.Table(
     sa.Column("did", sa.Float(precision=53)),
     sa.Column("did_ci_low", sa.Float(precision=53)),
     sa.Column("did_ci_high", sa.Float(precision=53)),
+    sa.Column("p_value_did", sa.Float(precision=53)),
     sa.Column("timezone", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Index("ix_push_impact_daily_date_timezone", "date", "timezone"),
