@@ -147,6 +147,55 @@ def cmd_web_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None or v != v else fmt.format(v)
+
+
+def cmd_push_impact(args: argparse.Namespace) -> int:
+    from analytics_pipeline.core.landing import LandingStore
+    from analytics_pipeline.core.settings import setting
+    from analytics_pipeline.push.read import as_json, push_impact
+    from analytics_pipeline.report import AccountNotReportable
+
+    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
+    with _reading_warehouse(url) as engine:
+        try:
+            df = push_impact(engine, LandingStore(setting("ANALYTICS_LANDING_URI")),
+                             args.account, args.date_from, args.date_to,
+                             campaign=args.campaign, automation=args.automation,
+                             metric=args.metric, window_hours=args.window, alpha=args.alpha,
+                             warehouse_url=url)
+        except AccountNotReportable as exc:
+            raise ValueError(str(exc)) from None
+    if args.json:
+        print(json.dumps(as_json(df), indent=2))
+        return 0
+    missing = int(df["days_without_activity"].max()) if len(df) else 0
+    print(f"push impact for account {args.account}, sends {args.date_from}..{args.date_to}, "
+          f"activity: {args.metric} per user in the window before vs after each push")
+    if missing:
+        print(f"note: {missing} day(s) of the range have pushes but no PostHog activity "
+              "landed yet (their after-window may still be open)")
+    if not len(df):
+        print("no campaign or automation with delivered pushes in the range")
+        return 0
+    print(f"{'campaign / automation':<28} {'W':>4} {'users':>6} {'mapped':>6} {'before':>7} "
+          f"{'after':>7} {'lift':>7} {'lift 95% CI':>17} {'p (t)':>7} {'DiD':>7} "
+          f"{'DiD 95% CI':>17}  significant")
+    for r in df.to_dict("records"):
+        label = r["label"] if len(r["label"]) <= 28 else r["label"][:27] + "…"
+        sig = r["significant"]
+        print(f"{label:<28} {int(r['window_hours']):>3}h {int(r['users']):>6} "
+              f"{_rate(r['mapped_rate'] if r['mapped_rate'] == r['mapped_rate'] else None):>6}"
+              f" {_num(r['mean_before']):>7} {_num(r['mean_after']):>7} "
+              f"{_num(r['lift'], '{:+.1%}'):>7} "
+              f"{_num(r['lift_ci_low'], '{:+.1%}') + '..' + _num(r['lift_ci_high'], '{:+.1%}'):>17}"
+              f" {_num(r['p_value_t'], '{:.3f}'):>7} {_num(r['did']):>7} "
+              f"{_num(r['did_ci_low']) + '..' + _num(r['did_ci_high']):>17}  "
+              f"{'-' if sig is None or sig != sig else ('yes' if sig else 'no')}")
+    return 0
+
+
 def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.core.settings import setting
     from analytics_pipeline.core.warehouse import redact
@@ -209,6 +258,23 @@ def main(argv: list[str] | None = None) -> int:
     web.add_argument("--json", action="store_true")
     web.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
     web.set_defaults(fn=cmd_web_stats)
+
+    push = sub.add_parser("push-impact", help="did pushed users become more active? per "
+                          "campaign and automation, over a range of send dates")
+    push.add_argument("--account", type=int, required=True)
+    which = push.add_mutually_exclusive_group()
+    which.add_argument("--campaign", type=int)
+    which.add_argument("--automation", help="automation id")
+    push.add_argument("--from", dest="date_from", type=_date, required=True,
+                      help="first local send date")
+    push.add_argument("--to", dest="date_to", type=_date, required=True,
+                      help="last local send date (included)")
+    push.add_argument("--metric", choices=["events", "active_hours"], default="events")
+    push.add_argument("--window", type=int, help="window hours (default: every window)")
+    push.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    push.add_argument("--json", action="store_true")
+    push.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
+    push.set_defaults(fn=cmd_push_impact)
 
     gen = sub.add_parser("generate-demo-db", help="(re)create the demo application database")
     gen.add_argument("--url", help="default: ANALYTICS_SOURCE_URL")

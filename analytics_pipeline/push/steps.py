@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.core import warehouse as wh
@@ -30,7 +31,15 @@ from analytics_pipeline.core.steps import (
 )
 from analytics_pipeline.push.automations import AutomationDefinitions, register_automations
 from analytics_pipeline.push.compute import first_of_each_id, land_pushes, rollup_events
-from analytics_pipeline.push.contract import LANDED_PUSH_SCHEMA, PUSH_SOURCE
+from analytics_pipeline.push.contract import (
+    ACTIVITY_SCHEMA,
+    ACTIVITY_SOURCE,
+    LANDED_PUSH_SCHEMA,
+    PUSH_SOURCE,
+    push_automations,
+    push_impact_daily,
+)
+from analytics_pipeline.push.impact import impact_table
 from analytics_pipeline.push.metrics import PUSH_METRICS
 from analytics_pipeline.push.source import PushSource
 
@@ -116,3 +125,73 @@ def rollup_push_partition(store: LandingStore, engine: Engine, day: LocalDay,
     bad = landed_quarantine(invalid, PUSH_SOURCE, "push_id")
     result.quarantined_by_reason = value_counts(bad["reason"])
     return _write_and_check(result, engine, day, PUSH_SOURCE, rollup, totals, bad, scope)
+
+
+@dataclass
+class PushImpactResult:
+    key: str
+    groups: int = 0  # campaign and automation groups of the partition
+    rows_written: int = 0
+    rows_replaced: int = 0
+    significant: int = 0  # group × window rows of the events measure found significant
+    preview: list[dict] = field(default_factory=list)
+
+
+def group_labels(engine: Engine, impact: pa.Table) -> pa.Array:
+    """A label per impact row: ``campaign <id>``, or the automation's name (its id when no
+    definition file names it)."""
+    automation_ids = sorted({r for r, t in zip(impact["group_id"].to_pylist(),
+                                               impact["group_type"].to_pylist(), strict=True)
+                             if t == "automation"})
+    names: dict[str, str] = {}
+    c = push_automations.c
+    with engine.connect() as conn:
+        for lo in range(0, len(automation_ids), wh.ID_CHUNK):
+            chunk = automation_ids[lo:lo + wh.ID_CHUNK]
+            names.update({a: n for a, n in conn.execute(
+                sa.select(c.automation_id, c.name).where(c.automation_id.in_(chunk))) if n})
+    return pa.array([f"campaign {g}" if t == "campaign" else names.get(g, g)
+                     for g, t in zip(impact["group_id"].to_pylist(),
+                                     impact["group_type"].to_pylist(), strict=True)],
+                    pa.string())
+
+
+def compute_push_impact(store: LandingStore, engine: Engine, day: LocalDay,
+                        windows_hours: list[int], alpha: float) -> PushImpactResult:
+    """The statistics of one partition's campaigns and automations from its landed pushes
+    and PostHog answers (never from PostHog itself), replacing the partition's rows of
+    ``push_impact_daily`` in one transaction."""
+    scope, problem = landed_accounts(store, engine, day, PUSH_SOURCE)
+    if problem:
+        raise LandingOutOfDate(problem)
+    if not store.has_partition(ACTIVITY_SOURCE, day):
+        raise LandingOutOfDate(f"{day.key}: no PostHog activity landed; materialize "
+                               "push_activity first")
+    pushes = store.read_partition(PUSH_SOURCE, day, LANDED_PUSH_SCHEMA)
+    activity = store.read_partition(ACTIVITY_SOURCE, day, ACTIVITY_SCHEMA)
+    pushes = pushes.filter(pc.is_in(pushes["account_id"], pa.array(scope, pa.int64())))
+    impact = impact_table(pushes, activity, windows_hours, alpha=alpha)
+    impact = impact.append_column("label", group_labels(engine, impact))
+    now = wh.utc_now_naive()
+    n = impact.num_rows
+    rows = impact.append_column("date", pa.repeat(pa.scalar(day.day, pa.date32()), n)) \
+        .append_column("timezone", pa.repeat(pa.scalar(day.tz), n)) \
+        .append_column("updated_at", pa.repeat(pa.scalar(now, pa.timestamp("us")), n))
+    t = push_impact_daily
+    result = PushImpactResult(key=day.key, rows_written=n)
+    with engine.begin() as conn:
+        wh._lock_partition(conn, ACTIVITY_SOURCE, day.day, day.tz)
+        for lo in range(0, len(scope), wh.ID_CHUNK):
+            result.rows_replaced += conn.execute(t.delete().where(
+                t.c.date == day.day, t.c.account_id.in_(scope[lo:lo + wh.ID_CHUNK]))
+            ).rowcount or 0
+        wh.insert_arrow(conn, t, rows.select([c.name for c in t.columns]))
+    events = impact.filter(pc.equal(impact["metric"], "events"))
+    result.groups = len({(r["account_id"], r["group_type"], r["group_id"])
+                         for r in events.select(["account_id", "group_type", "group_id"])
+                         .to_pylist()})
+    result.significant = int(pc.sum(pc.fill_null(events["significant"], False)).as_py() or 0)
+    result.preview = events.sort_by([("users", "descending")]).slice(0, 10).select(
+        ["account_id", "label", "window_hours", "users", "mapped_rate", "mean_before",
+         "mean_after", "lift", "p_value_t", "significant", "did"]).to_pylist()
+    return result
