@@ -301,6 +301,14 @@ def test_array_lookups_per_row(posthog):
     status, _, body = post(posthog, "SELECT indexOf({a})", {"a": [1]})
     assert status == 400 and "indexOf" in body["detail"]
 
+
+def test_mapped_functions_keep_their_arguments_whole(posthog):
+    """intDiv(a + b, c) divides the sum: a mapping to an operator parenthesizes arguments."""
+    assert ok(posthog, "SELECT intDiv(7 + 5, 4), intDiv(20, 2 + 3), intDiv({a} - 1, 2), "
+                       "toUnixTimestamp(subtractHours(toDateTime({t}), 1 + 1))",
+              {"a": 9, "t": "2026-02-25T06:00:00Z"})["results"] == [
+        [3, 4, 4, int(datetime(2026, 2, 25, 4, tzinfo=timezone.utc).timestamp())]]
+
 # -- limits, faults, errors ----------------------------------------------------------------
 
 

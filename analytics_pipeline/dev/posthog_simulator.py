@@ -314,7 +314,7 @@ def _shift(unit: str, sign: int) -> Callable[[list[exp.Expr]], exp.Expr]:
     def build(a: list[exp.Expr]) -> exp.Expr:
         interval = exp.func(f"to_{unit}", a[1])
         op = exp.Add if sign > 0 else exp.Sub
-        return op(this=_as_datetime(a[0]), expression=interval)
+        return op(this=exp.paren(_as_datetime(a[0]), copy=False), expression=interval)
     return build
 
 
@@ -377,7 +377,9 @@ _FUNCTIONS: dict[str, Callable[[list[exp.Expr]], exp.Expr]] = {
     "multiIf": _multi_if,
     "lengthUTF8": lambda a: exp.func("length", a[0]),
     "replaceAll": lambda a: exp.func("replace", *a),
-    "intDiv": lambda a: exp.IntDiv(this=a[0], expression=a[1]),
+    # arguments are expressions of their own: parenthesized, intDiv(a + b, c) is (a + b) // c
+    "intDiv": lambda a: exp.IntDiv(this=exp.paren(a[0], copy=False),
+                                   expression=exp.paren(a[1], copy=False)),
     "indexOf": _index_of,
     "arrayElement": _array_element,
     "uniqExact": _distinct_count,
