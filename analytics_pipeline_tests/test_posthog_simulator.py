@@ -278,6 +278,37 @@ def test_hogql_field_and_function_forms(posthog, ph_clock):
                        "INTERVAL 1 DAY")["results"] == [["2026-02-26T06:13:20Z", 0]]
 
 
+
+def test_array_lookups_per_row(posthog):
+    """indexOf/arrayElement look up each row's value in parallel lists passed as values."""
+    posthog.add_person("p1", ["d1"])
+    posthog.add_person("p2", ["d2"])
+    posthog.add_person("p3", ["d3"])
+    t1 = START + timedelta(microseconds=1)
+    add(posthog, [("x", "d1", START), ("x", "d2", START + timedelta(seconds=5)),
+                  ("x", "d3", START)])
+    body = ok(posthog, "SELECT person_id, indexOf({persons}, person_id) AS i, "
+                       "arrayElement({anchors}, indexOf({persons}, person_id)) AS anchor, "
+                       "dateDiff('microsecond', toDateTime(arrayElement({anchors}, "
+                       "indexOf({persons}, toString(person_id)))), timestamp) AS d "
+                       "FROM events ORDER BY person_id",
+              {"persons": ["p2", "p1"], "anchors": [iso(t1), iso(START)]})
+    # p3 is not in the list: position 0 (ClickHouse), no element (the simulator's NULL)
+    assert body["results"] == [["p1", 2, iso(START), 0], ["p2", 1, iso(t1), 4_999_999],
+                               ["p3", 0, None, None]]
+    assert ok(posthog, "SELECT arrayElement({a}, -1), arrayElement({a}, 1), indexOf({n}, 3)",
+              {"a": ["x", "y"], "n": [1, 2, 3]})["results"] == [["y", "x", 3]]
+    status, _, body = post(posthog, "SELECT indexOf({a})", {"a": [1]})
+    assert status == 400 and "indexOf" in body["detail"]
+
+
+def test_mapped_functions_keep_their_arguments_whole(posthog):
+    """intDiv(a + b, c) divides the sum: a mapping to an operator parenthesizes arguments."""
+    assert ok(posthog, "SELECT intDiv(7 + 5, 4), intDiv(20, 2 + 3), intDiv({a} - 1, 2), "
+                       "toUnixTimestamp(subtractHours(toDateTime({t}), 1 + 1))",
+              {"a": 9, "t": "2026-02-25T06:00:00Z"})["results"] == [
+        [3, 4, 4, int(datetime(2026, 2, 25, 4, tzinfo=timezone.utc).timestamp())]]
+
 # -- limits, faults, errors ----------------------------------------------------------------
 
 

@@ -314,7 +314,7 @@ def _shift(unit: str, sign: int) -> Callable[[list[exp.Expr]], exp.Expr]:
     def build(a: list[exp.Expr]) -> exp.Expr:
         interval = exp.func(f"to_{unit}", a[1])
         op = exp.Add if sign > 0 else exp.Sub
-        return op(this=_as_datetime(a[0]), expression=interval)
+        return op(this=exp.paren(_as_datetime(a[0]), copy=False), expression=interval)
     return build
 
 
@@ -323,6 +323,22 @@ _UNITS = ("seconds", "minutes", "hours", "days", "weeks", "months", "years")
 
 def _interval(unit: str) -> Callable[[list[exp.Expr]], exp.Expr]:
     return lambda a: exp.func(f"to_{unit}", a[0])
+
+
+def _index_of(a: list[exp.Expr]) -> exp.Expr:
+    """``indexOf(arr, x)``: the 1-based position of x in arr, 0 when absent (DuckDB: NULL)."""
+    if len(a) != 2:
+        raise HogQLError("indexOf expects 2 arguments")
+    return exp.Coalesce(this=exp.func("list_position", a[0], a[1]),
+                        expressions=[exp.Literal.number(0)])
+
+
+def _array_element(a: list[exp.Expr]) -> exp.Expr:
+    """``arrayElement(arr, n)`` (= ``arr[n]``): 1-based, negative from the end. Out of range
+    ClickHouse returns the type's default value, the simulator NULL."""
+    if len(a) != 2:
+        raise HogQLError("arrayElement expects 2 arguments")
+    return exp.func("list_extract", a[0], a[1])
 
 
 def _distinct_count(a: list[exp.Expr]) -> exp.Expr:
@@ -361,7 +377,11 @@ _FUNCTIONS: dict[str, Callable[[list[exp.Expr]], exp.Expr]] = {
     "multiIf": _multi_if,
     "lengthUTF8": lambda a: exp.func("length", a[0]),
     "replaceAll": lambda a: exp.func("replace", *a),
-    "intDiv": lambda a: exp.IntDiv(this=a[0], expression=a[1]),
+    # arguments are expressions of their own: parenthesized, intDiv(a + b, c) is (a + b) // c
+    "intDiv": lambda a: exp.IntDiv(this=exp.paren(a[0], copy=False),
+                                   expression=exp.paren(a[1], copy=False)),
+    "indexOf": _index_of,
+    "arrayElement": _array_element,
     "uniqExact": _distinct_count,
     "countDistinct": _distinct_count,
     "groupArray": lambda a: exp.func("list", a[0]),
