@@ -5,7 +5,7 @@ partition's pushes, roll them up into ``daily_rollups``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,7 @@ from analytics_pipeline.core.steps import (
     _write_and_check,
     landed_accounts,
 )
+from analytics_pipeline.push.activity import EventFilter, fetch_activity
 from analytics_pipeline.push.automations import AutomationDefinitions, register_automations
 from analytics_pipeline.push.compute import first_of_each_id, land_pushes, rollup_events
 from analytics_pipeline.push.contract import (
@@ -39,9 +40,12 @@ from analytics_pipeline.push.contract import (
     push_automations,
     push_impact_daily,
 )
-from analytics_pipeline.push.impact import impact_table
+from analytics_pipeline.push.impact import impact_table, pushed_groups
+from analytics_pipeline.push.mapping import map_users
 from analytics_pipeline.push.metrics import PUSH_METRICS
+from analytics_pipeline.push.posthog import PostHogClient
 from analytics_pipeline.push.source import PushSource
+from analytics_pipeline.push.stats import sample_comparison_users
 
 
 @dataclass
@@ -194,4 +198,112 @@ def compute_push_impact(store: LandingStore, engine: Engine, day: LocalDay,
     result.preview = events.sort_by([("users", "descending")]).slice(0, 10).select(
         ["account_id", "label", "window_hours", "users", "mapped_rate", "mean_before",
          "mean_after", "lift", "p_value_t", "significant", "did"]).to_pylist()
+    return result
+
+
+@dataclass
+class PushActivityResult:
+    key: str
+    pushes_analysed: int = 0  # delivered pushes of mapped users
+    comparison_users: int = 0
+    rows: int = 0  # answer rows landed (cohort members × windows)
+    queries: int = 0  # PostHog queries issued (mapping and activity)
+    rows_received: int = 0
+    # per account: users with a delivered push, those mapped, and the unmapped ids
+    mapping: dict[int, dict] = field(default_factory=dict)
+    methods: dict[str, int] = field(default_factory=dict)
+    path: str = ""
+
+
+def _median_anchor(anchors: pa.Array) -> int:
+    """The median instant (epoch µs) of a group's pushes (lower median: an instant seen)."""
+    us = np.sort(pc.cast(anchors, pa.int64()).to_numpy())
+    return int(us[(len(us) - 1) // 2])
+
+
+def fetch_push_activity(source: PushSource, store: LandingStore, engine: Engine,
+                        client: PostHogClient, day: LocalDay, windows_hours: list[int], *,
+                        event_filter: EventFilter | None = None, comparison_size: int = 1000,
+                        refresh_after: timedelta = timedelta(days=7), batch: int = 1000,
+                        now: datetime | None = None) -> PushActivityResult:
+    """Map the partition's pushed users (and each campaign's comparison users) to PostHog
+    persons, ask PostHog for their activity before and after each push, and land the
+    answers (ACTIVITY_SCHEMA): re-running the statistics never asks PostHog again.
+
+    A campaign's comparison users are users of its account with no push sent or delivered
+    in ``[t − W, t + W)`` (``t`` the campaign's median anchor, ``W`` the longest window),
+    drawn deterministically (seeded by the campaign and the partition), given the same
+    windows around ``t``. Automations have no comparison group: their pushes are triggered
+    by the users' own behaviour, so users not triggered are no comparison."""
+    now = now or datetime.now(timezone.utc)
+    scope, problem = landed_accounts(store, engine, day, PUSH_SOURCE)
+    if problem:
+        raise LandingOutOfDate(problem)
+    landed = store.read_partition(PUSH_SOURCE, day, LANDED_PUSH_SCHEMA)
+    landed = landed.filter(pc.is_in(landed["account_id"], pa.array(scope, pa.int64())))
+    groups = pushed_groups(landed)  # (account, group, user, push, anchor) of delivered pushes
+    result = PushActivityResult(key=day.key)
+    users, _ = source.users(sorted(set(groups["account_id"].to_pylist())))
+    longest = timedelta(hours=max(windows_hours))
+    comparison_parts = []
+    campaigns = groups.filter(pc.equal(groups["group_type"], "campaign"))
+    by_campaign = campaigns.group_by(["account_id", "group_id"], use_threads=False) \
+        .aggregate([("anchor_at", "list")])
+    for r in by_campaign.to_pylist():  # one iteration per campaign of the day
+        t_us = _median_anchor(pa.array(r["anchor_at_list"], pa.timestamp("us", tz="UTC")))
+        t = datetime(1970, 1, 1) + timedelta(microseconds=t_us)
+        account = int(r["account_id"])
+        excluded = source.pushed_users(account, t - longest, t + longest)
+        candidates = pc.filter(users["user_id"], pc.equal(users["account_id"], account))
+        sample = sample_comparison_users(candidates.to_numpy(), np.asarray(excluded, np.int64),
+                                         comparison_size, f"campaign:{r['group_id']}:{day.key}")
+        n = len(sample)
+        comparison_parts.append(pa.table({
+            "account_id": pa.repeat(pa.scalar(account, pa.int64()), n),
+            "group_type": pa.repeat(pa.scalar("campaign"), n),
+            "group_id": pa.repeat(pa.scalar(r["group_id"]), n),
+            "user_id": pa.array(sample, pa.int64()),
+            "push_id": pa.nulls(n, pa.int64()),
+            "anchor_at": pa.repeat(pa.scalar(t_us, pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")), n)}))
+    comparison = (pa.concat_tables(comparison_parts) if comparison_parts else
+                  groups.select(["account_id", "group_type", "group_id", "user_id", "push_id",
+                                 "anchor_at"]).slice(0, 0))
+    members = pa.concat_tables([
+        groups.select(["account_id", "group_type", "group_id", "user_id", "push_id",
+                       "anchor_at"]).append_column(
+            "treated", pa.repeat(pa.scalar(True), groups.num_rows)),
+        comparison.append_column("treated", pa.repeat(pa.scalar(False), comparison.num_rows)),
+    ]).combine_chunks()
+    wanted = pc.unique(members["user_id"])
+    to_map = users.filter(pc.is_in(users["user_id"], wanted))
+    mapping = map_users(engine, client, to_map, now, refresh_after=refresh_after, batch=batch)
+    joined = members.join(mapping, "user_id", join_type="left outer", use_threads=False)
+    mapped = joined.filter(pc.is_valid(joined["person_id"]))
+    result.methods = value_counts(mapping["method"])
+    # the mapping rate of each account, over its users with a delivered push
+    treated_users = joined.filter(joined["treated"]).group_by(
+        ["account_id", "user_id"], use_threads=False).aggregate([("person_id", "max")])
+    for account in sorted(set(treated_users["account_id"].to_pylist())):
+        mine = treated_users.filter(pc.equal(treated_users["account_id"], account))
+        unmapped = mine.filter(pc.is_null(mine["person_id_max"]))["user_id"].to_pylist()
+        result.mapping[int(account)] = {"users": mine.num_rows,
+                                        "mapped": mine.num_rows - len(unmapped),
+                                        "unmapped_user_ids": sorted(unmapped)}
+    cohort = mapped.select(["account_id", "group_type", "group_id", "treated", "push_id",
+                            "user_id", "person_id", "anchor_at"])
+    answers = fetch_activity(client, cohort, windows_hours, event_filter, batch=batch)
+    answers = pa.Table.from_arrays([answers[f.name].cast(f.type) for f in ACTIVITY_SCHEMA],
+                                   schema=ACTIVITY_SCHEMA)
+    result.pushes_analysed = int(pc.sum(cohort["treated"]).as_py() or 0)
+    result.comparison_users = cohort.num_rows - result.pushes_analysed
+    result.rows = answers.num_rows
+    result.queries, result.rows_received = client.stats.queries, client.stats.rows
+    meta = {"account_ids": scope, "windows_hours": list(windows_hours),
+            "events": list((event_filter or EventFilter()).events or ["all but $-events"]),
+            "queries": result.queries, "rows_received": result.rows_received,
+            "mapping": {str(a): {k: v for k, v in m.items() if k != "unmapped_user_ids"}
+                        for a, m in result.mapping.items()},
+            "fetched_at": now.isoformat()}
+    result.path = store.write_partition(ACTIVITY_SOURCE, day, answers, meta, ACTIVITY_SCHEMA)
     return result

@@ -1,0 +1,135 @@
+"""The push source end to end, as plain functions: pushes landed and rolled up, users mapped
+and PostHog asked for their activity (the local simulator over HTTP), statistics per
+campaign and automation, and the read path over a range, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from analytics_pipeline.core import warehouse as wh
+from analytics_pipeline.core.landing import LandingStore
+from analytics_pipeline.core.partitions import LocalDay, resolve_account_timezones
+from analytics_pipeline.dev.posthog_simulator import PostHogSimulator
+from analytics_pipeline.dev.push_data import Campaign, PushWorld
+from analytics_pipeline.push.contract import push_impact_daily
+from analytics_pipeline.push.posthog import PostHogClient
+from analytics_pipeline.push.read import as_json, push_impact
+from analytics_pipeline.push.source import PushSource
+from analytics_pipeline.push.steps import (
+    compute_push_impact,
+    extract_push_partition,
+    fetch_push_activity,
+    rollup_push_partition,
+)
+
+NY = "America/New_York"
+DAY = LocalDay(date(2026, 2, 11), NY)
+T = datetime(2026, 2, 11, 15, tzinfo=timezone.utc)  # 10:00 in New York
+NOW = T + timedelta(days=3)
+# counted activity: 80% of the events are not PostHog's own ($pageview)
+EFFECT = 0.3 * 24 * 0.8  # campaign 7: extra counted events per pushed user in 24 hours
+
+
+def world(trend: float = 0.0) -> PushWorld:
+    return PushWorld(
+        {1: 700},
+        [Campaign(7, 1, 250, T, extra_rate=0.3),
+         Campaign(8, 1, 250, T + timedelta(hours=2), offset=250),  # no effect
+         Campaign(None, 1, 100, T + timedelta(hours=4), automation_id="welcome",
+                  offset=500, extra_rate=0.2)],
+        base_rate=0.2, trend_per_day=trend)
+
+
+@pytest.fixture
+def setup(warehouse_url, tmp_path):
+    engine = wh.make_engine(warehouse_url)
+    wh.ensure_schema(engine)
+    accounts = resolve_account_timezones([{"id": 1, "name": "ny", "reporting_timezone": NY}],
+                                         "UTC")
+    wh.replace_accounts(engine, [a.__dict__ for a in accounts])
+    store = LandingStore(str(tmp_path / "landing"))
+    source_url = f"sqlite:///{tmp_path / 'app.db'}"
+    yield engine, store, source_url
+    engine.dispose()
+
+
+def run(engine, store, source_url, w: PushWorld, sim: PostHogSimulator):
+    w.write_source(source_url)
+    source = PushSource(source_url, fallback_date=date(2024, 1, 1))
+    extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
+    rolled = rollup_push_partition(store, engine, DAY)
+    client = PostHogClient(sim.base_url, sim.project_id, sim.api_key, sleep=lambda s: None)
+    fetched = fetch_push_activity(source, store, engine, client, DAY, [24], now=NOW,
+                                  comparison_size=150)
+    impact = compute_push_impact(store, engine, DAY, [24], alpha=0.05)
+    return rolled, fetched, impact
+
+
+def daily(engine) -> dict:
+    t = push_impact_daily
+    with engine.connect() as c:
+        rows = c.execute(sa.select(t).where(t.c.metric == "events")).mappings().all()
+    return {(r["group_type"], r["group_id"]): dict(r) for r in rows}
+
+
+def test_campaign_effect_is_found_and_no_effect_is_not(setup):
+    engine, store, source_url = setup
+    w = world()
+    with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
+        w.load_posthog(sim)
+        rolled, fetched, impact = run(engine, store, source_url, w, sim)
+        # the counts: every push sent, delivered or failed
+        with engine.connect() as c:
+            sent = c.execute(sa.select(sa.func.sum(wh.daily_rollups.c.count)).where(
+                wh.daily_rollups.c.metric == "push_sent",
+                wh.daily_rollups.c.dimension_type == "account")).scalar_one()
+        assert sent == 600 and rolled.mismatches == {}
+        # users known to PostHog by distinct id or by email are mapped; unknown ones not
+        m = fetched.mapping[1]
+        delivered = w.pushes.filter(w.pushes["delivered_at"].is_valid())
+        assert m["users"] == len(set(delivered["user_id"].to_pylist()))
+        unknown = set(w.users.filter(w.unknown)["id"].to_pylist())
+        assert set(m["unmapped_user_ids"]) == unknown & set(delivered["user_id"].to_pylist())
+        # all windows at once, ≤ 1,000 people a query; the 100 unpushed users serve as the
+        # comparison of both campaigns, around two anchors: a second round for them
+        activity_queries = [q for q in sim.queries if "countIf" in q.query]
+        assert len(activity_queries) == 2
+        rows = daily(engine)
+        c7, c8, auto = rows[("campaign", "7")], rows[("campaign", "8")], \
+            rows[("automation", "welcome")]
+        assert c7["significant"] and c7["ci_low"] <= EFFECT <= c7["ci_high"]
+        unpushed = set(range(601, 701))  # user ids of the account's last 100 users
+        assert c7["lift_ci_low"] > 0
+        assert c7["comparison_users"] == len(unpushed - unknown)  # every mapped one
+        assert c7["did_ci_low"] <= EFFECT <= c7["did_ci_high"]
+        assert not c8["significant"] and c8["ci_low"] <= 0 <= c8["ci_high"]
+        assert c8["did_ci_low"] <= 0 <= c8["did_ci_high"]
+        assert auto["label"] == "welcome" and auto["comparison_users"] == 0
+        assert auto["did"] is None and auto["significant"]
+        assert impact.groups == 3
+        # statistics again, and over a range: never a PostHog query
+        asked = len(sim.queries)
+        again = compute_push_impact(store, engine, DAY, [24], alpha=0.05)
+        assert again.rows_written == impact.rows_written == again.rows_replaced
+        assert daily(engine) == {k: {**v, "updated_at": daily(engine)[k]["updated_at"]}
+                                 for k, v in rows.items()}
+        df = push_impact(engine, store, 1, DAY.day - timedelta(days=1), DAY.day + timedelta(1))
+        assert len(sim.queries) == asked
+    by = {(r["group_type"], r["group_id"]): r for r in as_json(df)}
+    assert by[("campaign", "7")]["mean_diff"] == pytest.approx(c7["mean_diff"])
+    assert by[("campaign", "7")]["users"] == c7["users"]
+    assert set(by[("campaign", "7")]) >= {"users", "mapped_rate", "p_value_wilcoxon", "did"}
+
+
+def test_a_trend_shows_in_the_naive_lift_but_not_in_the_difference_in_differences(setup):
+    engine, store, source_url = setup
+    w = world(trend=0.5)  # everybody 50% more active per day
+    with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
+        w.load_posthog(sim)
+        run(engine, store, source_url, w, sim)
+    c8 = daily(engine)[("campaign", "8")]  # no effect of its own
+    assert c8["significant"] and c8["lift_ci_low"] > 0  # the naive reading is fooled
+    assert c8["did_ci_low"] <= 0 <= c8["did_ci_high"]
