@@ -24,6 +24,19 @@ from analytics_pipeline.email.sensors import (
     mailgun_jobs,
     mailgun_sensors,
 )
+from analytics_pipeline.push.assets import (
+    push_activity,
+    push_impact,
+    push_rollups,
+    raw_push_notifications,
+)
+from analytics_pipeline.push.jobs import (
+    push_delivery_job,
+    push_delivery_stream,
+    push_impact_job,
+    push_impact_stream,
+)
+from analytics_pipeline.push.resources import push_resources
 from analytics_pipeline.support.assets import raw_reporting_events, reporting_rollups
 from analytics_pipeline.support.jobs import reporting_job, support_stream
 from analytics_pipeline.web.assets import raw_web_events, web_rollups
@@ -36,7 +49,8 @@ from analytics_pipeline.web.jobs import (
 from analytics_pipeline.web.resources import web_resource
 from analytics_pipeline.web.sensors import late_web_events_sensor
 
-closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams, web_stream])
+closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams, web_stream,
+                                               push_delivery_stream, push_impact_stream])
 
 # Evaluates the assets' automation conditions (the periodic refreshes of accounts and of the
 # email statistics); on by default, like the other sensors, so nothing waits for an operator.
@@ -55,11 +69,14 @@ defs = Definitions(
         *mailgun_event_assets.values(),
         *(a for assets in email_pipeline_assets.values() for a in assets),
         raw_web_events, web_rollups,
+        raw_push_notifications, push_rollups, push_activity, push_impact,
     ],
     jobs=[accounts_job, reporting_job, *mailgun_jobs.values(), *email_daily_jobs.values(),
-          *email_stats_jobs.values(), web_job, web_retention_job],
+          *email_stats_jobs.values(), web_job, web_retention_job, push_delivery_job,
+          push_impact_job],
     schedules=[web_retention_schedule],
     sensors=[closed_days_sensor, periodic_refreshes_sensor, *mailgun_sensors.values(),
              *late_email_sensors.values(), late_web_events_sensor],
-    resources={**core_resources(), "mailgun": mailgun_resource(), "web": web_resource()},
+    resources={**core_resources(), "mailgun": mailgun_resource(), "web": web_resource(),
+               **push_resources()},
 )

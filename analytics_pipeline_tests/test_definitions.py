@@ -11,7 +11,8 @@ ASSETS = [
     "automation_email_rollups", "automation_email_stats", "automation_recipient_states",
     "mailgun_automation_events", "mailgun_newsletter_events",
     "newsletter_email_rollups", "newsletter_email_stats", "newsletter_recipient_states",
-    "raw_automation_email_events", "raw_newsletter_email_events",
+    "push_activity", "push_impact", "push_rollups",
+    "raw_automation_email_events", "raw_newsletter_email_events", "raw_push_notifications",
     "raw_reporting_events", "raw_web_events", "reporting_rollups", "web_rollups",
 ]
 CHECKS = [
@@ -21,6 +22,9 @@ CHECKS = [
     "automation_email_rollups:rollups_reconcile_with_landing",
     "newsletter_email_rollups:rollup_counts_non_negative",
     "newsletter_email_rollups:rollups_reconcile_with_landing",
+    "push_activity:users_mapped_to_posthog",
+    "push_rollups:rollup_counts_non_negative",
+    "push_rollups:rollups_reconcile_with_landing",
     "reporting_rollups:rollup_counts_non_negative",
     "reporting_rollups:rollups_reconcile_with_landing",
     "web_rollups:web_counts_non_negative",
@@ -31,7 +35,8 @@ CHECKS = [
 JOBS = [
     "automation_email_daily", "automation_email_stats_refresh", "mailgun_automation_fetch",
     "mailgun_newsletter_fetch", "newsletter_email_daily", "newsletter_email_stats_refresh",
-    "refresh_accounts", "support_reporting", "web_analytics", "web_retention",
+    "push_delivery", "push_impact_analysis", "refresh_accounts", "support_reporting",
+    "web_analytics", "web_retention",
 ]
 SENSORS = [
     "closed_days_sensor", "late_automation_email_events_sensor",
@@ -40,7 +45,8 @@ SENSORS = [
 ]
 # periodic refreshes are automation conditions (on_cron); retention is a plain job
 SCHEDULES = ["web_retention_schedule"]
-RESOURCES = ["landing", "mailgun", "settings", "source_db", "warehouse", "web"]
+RESOURCES = ["landing", "mailgun", "posthog", "push_settings", "settings", "source_db",
+             "warehouse", "web"]
 
 
 def test_the_code_location_holds_exactly_these_definitions():

@@ -50,6 +50,8 @@ class PushWorld:
     email_only_share: float = 0.05  # users PostHog knows by email, not by distinct id
     unknown_share: float = 0.02  # users PostHog does not know at all
     days_around: int = 3  # events from this many days before the first push to after
+    failed_share: float = 0.03  # pushes that fail (never delivered)
+    unknown_ids: tuple[int, ...] | None = None  # exactly these users unknown to PostHog
     seed: int = 7
     users: pa.Table = field(init=False)
     pushes: pa.Table = field(init=False)
@@ -65,7 +67,8 @@ class PushWorld:
         user_id = np.concatenate(ids).astype(np.int64)
         account_id = np.concatenate(accounts).astype(np.int64)
         kind = rng.random(len(user_id))
-        self.unknown = kind < self.unknown_share
+        self.unknown = (kind < self.unknown_share if self.unknown_ids is None
+                        else np.isin(user_id, np.asarray(self.unknown_ids, np.int64)))
         self.email_only = (~self.unknown) & (kind < self.unknown_share + self.email_only_share)
         distinct = np.char.add("u-", user_id.astype(str))
         email = np.char.add(np.char.add("User.", user_id.astype(str)), "@Example.com")
@@ -84,7 +87,7 @@ class PushWorld:
             spread = rng.integers(0, c.spread_minutes * 60_000_000, len(users))
             sent = _us(c.sent_at) + spread
             delivered = sent + rng.integers(1_000_000, 30_000_000, len(users))
-            status = np.where(rng.random(len(users)) < 0.03, "failed", "delivered")
+            status = np.where(rng.random(len(users)) < self.failed_share, "failed", "delivered")
             n = len(users)
             rows.append(pa.table({
                 "id": np.arange(push_id, push_id + n, dtype=np.int64),

@@ -1,7 +1,7 @@
 """The push source's jobs and their streams of closed days.
 
 Two streams: a day's push counts (``push_delivery``) are due once the day has closed, like
-the support desk's; its impact (``push_impact``) only once the longest after-window of its
+the support desk's; its impact (``push_impact_analysis``) only once the longest after-window of its
 last push has closed too, plus a grace (``ANALYTICS_PUSH_GRACE_HOURS``): that job lands
 the pushes again (statuses and deliveries settle after the day) before asking PostHog.
 """
@@ -28,7 +28,7 @@ push_delivery_job = define_asset_job(
 )
 
 push_impact_job = define_asset_job(
-    "push_impact",
+    "push_impact_analysis",
     selection=AssetSelection.assets(*PUSH_IMPACT_ASSETS),
     partitions_def=daily_timezone_partitions,
     description="Re-extract the pushes of date|timezone partitions whose after-windows have "
@@ -57,6 +57,6 @@ def _impact_clock(resources, now) -> StreamClock | None:  # noqa: ANN001 - Dagst
 
 push_impact_stream = ClosedDaysStream(
     name=PUSH_IMPACT_STREAM, job=push_impact_job,
-    run_key=lambda day: f"push_impact:{day.key}", clock=_impact_clock,
+    run_key=lambda day: f"push_impact_analysis:{day.key}", clock=_impact_clock,
     resource_keys=frozenset({"posthog", "push_settings"}), assets=PUSH_IMPACT_ASSETS,
 )
