@@ -370,6 +370,24 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     else:
         out(f"using the existing application database at {wh.redact(src)}")
 
+    # Push impact: the pushes of one day whose after-windows have closed, and a local
+    # PostHog serving the users' activity around them (settings for this process only).
+    from analytics_pipeline.dev.push_demo import (
+        posthog_for,
+        push_day,
+        push_world,
+        write_automations,
+    )
+
+    pday = push_day(last)
+    world = push_world(pday)
+    if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
+        world.write_source(src)
+        out(f"demo pushes: {world.pushes.num_rows} pushes of {len(world.campaigns)} campaigns "
+            f"and automations to {world.users.num_rows} users, sent on {pday}")
+    os.environ.setdefault("ANALYTICS_AUTOMATIONS_DIR",
+                          str(write_automations(ANALYTICS_DIR / "automations")))
+
     # Email: a local Mailgun simulator serves the demo's provider events (its settings are
     # only set for this process, so `make dev` does not poll it afterwards). The sends fall
     # on the window's last day, unless the window is pinned far back (Mailgun's initial
@@ -388,7 +406,9 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     os.environ.update(MAILGUN_API_BASE=sim.start(), MAILGUN_DOMAIN=sim.domain,
                       MAILGUN_API_KEY=sim.api_key)
     try:
-        return _run_demo_jobs(out, first, last, email_day)
+        with posthog_for(world) as posthog_env:
+            os.environ.update(posthog_env)
+            return _run_demo_jobs(out, first, last, email_day, pday)
     finally:
         sim.stop()
 
@@ -412,7 +432,7 @@ def account_table(rows: list[tuple[str, str, int, str, int]]) -> list[str]:
     return lines
 
 
-def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
+def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date) -> int:
     """Materialize what the sensors would have requested by now, so that their first
     start in `make dev` finds it done: every closed support day from ``first`` (to
     ``last`` when the window is pinned), and each email stream's days from its first
@@ -465,6 +485,18 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
             end = last_closed_day(now, tz, grace)
             end = min(end, last) if pinned else end
             if end >= first and not run_range("web_analytics", tz, first, end):
+                return 1
+        # Pushes: every closed day's counts (the push_delivery stream), then the impact of
+        # the push day, whose after-windows have closed (the push_impact_analysis stream).
+        from analytics_pipeline.dev.push_demo import PUSH_ACCOUNTS
+
+        for tz in timezones:
+            end = last_closed_day(now, tz, grace)
+            end = min(end, last) if pinned else end
+            if end >= first and not run_range("push_delivery", tz, first, end):
+                return 1
+        for tz in sorted({tz for tz, _ in PUSH_ACCOUNTS.values()}):
+            if not run_range("push_impact_analysis", tz, pday, pday):
                 return 1
         # Email: fetch both pipelines, roll up their settled days, refresh the statistics.
         for pipeline in EMAIL_PIPELINES:
@@ -519,6 +551,11 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
     out(f"\nquarantined events: {quarantined or 'none'}")
     for line in web_dashboard(engine, first, last):
         out(line)
+    from analytics_pipeline.core.landing import LandingStore
+    from analytics_pipeline.dev.push_demo import push_dashboard
+
+    for line in push_dashboard(engine, LandingStore(setting("ANALYTICS_LANDING_URI")), pday):
+        out(line)
     engine.dispose()
     lo, hi = (first, last) if email_day <= last else (email_day, email_day)
     out("")
@@ -530,4 +567,7 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date) -> int:
         f"--to {hi} --by week")
     for line in web_commands(last):
         out(line)
+    out(f"  analytics-pipeline push-impact --account 1 --from {pday} --to {pday}")
+    out(f"  analytics-pipeline push-impact --account 1 --campaign 101 --from {pday} --to {pday}"
+        " --json")
     return 0
