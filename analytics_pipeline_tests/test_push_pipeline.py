@@ -133,3 +133,34 @@ def test_a_trend_shows_in_the_naive_lift_but_not_in_the_difference_in_difference
     c8 = daily(engine)[("campaign", "8")]  # no effect of its own
     assert c8["significant"] and c8["lift_ci_low"] > 0  # the naive reading is fooled
     assert c8["did_ci_low"] <= 0 <= c8["did_ci_high"]
+
+
+def test_push_impact_cli_prints_and_answers_json(setup, monkeypatch, capsys):
+    import json
+
+    from analytics_pipeline.cli import main
+
+    engine, store, source_url = setup
+    with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
+        world().load_posthog(sim)
+        run(engine, store, source_url, world(), sim)
+    url = engine.url.render_as_string(hide_password=False)
+    monkeypatch.setenv("ANALYTICS_LANDING_URI", store.base)
+    args = ["push-impact", "--account", "1", "--from", "2026-02-11", "--to", "2026-02-11",
+            "--warehouse-url", url]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "campaign 7" in text and "welcome" in text and "yes" in text
+    assert main([*args, "--campaign", "7", "--json"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    assert obj["group_id"] == "7" and obj["significant"] is True
+    assert set(obj) >= {"users", "mapped_rate", "mean_before", "mean_after", "mean_diff",
+                        "ci_low", "ci_high", "lift", "lift_ci_low", "lift_ci_high",
+                        "p_value_t", "p_value_wilcoxon", "zero_both_share", "significant",
+                        "did", "did_ci_low", "did_ci_high"}
+    # an unknown account and a reversed range are one line each, exit 2
+    assert main(["push-impact", "--account", "99", "--from", "2026-02-11", "--to",
+                 "2026-02-11", "--warehouse-url", url]) == 2
+    assert "account 99" in capsys.readouterr().err
+    assert main([*args[:4], "2026-02-12", "--to", "2026-02-11", "--warehouse-url", url]) == 2
+    assert "before" in capsys.readouterr().err
