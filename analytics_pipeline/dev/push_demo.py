@@ -15,7 +15,7 @@ from analytics_pipeline.core.partitions import zone
 from analytics_pipeline.dev.push_data import Campaign, PushWorld
 
 # account id → (timezone, users); the demo accounts of the same ids
-PUSH_ACCOUNTS = {1: ("America/New_York", 900), 2: ("Asia/Kolkata", 600)}
+PUSH_ACCOUNTS = {1: ("America/New_York", 1500), 2: ("Asia/Kolkata", 1000)}
 AUTOMATION_ID = "welcome-series"
 
 
