@@ -160,7 +160,8 @@ def cmd_push_impact(args: argparse.Namespace) -> int:
     url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
     with _reading_warehouse(url) as engine:
         try:
-            df = push_impact(engine, LandingStore(setting("ANALYTICS_LANDING_URI")),
+            landing = args.landing_uri or setting("ANALYTICS_LANDING_URI")
+            df = push_impact(engine, LandingStore(landing),
                              args.account, args.date_from, args.date_to,
                              campaign=args.campaign, automation=args.automation,
                              metric=args.metric, window_hours=args.window, alpha=args.alpha,
@@ -236,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--from", dest="date_from", type=_date, required=True)
     rep.add_argument("--to", dest="date_to", type=_date, required=True)
     rep.add_argument("--by", choices=["day", "week", "month"], default="day")
-    rep.add_argument("--dimension", choices=["account", "agent", "inbox", "email", "automation"],
-                     default="account")
-    rep.add_argument("--id", type=int, help="agent, inbox, email or automation id")
+    rep.add_argument("--dimension", choices=["account", "agent", "inbox", "email", "automation",
+                                             "campaign"], default="account")
+    rep.add_argument("--id", type=int, help="agent, inbox, email, automation or campaign id "
+                     "(a push automation: its number in push_automations)")
     rep.add_argument("--business-hours", action="store_true",
                      help="average the business-hours durations")
     rep.add_argument("--json", action="store_true")
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--alpha", type=float, default=0.05, help="significance level")
     push.add_argument("--json", action="store_true")
     push.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
+    push.add_argument("--landing-uri", help="default: ANALYTICS_LANDING_URI")
     push.set_defaults(fn=cmd_push_impact)
 
     gen = sub.add_parser("generate-demo-db", help="(re)create the demo application database")

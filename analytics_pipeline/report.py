@@ -13,12 +13,14 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from analytics_pipeline.catalog import get_metric
+from analytics_pipeline.catalog import ALL_METRICS, get_metric
 from analytics_pipeline.core.registry import ReadAs
 from analytics_pipeline.core.warehouse import accounts, daily_rollups, display_url, redact
 
 PERIODS = ("day", "week", "month")
-DIMENSIONS = ("account", "agent", "inbox", "email", "automation")
+# every dimension some registered metric has (account first)
+DIMENSIONS = ("account", *sorted({d.name for m in ALL_METRICS for d in m.dimensions}
+                                 - {"account"}))
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,12 @@ def push_impact(engine: Engine, store: LandingStore, account_id: int, start: dat
     account = reportable_account(engine, account_id, warehouse_url)
     tz = account["timezone"]
     ids = pa.array([account_id], pa.int64())
-    pushes, answers, missing = [], [], 0
+    pushes, answers, missing, landed = [], [], 0, 0
     day = start
     while day <= end:
         part = LocalDay(day, tz)
         if store.has_partition(PUSH_SOURCE, part):
+            landed += 1
             p = store.read_partition(PUSH_SOURCE, part, LANDED_PUSH_SCHEMA,
                                      filters=pc.field("account_id") == account_id)
             pushes.append(p.filter(pc.is_in(p["account_id"], ids)))
@@ -70,6 +71,11 @@ def push_impact(engine: Engine, store: LandingStore, account_id: int, start: dat
             elif p.num_rows:
                 missing += 1
         day += timedelta(days=1)
+    if not landed:
+        raise ValueError(
+            f"no pushes are landed for account {account_id}'s days {start}..{end} ({tz}) "
+            f"under {store.base}: materialize raw_push_notifications for them, or point "
+            "ANALYTICS_LANDING_URI (--landing-uri) at the pipeline's landing")
     p = pa.concat_tables(pushes) if pushes else LANDED_PUSH_SCHEMA.empty_table()
     a = pa.concat_tables(answers) if answers else ACTIVITY_SCHEMA.empty_table()
     windows = sorted(set(a["window_hours"].to_pylist())) or ([window_hours] if window_hours
