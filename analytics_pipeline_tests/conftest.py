@@ -6,13 +6,11 @@ Helpers that tests import live in ``helpers.py``; fixtures used by several modul
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 
-from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
+from analytics_pipeline_tests.helpers import scratch_pg_database
 
 # Fixtures shared by several test modules (``instance``, ``env``, ``clock``, ``sim``) live
 # there.
@@ -23,18 +21,15 @@ pytest_plugins = ["analytics_pipeline_tests.pipeline_fixtures",
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
-    require_postgres()
-    name = f"ap_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_pg_database("ap_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_source_url() -> Iterator[str]:
+    """A PostgreSQL source database shared by a module's tests (each rewrites its tables)."""
+    with scratch_pg_database("ap_source") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

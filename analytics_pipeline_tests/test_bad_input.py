@@ -21,7 +21,6 @@ from analytics_pipeline.core.partitions import LocalDay, resolve_account_timezon
 from analytics_pipeline.core.sources import read_accounts
 from analytics_pipeline.support.source import ReportingEventsSource
 from analytics_pipeline.support.steps import extract_partition, rollup_partition
-from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
 
 NY = "America/New_York"
 PARTITIONS = [LocalDay(date(2026, 2, 11), NY), LocalDay(date(2026, 2, 11), "UTC"),
@@ -137,21 +136,6 @@ def _pg_source(url: str, rows: list[dict]) -> None:
             c.execute(sa.text("INSERT INTO reporting_events VALUES ("
                               + ", ".join(f":{k}" for k in COLUMNS) + ")"), params)
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_source_url():
-    require_postgres()
-    import uuid
-
-    name = f"ap_badinput_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def run_pipeline(source_url: str, tmp_path) -> tuple[list[dict], list[dict], dict]:

@@ -8,7 +8,6 @@ push beside it lands valid and is counted.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
@@ -22,7 +21,6 @@ from analytics_pipeline.push.compute import PUSH_COLUMNS, USER_COLUMNS
 from analytics_pipeline.push.contract import LANDED_PUSH_SCHEMA, PUSH_SOURCE
 from analytics_pipeline.push.source import PushSource
 from analytics_pipeline.push.steps import extract_push_partition, rollup_push_partition
-from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
 
 NY = "America/New_York"
 NOW = datetime(2026, 2, 12, 12, 0, tzinfo=timezone.utc)  # the extraction's clock
@@ -139,19 +137,6 @@ def _pg_source(url: str, rows: list[dict]) -> None:
                               "VALUES (" + ", ".join(f":{k}" for k in PUSH_COLUMNS) + ")"),
                       params)
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_source_url():
-    require_postgres()
-    name = f"ap_pushbad_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def run_pipeline(source_url: str, tmp_path) -> tuple[list[dict], int, list[dict], dict]:

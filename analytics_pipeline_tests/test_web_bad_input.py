@@ -7,7 +7,6 @@ across the partitions it could fall in, with the first rule it breaks as its
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import date
 
@@ -21,7 +20,6 @@ from analytics_pipeline.web.compute import SOURCE_COLUMNS
 from analytics_pipeline.web.contract import LANDED_WEB_SCHEMA, WEB_SOURCE
 from analytics_pipeline.web.source import WebEventsSource
 from analytics_pipeline.web.steps import extract_web_partition
-from analytics_pipeline_tests.helpers import PG_SERVER, require_postgres
 
 NY = "America/New_York"
 # New York's day of the control event, the UTC day that sweeps events of no known site,
@@ -146,19 +144,6 @@ def _pg_source(url: str, rows: list[dict], sites: list[tuple] = SITES) -> None:
             c.execute(sa.text("INSERT INTO web_events VALUES ("
                               + ", ".join(f":{k}" for k in SOURCE_COLUMNS) + ")"), params)
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def pg_source_url():
-    require_postgres()
-    name = f"ap_webbad_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def run_extraction(source_url: str, tmp_path) -> tuple[list[dict], int]:
