@@ -1,0 +1,1 @@
+"""Campaign dispatch tracking: broker messages of the campaign packer and senders."""
