@@ -238,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--to", dest="date_to", type=_date, required=True)
     rep.add_argument("--by", choices=["day", "week", "month"], default="day")
     rep.add_argument("--dimension", choices=["account", "agent", "inbox", "email", "automation",
-                                             "campaign"], default="account")
-    rep.add_argument("--id", type=int, help="agent, inbox, email, automation or campaign id "
-                     "(a push automation: its number in push_automations)")
+                                             "campaign", "channel"], default="account")
+    rep.add_argument("--id", type=int, help="agent, inbox, email, automation, campaign or "
+                     "channel id (a push automation: its number in push_automations; a "
+                     "campaign channel: its number in campaigns.metrics.CHANNEL_IDS)")
     rep.add_argument("--business-hours", action="store_true",
                      help="average the business-hours durations")
     rep.add_argument("--json", action="store_true")
