@@ -692,3 +692,36 @@ def test_a_loosely_typed_sqlite_source_is_read_strictly(tmp_path):
     assert risky.table.to_pylist() == [{"campaign_id": 1, "contact_id": 2, "attempts": 3}]
     assert risky.problems == {"contact's campaign or contact id is not an integer": 1,
                               "contact's attempts is not an integer": 2}
+
+
+def test_a_postgresql_source_with_text_columns_is_read_strictly(pg_database):
+    engine = sa.create_engine(wh.normalize_url(pg_database))
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE campaigns (id text, account_id text, name text, channel_type text, "
+            "status text, created_at text, scheduled_at text)"))
+        conn.execute(sa.text(
+            "CREATE TABLE campaign_contacts (campaign_id text, contact_id text, status text, "
+            "sent_at text, attempts text, error text)"))
+        conn.execute(sa.text(
+            "INSERT INTO campaigns (id, account_id, name, channel_type) VALUES "
+            "('1', '10', 'a', 'Channel::Api'), ('01', '10', 'b', NULL), ('2', '1e3', 'c', NULL)"))
+        conn.execute(sa.text(
+            "INSERT INTO campaign_contacts (campaign_id, contact_id, status, attempts) VALUES "
+            "('1', '1', 'SENT', '1'), ('1', '2', 'SENT', '12'), ('1', '3', 'SENT', '02'), "
+            "('1', '4', 'FAILED', '3'), ('1.0', '5', 'SENT', '2'), ('1', '6', 'PENDING', '0')"))
+    engine.dispose()
+    src = CampaignSource(pg_database)
+    read = src.campaigns()
+    assert read.table.select(["campaign_id", "channel"]).to_pylist() == [
+        {"campaign_id": 1, "channel": "api"}]
+    assert read.problems == {"campaign id is not an integer": 1,
+                             "account id is not an integer": 1}
+    counts = src.contact_counts([1])
+    assert counts.table.to_pylist() == [
+        {"campaign_id": 1, "audience": 5, "contacts_pending": 1, "contacts_sent": 3,
+         "contacts_failed": 1}]
+    assert src.risky_contacts().table.to_pylist() == [
+        {"campaign_id": 1, "contact_id": 2, "attempts": 12}]
+    assert src.risky_contacts().problems == {
+        "contact's campaign or contact id is not an integer": 1}
