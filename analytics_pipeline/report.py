@@ -147,6 +147,12 @@ def metric_series(
         c = counts.get(p, 0)
         first, last = max(p, start), min(period_end(p, by), end)
         partial = (first, last) != (p, period_end(p, by))
-        value = c if m.read is ReadAs.COUNT else (sums.get(p, 0.0) / c if c else None)
+        if m.read is ReadAs.COUNT:
+            value = c
+        elif m.read is ReadAs.SUM:
+            total = sums.get(p, 0.0)
+            value = int(total) if float(total).is_integer() else total
+        else:
+            value = sums.get(p, 0.0) / c if c else None
         out.append(Point(first, value, c, last, partial))
     return out

@@ -254,7 +254,8 @@ def test_a_tracked_report_delivered_twice_counts_once_by_its_first_report():
     assert (p["sent"], p["failed"], p["completed"]) == (2490, 10, True)
     assert p["last_reported_at"] == T0 + timedelta(minutes=2)
     events = rollup_events(reports, campaigns_of((1, 10, "email")), {10: "UTC"})
-    assert pc.sum(pc.equal(events["name"], "campaign_sent")).as_py() == 2490
+    sent = events.filter(pc.equal(events["name"], "campaign_sent"))
+    assert (sent.num_rows, pc.sum(sent["value"]).as_py()) == (3, 2490)  # a row per page
     assert pc.sum(pc.equal(events["name"], "campaign_pages_tracked")).as_py() == 3
 
 
@@ -420,16 +421,20 @@ def test_rollup_events_are_dated_by_the_report_in_the_accounts_timezone():
     tz = {10: NY, 20: "UTC"}
     events = rollup_events(reports, campaigns, tz)
     got = events.group_by(["campaign_id", "date", "name", "account_id", "channel_id"]).aggregate(
-        [("name", "count")]).sort_by([("campaign_id", "ascending"), ("date", "ascending"),
-                                      ("name", "ascending")]).to_pylist()
+        [("value", "sum")]).sort_by([("campaign_id", "ascending"), ("date", "ascending"),
+                                     ("name", "ascending")]).to_pylist()
     d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
-    assert [(r["campaign_id"], r["date"], r["name"], r["name_count"]) for r in got] == [
-        (1, d1, "campaign_failed", 1), (1, d1, "campaign_pages_tracked", 2),
-        (1, d1, "campaign_sent", 5),
-        (1, d2, "campaign_pages_tracked", 1), (1, d2, "campaign_sent", 1),
-        (2, d2, "campaign_pages_tracked", 1), (2, d2, "campaign_sent", 4),
-        (3, d2, "campaign_failed", 1), (3, d2, "campaign_pages_tracked", 1),
-        (3, d2, "campaign_sent", 1)]
+    # contacts for sent/failed (the events' values), pages for pages tracked (the rows)
+    pages = events.filter(pc.equal(events["name"], "campaign_pages_tracked")).group_by(
+        ["campaign_id", "date"]).aggregate([("name", "count")]).to_pylist()
+    assert sorted((r["campaign_id"], r["date"], r["name_count"]) for r in pages) == [
+        (1, d1, 2), (1, d2, 1), (2, d2, 1), (3, d2, 1)]
+    assert [(r["campaign_id"], r["date"], r["name"], r["value_sum"]) for r in got
+            if r["name"] != "campaign_pages_tracked"] == [
+        (1, d1, "campaign_failed", 1), (1, d1, "campaign_sent", 5),
+        (1, d2, "campaign_failed", 0), (1, d2, "campaign_sent", 1),
+        (2, d2, "campaign_failed", 0), (2, d2, "campaign_sent", 4),
+        (3, d2, "campaign_failed", 1), (3, d2, "campaign_sent", 1)]
     assert {(r["campaign_id"], r["channel_id"]) for r in got} == {
         (1, CHANNEL_IDS["email"]), (2, CHANNEL_IDS["sms"]), (3, CHANNEL_IDS["other"])}
     assert {(r["campaign_id"], r["account_id"]) for r in got} == {(1, 10), (2, 20), (3, 10)}
@@ -437,26 +442,26 @@ def test_rollup_events_are_dated_by_the_report_in_the_accounts_timezone():
     # what core's accumulator makes of one local day
     acc = RollupAccumulator(d1, CAMPAIGN_METRICS)
     acc.add(events.filter(pc.equal(events["date"], pa.scalar(d1, pa.date32()))))
-    rows = {(r["dimension_type"], r["dimension_id"], r["metric"]): r["count"]
+    # sent/failed: count = pages that reported, sum_value = contacts (read as the sum)
+    rows = {(r["dimension_type"], r["dimension_id"], r["metric"]): (r["count"],
+                                                                    r["sum_value"])
             for r in acc.finish().to_pylist()}
-    assert rows == {
-        ("account", 10, "campaign_sent"): 5, ("account", 10, "campaign_failed"): 1,
-        ("account", 10, "campaign_pages_tracked"): 2,
-        ("campaign", 1, "campaign_sent"): 5, ("campaign", 1, "campaign_failed"): 1,
-        ("campaign", 1, "campaign_pages_tracked"): 2,
-        ("channel", 1, "campaign_sent"): 5, ("channel", 1, "campaign_failed"): 1,
-        ("channel", 1, "campaign_pages_tracked"): 2}
+    for dim, ident in (("account", 10), ("campaign", 1), ("channel", 1)):
+        assert rows[(dim, ident, "campaign_sent")] == (2, 5.0)
+        assert rows[(dim, ident, "campaign_failed")] == (2, 1.0)
+        assert rows[(dim, ident, "campaign_pages_tracked")] == (2, 0.0)
+    assert len(rows) == 9
 
 
 def test_rollup_event_batches_are_bounded_and_add_up_to_the_events():
     reports = tracked_of(*[report(1, p, 700, 300, T0) for p in range(1, 6)])
     campaigns = campaigns_of((1, 10, "email"))
-    batches = list(rollup_event_batches(reports, campaigns, {10: "UTC"}, max_rows=2500))
-    assert [b.num_rows for b in batches] == [2002, 2002, 1001]
+    batches = list(rollup_event_batches(reports, campaigns, {10: "UTC"}, max_rows=7))
+    assert [b.num_rows for b in batches] == [6, 6, 3]  # three events a page
     whole = rollup_events(reports, campaigns, {10: "UTC"})
-    keys = [(c, "ascending") for c in ("campaign_id", "date", "name")]
+    keys = [(c, "ascending") for c in ("campaign_id", "date", "name", "value")]
     assert pa.concat_tables(batches).sort_by(keys).equals(whole.sort_by(keys))
-    assert whole.num_rows == 5 * 1001
+    assert whole.num_rows == 5 * 3
     assert rollup_events(reports, campaigns, {}).num_rows == 0  # no timezone, no partition
 
 
@@ -541,8 +546,9 @@ def test_10000_campaigns_and_a_million_contacts_add_up():
     assert pc.sum(p["status_disagreement"]).as_py() == 0
     assert pc.all(pc.equal(p["send_rate_per_minute"], 96.0)).as_py()
     events = rollup_events(tracked, campaigns, {a: "UTC" for a in range(1, 51)})
-    assert events.num_rows == 1_000_000 + 40_000
-    assert pc.sum(pc.equal(events["name"], "campaign_sent")).as_py() == 960_000
+    assert events.num_rows == 3 * 40_000  # three events a page, whatever its contacts
+    sent = events.filter(pc.equal(events["name"], "campaign_sent"))
+    assert pc.sum(sent["value"]).as_py() == 960_000
 
 
 # --- the warehouse ----------------------------------------------------------------------------

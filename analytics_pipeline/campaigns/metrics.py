@@ -2,8 +2,9 @@
 
 Each tracked page counts once, by its first report (``progress.first_reports``), on the
 local date of that report in its account's timezone: once in ``campaign_pages_tracked``,
-and its ``sentCount`` / ``failedCount`` contacts in ``campaign_sent`` / ``campaign_failed``
-(a count metric counts events, so a page reporting 250 contacts sent is 250 events).
+and once in ``campaign_sent`` / ``campaign_failed`` carrying its ``sentCount`` /
+``failedCount`` as the value: those two are read as the sum of the values (contacts), their
+``count`` is the pages that reported.
 
 Channels are keyed by ``CHANNEL_IDS``: a fixed, append-only numbering of the transport
 ids (``other`` is 0). A new channel gets the next free number; a number is never reused
@@ -40,13 +41,16 @@ SENT = "campaign_sent"
 FAILED = "campaign_failed"
 
 
-def _metric(name: str, what: str) -> Metric:
-    return Metric(name, name, Aggregation.COUNT_ONLY, ReadAs.COUNT, CAMPAIGN_DIMENSIONS,
+def _metric(name: str, what: str, contacts: bool) -> Metric:
+    return Metric(name, name,
+                  Aggregation.COUNT_AND_SUMS if contacts else Aggregation.COUNT_ONLY,
+                  ReadAs.SUM if contacts else ReadAs.COUNT, CAMPAIGN_DIMENSIONS,
                   CAMPAIGN_SOURCE, what)
 
 
 CAMPAIGN_METRICS: tuple[Metric, ...] = register((
-    _metric(SENT, "Campaign contacts reported sent (each page's first tracked report)"),
-    _metric(FAILED, "Campaign contacts reported failed (each page's first tracked report)"),
-    _metric(PAGES_TRACKED, "Campaign pages reported by the senders (each page once)"),
+    _metric(SENT, "Campaign contacts reported sent (each page's first tracked report)", True),
+    _metric(FAILED, "Campaign contacts reported failed (each page's first tracked report)",
+            True),
+    _metric(PAGES_TRACKED, "Campaign pages reported by the senders (each page once)", False),
 ))

@@ -629,28 +629,27 @@ _EVENT_NAMES = pa.array([PAGES_TRACKED, SENT, FAILED], pa.string())
 
 
 def _events(r: _Reports, lo: int, hi: int) -> pa.Table:
+    """Three events per page: pages tracked (value 0), sent and failed (their counts)."""
     idx = np.arange(lo, hi)
-    which = np.concatenate([idx, np.repeat(idx, r.sent[lo:hi]), np.repeat(idx, r.failed[lo:hi])])
-    code = np.concatenate([np.zeros(len(idx), np.int64),
-                           np.ones(int(r.sent[lo:hi].sum()), np.int64),
-                           np.full(int(r.failed[lo:hi].sum()), 2, np.int64)])
-    zeros = np.zeros(len(which))
+    which = np.concatenate([idx, idx, idx])
+    code = np.repeat(np.arange(3, dtype=np.int64), len(idx))
+    value = np.concatenate([np.zeros(len(idx)), r.sent[lo:hi].astype(np.float64),
+                            r.failed[lo:hi].astype(np.float64)])
     return pa.Table.from_arrays([
         _EVENT_NAMES.take(pa.array(code)), pa.array(r.account_id[which]),
         pa.array(r.campaign_id[which]), pa.array(r.channel_id[which]),
         pa.array(r.date[which].astype(np.int32), pa.int32()).cast(pa.date32()),
-        pa.array(zeros), pa.array(zeros)], schema=ROLLUP_EVENTS_SCHEMA)
+        pa.array(value), pa.array(np.zeros(len(which)))], schema=ROLLUP_EVENTS_SCHEMA)
 
 
 def rollup_event_batches(tracked: pa.Table, campaigns: pa.Table,
                          tz_of_account: Mapping[int, str],
                          max_rows: int = 1_000_000) -> Iterator[pa.Table]:
-    """``rollup_events`` in tables of at most ``max_rows`` events (or one page's, if more),
-    for a partition whose reports count more contacts than should be held at once."""
+    """``rollup_events`` in tables of at most ``max_rows`` events (three per page)."""
     r = _counted_reports(tracked, campaigns, tz_of_account)
     if len(r.sent) == 0:
         return
-    weight = np.cumsum(1 + r.sent + r.failed)
+    weight = np.cumsum(np.full(len(r.sent), 3))
     lo = 0
     while lo < len(weight):
         base = weight[lo - 1] if lo else 0
@@ -663,15 +662,14 @@ def rollup_events(tracked: pa.Table, campaigns: pa.Table,
                   tz_of_account: Mapping[int, str]) -> pa.Table:
     """The events the campaign metrics count (ROLLUP_EVENTS_SCHEMA: the columns core's
     ``RollupAccumulator`` takes, plus the local ``date`` each belongs to): per tracked page,
-    by its first report, one ``campaign_pages_tracked`` event, ``sent_count``
-    ``campaign_sent`` events and ``failed_count`` ``campaign_failed`` events, on the local
+    by its first report, one ``campaign_pages_tracked`` event and one ``campaign_sent`` and
+    one ``campaign_failed`` event whose value is ``sent_count`` / ``failed_count``, on the local
     date of the report's instant (``message_instants``: ``published_at`` when set, clamped
     to ``received_at``) in its account's timezone ``tz_of_account[account_id]``.
 
     Channels are ``metrics.CHANNEL_IDS`` numbers. Reports of a campaign not in
     ``campaigns`` (no account) or of an account without a timezone in ``tz_of_account`` are
-    not events of any partition and are left out. The table holds as many rows as
-    contacts reported (plus pages): ``rollup_event_batches`` bounds them.
+    not events of any partition and are left out.
     """
     batches = list(rollup_event_batches(tracked, campaigns, tz_of_account, 1 << 62))
     if not batches:

@@ -23,6 +23,7 @@ class Aggregation(str, Enum):
 class ReadAs(str, Enum):
     COUNT = "count"  # report value = sum(count)
     AVERAGE = "average"  # report value = sum(sum_value) / sum(count); None when count is 0
+    SUM = "sum"  # report value = sum(sum_value): a quantity each event carries (contacts)
 
 
 class Unit(str, Enum):
