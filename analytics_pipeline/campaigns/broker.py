@@ -133,7 +133,9 @@ class DrainResult:
 
     received: int
     landed: int  # rows appended to the landing (all received, once acknowledged)
-    redelivered: int  # deliveries the broker flagged as delivered before
+    # deliveries the broker flagged as delivered before (to a consumer that did not
+    # acknowledge them: crashed, or handed them back unlanded at a deadline)
+    redelivered: int
     by_routing_key: dict[str, int]
     batches: int  # landings, each followed by one acknowledgement
     files: int
