@@ -1,7 +1,9 @@
-"""Test helpers: the PostgreSQL used by the tests, and source rows as the app writes them."""
+"""Test helpers: the PostgreSQL and RabbitMQ used by the tests, and source rows as the app
+writes them."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -37,6 +39,38 @@ def require_postgres() -> None:
     if os.environ.get("ANALYTICS_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"PostgreSQL is required in CI: {_PG_REASON}")
     pytest.skip(_PG_REASON)
+
+
+AMQP_URL = os.environ.get("ANALYTICS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@functools.cache
+def _rabbitmq_unavailable_reason() -> str | None:
+    """Checked once, on first use (only the broker's tests pay for it)."""
+    try:
+        import pika
+    except ImportError:
+        return "pika is not installed (pip install -e .)"
+    from analytics_pipeline.campaigns.broker import redact
+    params = pika.URLParameters(AMQP_URL)
+    params.socket_timeout = params.blocked_connection_timeout = 3
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"RabbitMQ not reachable at {redact(AMQP_URL)}: {type(exc).__name__}"
+
+
+def require_rabbitmq() -> str:
+    """The broker URL for the tests; skips (fails when ANALYTICS_REQUIRE_RABBITMQ=1, as in
+    CI) when RabbitMQ is not reachable."""
+    reason = _rabbitmq_unavailable_reason()
+    if reason is None:
+        return AMQP_URL
+    if os.environ.get("ANALYTICS_REQUIRE_RABBITMQ") == "1":
+        pytest.fail(f"RabbitMQ is required in CI: {reason}")
+    pytest.skip(reason)
 
 
 @contextmanager

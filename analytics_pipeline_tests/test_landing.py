@@ -1,10 +1,11 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -330,3 +331,73 @@ def test_drop_dates_before_removes_whole_old_partitions_only(tmp_path):
     assert store.has_partition("other", LocalDay(date(2026, 1, 1), "UTC"))
     assert store.drop_dates_before("src", date(2026, 1, 3)) == []
     assert store.drop_dates_before("missing", date(2026, 1, 3)) == []
+
+
+# --- durable appends (fsync), for callers that acknowledge what they landed ------------------
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """(inode, is a directory) of every fsynced file descriptor."""
+    seen: list[tuple[int, bool]] = []
+    real = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        seen.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+def _ino(path) -> int:
+    return os.stat(path).st_ino
+
+
+def _events(day: date) -> pa.Table:
+    at = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+    return pa.table({"event_id": ["a", "b"], "timestamp": pa.array([at, at + timedelta(
+        hours=13)], pa.timestamp("us", "UTC"))})
+
+
+def test_durable_append_fsyncs_files_and_folders(tmp_path, fsyncs):
+    log = ProviderEventLog(str(tmp_path / "landing"), "mailgun/newsletter")
+    day = date(2026, 2, 11)
+    assert log.append(_events(day), "f1") == 2
+    assert fsyncs == []  # not asked for: as before
+    log2 = ProviderEventLog(str(tmp_path / "landing2"), "mailgun/newsletter")
+    assert log2.append(_events(day), "f1", durable=True) == 2
+    for d in (day, day + timedelta(days=1)):
+        folder = Path(log2.date_dir(d))
+        (name,) = log2.files(d)
+        assert (_ino(folder / name), False) in fsyncs  # the data, before its rename
+        assert (_ino(folder), True) in fsyncs  # the rename
+    # the folders the append created, in their parents, up to the existing root
+    stream = Path(log2.base)
+    for created in (stream, stream.parent, stream.parent.parent):
+        assert (_ino(created.parent), True) in fsyncs
+    assert (_ino(tmp_path.parent), True) not in fsyncs
+    fsyncs.clear()
+    log2.append(_events(day).slice(0, 1), "f2", durable=True)  # the folder exists now
+    assert (_ino(log2.date_dir(day)), True) in fsyncs and len(fsyncs) == 2
+    got = log2.read([day, day + timedelta(days=1)], _events(day).schema)
+    assert sorted(got["event_id"].to_pylist()) == ["a", "b"]
+    assert not [p for p in Path(log2.date_dir(day)).iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_durable_append_on_an_object_store_is_the_put(fsyncs):
+    log = ProviderEventLog("mock:///landing", "mailgun/newsletter")
+    assert log.append(_events(date(2026, 2, 11)), "f1", durable=True) == 2
+    assert fsyncs == []
+    assert log.read([date(2026, 2, 11)], _events(date(2026, 2, 11)).schema).num_rows == 1
+
+
+def test_provider_log_reads_every_copy_when_asked(tmp_path):
+    log = ProviderEventLog(str(tmp_path), "mailgun/newsletter")
+    day = date(2026, 2, 11)
+    log.append(_events(day), "f1")
+    log.append(_events(day), "f2")
+    schema = _events(day).schema
+    assert log.read([day], schema)["event_id"].to_pylist() == ["a"]
+    assert log.read([day], schema, distinct=False)["event_id"].to_pylist() == ["a", "a"]

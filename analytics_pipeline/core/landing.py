@@ -19,6 +19,7 @@ URI works (local path, s3://, gs://).
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import queue
 import threading
@@ -372,6 +373,27 @@ class LandingStore:
         return meta
 
 
+def _missing_dirs(path: str) -> list[str]:
+    """The local folders that creating ``path`` (recursively) would create, deepest first."""
+    out = []
+    while not os.path.isdir(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def _fsync_dir(path: str) -> None:
+    """Persist a local folder's entries (a rename into it, a folder created in it)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class ProviderEventLog:
     """Append-only landing of provider events, one folder per stream and UTC date.
@@ -396,22 +418,39 @@ class ProviderEventLog:
     def date_dir(self, day: date) -> str:
         return posixpath.join(self.base, f"date={day.isoformat()}")
 
-    def append(self, table: pa.Table, fetch_id: str, time_column: str = "timestamp") -> int:
-        """Write ``table``'s rows under the UTC date of ``time_column``; returns files."""
+    def append(self, table: pa.Table, fetch_id: str, time_column: str = "timestamp",
+               durable: bool = False) -> int:
+        """Write ``table``'s rows under the UTC date of ``time_column``; returns files.
+
+        ``durable``: on a local filesystem, each file's data is fsynced before its rename
+        and its folder (and every folder the append created) after it, so what this returns
+        survives a power loss, as a caller that acknowledges a broker's messages needs; an
+        object store's PUT is durable when it returns, so there it changes nothing."""
         if table.num_rows == 0:
             return 0
         days = pc.cast(pc.cast(table[time_column], pa.timestamp("us")), pa.date32())
         files = 0
+        sync = durable and self._store._local
         for day in pc.unique(days).to_pylist():
             part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
             folder = self.date_dir(day)
+            created = _missing_dirs(folder) if sync else []
             self.fs.create_dir(folder, recursive=True)
             name = f"{fetch_id}-{uuid.uuid4().hex[:8]}.parquet"
             final = posixpath.join(folder, name)
             if self._store._local:
                 tmp = posixpath.join(folder, f".tmp-{name}")
-                pq.write_table(part, tmp, filesystem=self.fs, compression="zstd")
+                if sync:
+                    with open(tmp, "wb") as f:
+                        pq.write_table(part, f, compression="zstd")
+                        f.flush()
+                        os.fsync(f.fileno())
+                else:
+                    pq.write_table(part, tmp, filesystem=self.fs, compression="zstd")
                 self.fs.move(tmp, final)
+                if sync:  # the rename, then each new folder's entry in its parent
+                    for d in dict.fromkeys([folder, *(posixpath.dirname(c) for c in created)]):
+                        _fsync_dir(d)
             else:
                 pq.write_table(part, final, filesystem=self.fs, compression="zstd")
             files += 1
@@ -464,15 +503,18 @@ class ProviderEventLog:
         raise AssertionError("unreachable")
 
     def read(self, days: Iterable, schema: pa.Schema, id_column: str = "event_id",
-             columns: Sequence[str] | None = None) -> pa.Table:
+             columns: Sequence[str] | None = None, distinct: bool = True) -> pa.Table:
         """Events landed under ``days`` (UTC dates), each event id once (first fetched);
-        ``columns`` limits what is read (the id and fetch time are always included)."""
+        ``columns`` limits what is read (the id and fetch time are always included).
+        ``distinct=False``: every landed copy, as stored (e.g. to count redeliveries)."""
         if columns is not None:
             wanted = list(dict.fromkeys([id_column, "fetched_at", *columns]))
             schema = pa.schema([schema.field(c) for c in wanted])
         tables = [t for day in days for t in self._read_day(day, schema)]
         if not tables:
             return schema.empty_table()
+        if not distinct:
+            return pa.concat_tables(tables)
         return dedupe(pa.concat_tables(tables), id_column)
 
     # --- compaction: written aside, published under the caller's lock, then deleted ----
