@@ -27,6 +27,7 @@ from analytics_pipeline.definitions import closed_days_sensor, defs
 from analytics_pipeline.email import sensors
 from analytics_pipeline.email.resources import Mailgun
 from analytics_pipeline.email.sensors import email_streams
+from analytics_pipeline.push.resources import PostHog, PushSettings
 from analytics_pipeline.support.jobs import support_stream
 
 GRACE = timedelta(minutes=30)
@@ -374,13 +375,14 @@ reporting_and_email_sensor = build_closed_days_sensor([support_stream, *email_st
 
 
 def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite://",
-                      sensor=None):
+                      sensor=None, posthog=None):
     ctx = build_sensor_context(
         instance=instance, cursor=cursor,
         resources={"settings": PipelineSettings(default_timezone="UTC",
                                                 start_date="2024-01-01"),
                    "mailgun": mailgun or Mailgun(),
-                   "warehouse": Warehouse(url=warehouse_url)},
+                   "warehouse": Warehouse(url=warehouse_url),
+                   "posthog": posthog or PostHog(), "push_settings": PushSettings()},
     )
     log = TickLog(ctx)
     return (sensor or reporting_and_email_sensor)(ctx), log.lines
@@ -527,9 +529,10 @@ def test_timezone_added_to_a_running_email_stream_catches_up_the_lookback_only()
                                              "2026-06-11|Asia/Kolkata"]
 
 
-def test_web_stream_joins_the_closed_days_sensor(instance, monkeypatch):
-    """The code location's sensor requests the web days with the support days, each
-    stream with its own progress and run keys."""
+def test_web_and_push_streams_join_the_closed_days_sensor(instance, monkeypatch):
+    """The code location's sensor requests the web and push days with the support days,
+    each stream with its own progress and run keys; the push impact only once PostHog is
+    configured, and only for days whose longest after-window (plus grace) has closed."""
     instance.add_dynamic_partitions("timezones", ["America/New_York"])
     monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 12, 5, 31, tzinfo=UTC))
     result, _ = _closed_days_tick(instance, sensor=closed_days_sensor)
@@ -540,5 +543,16 @@ def test_web_stream_joins_the_closed_days_sensor(instance, monkeypatch):
         "support_reporting": ["2026-02-10|America/New_York", "2026-02-11|America/New_York"],
         "web_analytics": ["web_analytics:2026-02-10|America/New_York",
                           "web_analytics:2026-02-11|America/New_York"],
+        "push_delivery": ["push_delivery:2026-02-10|America/New_York",
+                          "push_delivery:2026-02-11|America/New_York"],
     }
-    assert set(read_progress(result.cursor)) == {"reporting", "web"}
+    assert set(read_progress(result.cursor)) == {"reporting", "web", "push_delivery"}
+    # PostHog configured: at 05:31 UTC on 02-13 the day 02-11 (New York) closed 24 h + 2 h
+    # of grace + the closed-days grace ago, 02-12 not yet
+    monkeypatch.setattr(scheduling, "_utcnow", lambda: datetime(2026, 2, 13, 8, 31, tzinfo=UTC))
+    result, _ = _closed_days_tick(instance, sensor=closed_days_sensor, cursor=result.cursor,
+                                  posthog=PostHog(host="http://x", project_id="1",
+                                                  personal_api_key="k"))
+    impact = sorted(r.run_key for r in result.run_requests
+                    if r.job_name == "push_impact_analysis")
+    assert impact[-1] == "push_impact_analysis:2026-02-11|America/New_York"
