@@ -45,9 +45,6 @@ from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, SourceDatabase, Warehouse
 
 GROUP = "campaigns"
-MESSAGES_ASSET = "campaign_messages"
-PROGRESS_ASSET = "campaign_progress"
-ROLLUPS_ASSET = "campaign_rollups"
 
 
 def _utcnow() -> datetime:
@@ -114,22 +111,22 @@ def campaign_messages(
 
 progress_check_specs = [
     AssetCheckSpec(
-        CHECK_NOT_STUCK, asset=PROGRESS_ASSET, blocking=False,
+        CHECK_NOT_STUCK, asset="campaign_progress", blocking=False,
         description="No published page of a refreshed campaign has waited longer than "
         "ANALYTICS_CAMPAIGN_STUCK_MINUTES (15) for its tracked report; fails with severity "
         "WARN, listing the stuck campaigns."),
     AssetCheckSpec(
-        CHECK_NO_DOUBLE_SENDS, asset=PROGRESS_ASSET, blocking=False,
+        CHECK_NO_DOUBLE_SENDS, asset="campaign_progress", blocking=False,
         description="No contact may have received a campaign twice (on two pages, on a page "
         "published and reported sent twice, or marked SENT after several attempts); fails "
         "with severity ERROR, listing the contacts."),
     AssetCheckSpec(
-        CHECK_COUNTS_AGREE, asset=PROGRESS_ASSET, blocking=False,
+        CHECK_COUNTS_AGREE, asset="campaign_progress", blocking=False,
         description="A completed campaign's tracked sent and failed counts equal its "
         "contacts' SENT and FAILED statuses; fails with severity ERROR, listing the "
         "campaigns."),
     AssetCheckSpec(
-        CHECK_WITHIN_AUDIENCE, asset=PROGRESS_ASSET, blocking=False,
+        CHECK_WITHIN_AUDIENCE, asset="campaign_progress", blocking=False,
         description="Sent + failed never exceeds a campaign's audience; fails with severity "
         "ERROR, listing the campaigns."),
 ]
@@ -208,10 +205,10 @@ def campaign_progress(
 
 campaign_rollup_check_specs = [
     AssetCheckSpec(
-        RECONCILES, asset=ROLLUPS_ASSET,
+        RECONCILES, asset="campaign_rollups",
         description="Per account and metric, the totals written to daily_rollups equal the "
         "totals recomputed from the same tracked reports."),
-    AssetCheckSpec(NON_NEGATIVE, asset=ROLLUPS_ASSET,
+    AssetCheckSpec(NON_NEGATIVE, asset="campaign_rollups",
                    description="No rollup row of the partition has a negative count."),
 ]
 
