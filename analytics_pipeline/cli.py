@@ -197,6 +197,36 @@ def cmd_push_impact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    from analytics_pipeline.campaigns.read import as_json, campaign_progress
+    from analytics_pipeline.core.settings import setting
+
+    url = args.warehouse_url or setting("ANALYTICS_WAREHOUSE_URL")
+    with _reading_warehouse(url) as engine:
+        df = campaign_progress(engine, args.account, args.campaign, warehouse_url=url)
+    if args.json:
+        print(json.dumps(as_json(df), indent=2))
+        return 0
+    print(f"campaigns of account {args.account}"
+          + (f", campaign {args.campaign}" if args.campaign is not None else "")
+          + " (as of their last progress refresh; pages tracked/published/expected)")
+    if not len(df):
+        print("no campaign with consumed messages")
+        return 0
+    print(f"{'campaign':>10} {'channel':<9} {'audience':>9} {'pages':>17} {'sent':>9} "
+          f"{'failed':>7} {'progress':>8} {'completed':>9} {'stuck':>5} {'dup pages':>9} "
+          f"{'double sends':>12}  last report (UTC)")
+    for r in df.to_dict("records"):
+        pages = f"{r['pages_tracked']}/{r['pages_published']}/{r['pages_expected']}"
+        last = r["last_reported_at"]
+        last = "-" if last is None or last != last else str(last)[:19]
+        print(f"{r['campaign_id']:>10} {str(r['channel'])[:9]:<9} {r['audience']:>9} "
+              f"{pages:>17} {r['sent']:>9} {r['failed']:>7} {r['progress']:>8.1%} "
+              f"{'yes' if r['completed'] else 'no':>9} {'yes' if r['stuck'] else 'no':>5} "
+              f"{r['duplicate_pages']:>9} {r['double_sends']:>12}  {last}")
+    return 0
+
+
 def cmd_generate_demo_db(args: argparse.Namespace) -> int:
     from analytics_pipeline.core.settings import setting
     from analytics_pipeline.core.warehouse import redact
@@ -279,6 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
     push.add_argument("--landing-uri", help="default: ANALYTICS_LANDING_URI")
     push.set_defaults(fn=cmd_push_impact)
+
+    camp = sub.add_parser("campaigns", help="an account's campaigns: dispatch progress as of "
+                          "the last refresh")
+    camp.add_argument("--account", type=int, required=True)
+    camp.add_argument("--campaign", type=int, help="one campaign only")
+    camp.add_argument("--json", action="store_true",
+                      help="one object per campaign (progress: a fraction 0..1)")
+    camp.add_argument("--warehouse-url", help="default: ANALYTICS_WAREHOUSE_URL")
+    camp.set_defaults(fn=cmd_campaigns)
 
     gen = sub.add_parser("generate-demo-db", help="(re)create the demo application database")
     gen.add_argument("--url", help="default: ANALYTICS_SOURCE_URL")

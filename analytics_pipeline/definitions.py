@@ -11,6 +11,21 @@ from dagster import (
     Definitions,
 )
 
+from analytics_pipeline.campaigns.assets import (
+    campaign_messages,
+    campaign_progress,
+    campaign_rollups,
+)
+from analytics_pipeline.campaigns.jobs import (
+    campaign_consumption_job,
+    campaign_rollups_job,
+    campaign_rollups_stream,
+)
+from analytics_pipeline.campaigns.resources import campaign_broker_resource
+from analytics_pipeline.campaigns.sensors import (
+    campaign_broker_sensor,
+    late_campaign_reports_sensor,
+)
 from analytics_pipeline.core.accounts import accounts, accounts_job
 from analytics_pipeline.core.resources import core_resources
 from analytics_pipeline.core.scheduling import build_closed_days_sensor
@@ -50,7 +65,8 @@ from analytics_pipeline.web.resources import web_resource
 from analytics_pipeline.web.sensors import late_web_events_sensor
 
 closed_days_sensor = build_closed_days_sensor([support_stream, *email_streams, web_stream,
-                                               push_delivery_stream, push_impact_stream])
+                                               push_delivery_stream, push_impact_stream,
+                                               campaign_rollups_stream])
 
 # Evaluates the assets' automation conditions (the periodic refreshes of accounts and of the
 # email statistics); on by default, like the other sensors, so nothing waits for an operator.
@@ -70,13 +86,15 @@ defs = Definitions(
         *(a for assets in email_pipeline_assets.values() for a in assets),
         raw_web_events, web_rollups,
         raw_push_notifications, push_rollups, push_activity, push_impact,
+        campaign_messages, campaign_progress, campaign_rollups,
     ],
     jobs=[accounts_job, reporting_job, *mailgun_jobs.values(), *email_daily_jobs.values(),
           *email_stats_jobs.values(), web_job, web_retention_job, push_delivery_job,
-          push_impact_job],
+          push_impact_job, campaign_consumption_job, campaign_rollups_job],
     schedules=[web_retention_schedule],
     sensors=[closed_days_sensor, periodic_refreshes_sensor, *mailgun_sensors.values(),
-             *late_email_sensors.values(), late_web_events_sensor],
+             *late_email_sensors.values(), late_web_events_sensor, campaign_broker_sensor,
+             late_campaign_reports_sensor],
     resources={**core_resources(), "mailgun": mailgun_resource(), "web": web_resource(),
-               **push_resources()},
+               **push_resources(), "campaign_broker": campaign_broker_resource()},
 )

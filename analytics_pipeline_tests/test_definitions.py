@@ -9,6 +9,7 @@ from analytics_pipeline.definitions import defs
 ASSETS = [
     "accounts",
     "automation_email_rollups", "automation_email_stats", "automation_recipient_states",
+    "campaign_messages", "campaign_progress", "campaign_rollups",
     "mailgun_automation_events", "mailgun_newsletter_events",
     "newsletter_email_rollups", "newsletter_email_stats", "newsletter_recipient_states",
     "push_activity", "push_impact", "push_rollups",
@@ -20,6 +21,12 @@ CHECKS = [
     "accounts:every_source_account_row_is_valid",
     "automation_email_rollups:rollup_counts_non_negative",
     "automation_email_rollups:rollups_reconcile_with_landing",
+    "campaign_progress:campaigns_not_stuck",
+    "campaign_progress:no_double_sends",
+    "campaign_progress:reported_within_audience",
+    "campaign_progress:tracked_counts_agree_with_contacts",
+    "campaign_rollups:rollup_counts_non_negative",
+    "campaign_rollups:rollups_reconcile_with_landing",
     "newsletter_email_rollups:rollup_counts_non_negative",
     "newsletter_email_rollups:rollups_reconcile_with_landing",
     "push_activity:users_mapped_to_posthog",
@@ -33,20 +40,22 @@ CHECKS = [
     "web_rollups:web_visits_at_least_bounces",
 ]
 JOBS = [
-    "automation_email_daily", "automation_email_stats_refresh", "mailgun_automation_fetch",
+    "automation_email_daily", "automation_email_stats_refresh", "campaign_consumption",
+    "campaign_rollups_daily", "mailgun_automation_fetch",
     "mailgun_newsletter_fetch", "newsletter_email_daily", "newsletter_email_stats_refresh",
     "push_delivery", "push_impact_analysis", "refresh_accounts", "support_reporting",
     "web_analytics", "web_retention",
 ]
 SENSORS = [
-    "closed_days_sensor", "late_automation_email_events_sensor",
+    "campaign_broker_sensor", "closed_days_sensor", "late_automation_email_events_sensor",
+    "late_campaign_reports_sensor",
     "late_newsletter_email_events_sensor", "late_web_events_sensor",
     "mailgun_automation_sensor", "mailgun_newsletter_sensor", "periodic_refreshes_sensor",
 ]
 # periodic refreshes are automation conditions (on_cron); retention is a plain job
 SCHEDULES = ["web_retention_schedule"]
-RESOURCES = ["landing", "mailgun", "posthog", "push_settings", "settings", "source_db",
-             "warehouse", "web"]
+RESOURCES = ["campaign_broker", "landing", "mailgun", "posthog", "push_settings", "settings",
+             "source_db", "warehouse", "web"]
 
 
 def test_the_code_location_holds_exactly_these_definitions():
