@@ -13,6 +13,7 @@ from dagster import (
     instance_for_test,
 )
 
+from analytics_pipeline.campaigns.resources import CampaignBroker
 from analytics_pipeline.core import scheduling
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.resources import PipelineSettings, Warehouse
@@ -382,7 +383,8 @@ def _closed_days_tick(instance, cursor=None, mailgun=None, warehouse_url="sqlite
                                                 start_date="2024-01-01"),
                    "mailgun": mailgun or Mailgun(),
                    "warehouse": Warehouse(url=warehouse_url),
-                   "posthog": posthog or PostHog(), "push_settings": PushSettings()},
+                   "posthog": posthog or PostHog(), "push_settings": PushSettings(),
+                   "campaign_broker": CampaignBroker()},
     )
     log = TickLog(ctx)
     return (sensor or reporting_and_email_sensor)(ctx), log.lines
