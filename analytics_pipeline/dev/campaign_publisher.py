@@ -241,12 +241,13 @@ class CampaignPublisher:
 
     def publish_tracked(self, campaign_id: int, page: int, sent: int, failed: int,
                         completed: bool, *, correlation_id: str | None = None, times: int = 1,
-                        new_message_ids: bool = False,
-                        message_ids: bool | None = None) -> list[Published]:
+                        new_message_ids: bool = False, message_ids: bool | None = None,
+                        message_id: str | None = None) -> list[Published]:
         """A sender's report of a page; ``times=2``: published twice (the same message,
-        or with a new message id each time: ``new_message_ids``)."""
+        or with a new message id each time: ``new_message_ids``). ``message_id``: the
+        (first) publication's id, instead of a new one."""
         body = _dump(_tracked(campaign_id, page, sent, failed, completed, correlation_id))
-        mid = self._message_id(message_ids)
+        mid = message_id or self._message_id(message_ids)
         out = []
         for i in range(times):
             if i and new_message_ids:

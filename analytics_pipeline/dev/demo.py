@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -15,6 +16,9 @@ from analytics_pipeline.core.warehouse import make_engine
 from analytics_pipeline.dev.web_demo import DEMO_SITES, web_commands, web_dashboard
 from analytics_pipeline.support.source import src_reporting_events
 from analytics_pipeline.web.contract import WEB_SOURCE
+
+if TYPE_CHECKING:
+    from analytics_pipeline.dev.campaign_demo import CampaignDemo
 
 # The demo covers the last DEMO_DAYS local days closed in every demo timezone, so support
 # and email events (which must stay within Mailgun's 72-hour initial lookback) share dates.
@@ -400,6 +404,16 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     emails, recipients, items = generate_email_demo(email_day)
     if regenerate and src == DEFAULTS["ANALYTICS_SOURCE_URL"]:
         write_email_source(src, emails, recipients)
+    # Campaigns: the demo's campaigns in the application database and their broker messages
+    # on the demo's own exchange and queue of RabbitMQ (when it is reachable; the broker
+    # settings are only set for this process, so `make dev` consumes nothing afterwards).
+    # Sent on the email day: closed in every timezone, within the rollups' late window.
+    from analytics_pipeline.dev.campaign_demo import prepare_campaign_demo
+
+    campaigns, line = prepare_campaign_demo(
+        src, src == DEFAULTS["ANALYTICS_SOURCE_URL"], regenerate, email_day,
+        datetime.now(timezone.utc))
+    out(line)
     sim = MailgunSimulator(domain="mg.demo.example", api_key="demo-key")
     for item, indexed_at in items:
         sim.add(item, indexed_at)
@@ -408,7 +422,7 @@ def run_demo(regenerate: bool = True, out=print) -> int:
     try:
         with posthog_for(world) as posthog_env:
             os.environ.update(posthog_env)
-            return _run_demo_jobs(out, first, last, email_day, pday)
+            return _run_demo_jobs(out, first, last, email_day, pday, campaigns)
     finally:
         sim.stop()
 
@@ -432,11 +446,13 @@ def account_table(rows: list[tuple[str, str, int, str, int]]) -> list[str]:
     return lines
 
 
-def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date) -> int:
+def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date,
+                   campaigns: CampaignDemo | None = None) -> int:
     """Materialize what the sensors would have requested by now, so that their first
     start in `make dev` finds it done: every closed support day from ``first`` (to
     ``last`` when the window is pinned), and each email stream's days from its first
-    fetch's lookback to its settled watermark, as the closed-days sensor computes them."""
+    fetch's lookback to its settled watermark, as the closed-days sensor computes them;
+    then, with ``campaigns``, publish them, consume them and roll up their day."""
     from dagster import DagsterInstance
 
     from analytics_pipeline.core import warehouse as wh
@@ -519,6 +535,29 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date) ->
                 if hi >= lo and not run_range(names.daily_job, tz, lo, hi):
                     return 1
         out("email: fetched from the local Mailgun simulator, rolled up and summarized")
+        if campaigns is not None:
+            # Campaigns: publish, consume (land, progress, checks), roll up the day in each
+            # timezone of the campaigns' accounts.
+            from analytics_pipeline.campaigns.broker import BrokerUnavailable
+            from analytics_pipeline.dev.campaign_demo import publish_dispatches
+
+            try:
+                n = publish_dispatches(campaigns.url, campaigns.dispatches,
+                                       campaigns.batch_size, campaigns.exchange,
+                                       campaigns.queue)
+            except BrokerUnavailable as exc:
+                out(f"campaigns: skipped, {exc}")
+                campaigns = None
+        if campaigns is not None:
+            r = defs.resolve_job_def("campaign_consumption").execute_in_process(
+                instance=instance, run_config=quiet)
+            out(f"{'campaign_consumption':<24} {f'{n} messages published':<22} "
+                f"run {r.run_id[:8]} {'succeeded' if r.success else 'FAILED'}")
+            if not r.success:
+                return 1
+            for tz in campaigns.timezones:
+                if not run_range("campaign_rollups_daily", tz, campaigns.day, campaigns.day):
+                    return 1
 
     out("")
     rows = []
@@ -556,6 +595,11 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date) ->
 
     for line in push_dashboard(engine, LandingStore(setting("ANALYTICS_LANDING_URI")), pday):
         out(line)
+    if campaigns is not None:
+        from analytics_pipeline.dev.campaign_demo import campaign_dashboard
+
+        for line in campaign_dashboard(engine, campaigns.day):
+            out(line)
     engine.dispose()
     lo, hi = (first, last) if email_day <= last else (email_day, email_day)
     out("")
@@ -570,4 +614,9 @@ def _run_demo_jobs(out, first: date, last: date, email_day: date, pday: date) ->
     out(f"  analytics-pipeline push-impact --account 1 --from {pday} --to {pday}")
     out(f"  analytics-pipeline push-impact --account 1 --campaign 101 --from {pday} --to {pday}"
         " --json")
+    if campaigns is not None:
+        from analytics_pipeline.dev.campaign_demo import campaign_commands
+
+        for line in campaign_commands(campaigns.day):
+            out(line)
     return 0
