@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from analytics_pipeline.core.coerce import decode_utf8, to_int64, to_timestamp_utc
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.settings import start_date
 from analytics_pipeline.core.sources import (
@@ -92,9 +94,12 @@ class PushSource:
                     stats.rows_read += batch.num_rows
                     yield convert_pushes(batch)
 
-    def pushed_users(self, account_id: int, start: datetime, end: datetime) -> list[int]:
-        """Users of ``account_id`` with a push sent or delivered in ``[start, end)`` (naive
-        UTC): excluded from the comparison groups around that time."""
+    def push_instants(self, account_ids: Sequence[int], start: datetime,
+                      end: datetime) -> pa.Table:
+        """(account_id, user_id, at) of every push of ``account_ids`` sent or delivered in
+        ``[start, end)`` (naive UTC): one row per instant in the range (a push sent and
+        delivered in it gives two), read once for all of a day's comparison groups. Rows
+        whose ids or instants do not convert exactly are left out."""
         url = normalize_url(self.url)
         kinds = inspect_table(url, "push_notifications").kinds
         p = src_push_notifications.c
@@ -104,18 +109,48 @@ class PushSource:
         for col in (p.sent_at, p.delivered_at):
             at, dated = _instant(col, kinds[col.name], dialect)
             conditions.append(sa.and_(dated, at >= lo, at < hi))
-        query = (sa.select(p.user_id).distinct()
-                 .where(_ids_match(p.account_id, kinds["account_id"], [account_id]),
-                        sa.or_(*conditions)))
-        out: list[int] = []
+        cols = columns_as_stored(src_push_notifications,
+                                 ("account_id", "user_id", "sent_at", "delivered_at"), dialect)
+        query = sa.select(*cols).where(
+            _ids_match(p.account_id, kinds["account_id"], sorted(set(account_ids))),
+            sa.or_(*conditions))
+        parts = []
         with arrow_batches(url, query) as reader:
             for b in reader:
-                col = b.column(0)
-                if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-                    col = col.cast(pa.string())
-                for v in col.to_pylist():  # distinct user ids: small
-                    try:
-                        out.append(int(v))
-                    except (TypeError, ValueError):
-                        continue
-        return sorted(set(out))
+                if not b.num_rows:
+                    continue
+                t = pa.Table.from_batches([b])
+                account, bad_a = to_int64(_one(t["account_id"]))
+                user, bad_u = to_int64(_one(t["user_id"]))
+                for c in ("sent_at", "delivered_at"):
+                    at, bad_t = to_timestamp_utc(_decoded(_one(t[c])))
+                    ok = pc.invert(pc.or_(pc.or_(bad_a, bad_u), bad_t))
+                    parts.append(pa.table({"account_id": account, "user_id": user,
+                                           "at": at}).filter(ok))
+        if not parts:
+            return pa.table({"account_id": pa.array([], pa.int64()),
+                             "user_id": pa.array([], pa.int64()),
+                             "at": pa.array([], pa.timestamp("us", tz="UTC"))})
+        t = pa.concat_tables(parts).combine_chunks()
+        lo_us = pa.scalar(_us(start), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        hi_us = pa.scalar(_us(end), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        keep = pc.and_(pc.and_(pc.is_valid(t["at"]), pc.is_valid(t["user_id"])),
+                       pc.and_(pc.greater_equal(t["at"], lo_us), pc.less(t["at"], hi_us)))
+        return t.filter(pc.fill_null(keep, False))
+
+
+def _one(col: pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _decoded(arr: pa.Array) -> pa.Array:
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        return decode_utf8(arr)[0]
+    return arr
+
+
+def _us(t: datetime) -> int:
+    """Microseconds since the epoch of a naive-UTC (or aware) instant."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int((t - datetime(1970, 1, 1, tzinfo=timezone.utc)) / timedelta(microseconds=1))

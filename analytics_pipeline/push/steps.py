@@ -249,19 +249,33 @@ def fetch_push_activity(source: PushSource, store: LandingStore, engine: Engine,
     campaigns = groups.filter(pc.equal(groups["group_type"], "campaign"))
     by_campaign = campaigns.group_by(["account_id", "group_id"], use_threads=False) \
         .aggregate([("anchor_at", "list")])
-    for r in by_campaign.to_pylist():  # one iteration per campaign of the day
-        t_us = _median_anchor(pa.array(r["anchor_at_list"], pa.timestamp("us", tz="UTC")))
-        t = datetime(1970, 1, 1) + timedelta(microseconds=t_us)
-        account = int(r["account_id"])
-        excluded = source.pushed_users(account, t - longest, t + longest)
-        candidates = pc.filter(users["user_id"], pc.equal(users["account_id"], account))
-        sample = sample_comparison_users(candidates.to_numpy(), np.asarray(excluded, np.int64),
-                                         comparison_size, f"campaign:{r['group_id']}:{day.key}")
+    medians = [(int(r["account_id"]), r["group_id"], _median_anchor(
+        pa.array(r["anchor_at_list"], pa.timestamp("us", tz="UTC"))))
+        for r in by_campaign.to_pylist()]  # one per campaign of the day
+    instants = None
+    if medians:  # every push instant near the day's campaigns, read once
+        lo = min(m for _, _, m in medians) - int(longest / timedelta(microseconds=1))
+        hi = max(m for _, _, m in medians) + int(longest / timedelta(microseconds=1))
+        epoch = datetime(1970, 1, 1)
+        instants = source.push_instants(sorted({a for a, _, _ in medians}),
+                                        epoch + timedelta(microseconds=lo),
+                                        epoch + timedelta(microseconds=hi + 1))
+        at_us = pc.cast(instants["at"], pa.int64()).to_numpy()
+        inst_account = instants["account_id"].to_numpy()
+        inst_user = instants["user_id"].to_numpy()
+        user_ids, user_accounts = (users["user_id"].to_numpy(),
+                                   users["account_id"].to_numpy())
+    width = int(longest / timedelta(microseconds=1))
+    for account, group_id, t_us in medians:
+        near = (inst_account == account) & (at_us >= t_us - width) & (at_us < t_us + width)
+        sample = sample_comparison_users(user_ids[user_accounts == account],
+                                         inst_user[near], comparison_size,
+                                         f"campaign:{group_id}:{day.key}")
         n = len(sample)
         comparison_parts.append(pa.table({
             "account_id": pa.repeat(pa.scalar(account, pa.int64()), n),
             "group_type": pa.repeat(pa.scalar("campaign"), n),
-            "group_id": pa.repeat(pa.scalar(r["group_id"]), n),
+            "group_id": pa.repeat(pa.scalar(group_id), n),
             "user_id": pa.array(sample, pa.int64()),
             "push_id": pa.nulls(n, pa.int64()),
             "anchor_at": pa.repeat(pa.scalar(t_us, pa.int64()).cast(
