@@ -602,6 +602,7 @@ def main() -> int:
     if args.messages < len(MALFORMED) + 10:
         p.error(f"--messages must be at least {len(MALFORMED) + 10}")
 
+    load_before = os.getloadavg()[0]
     now = datetime.now(timezone.utc)
     token = uuid.uuid4().hex[:10]
     exchange, queue_name = f"bench.campaigns.{token}", f"bench.analytics_pipeline.{token}"
@@ -699,6 +700,8 @@ def main() -> int:
               f"s** ({c_note}; {c_full / n * 1e3:.2f} ms per campaign) |")
         print(f"| (c') (c) for the window's campaigns only | {cw:.2f} s ({cw_note}) |")
         print(f"| warm-up scan before (b), untimed | {warm_s:.1f} s |")
+        print(f"| load average (1 min) at start / end | {load_before:.2f} / "
+              f"{os.getloadavg()[0]:.2f} |")
         print()
         counted = steps["contact_counts()"][0]
         print(f"ratio (c) / (b):                  {c_full / b['seconds']:,.1f}x  "
