@@ -104,21 +104,54 @@ def make_world(pushes: int, campaigns: int, users: int, events: int, effect_shar
 # --- (a) the project ----------------------------------------------------------------------
 
 
+class Phases:
+    """Wall time, calls and peak RSS of the functions a step calls, by wrapping them in the
+    child (the project's code is not changed): the fetch's time split into comparison draw,
+    mapping, activity queries and the rest. Peaks are folded into ``stage_peak`` before each
+    reset, so the stage's own peak stays exact."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.peak: dict[str, float] = {}
+        self.stage_peak = 0.0
+
+    def wrap(self, name: str, fn):  # noqa: ANN001, ANN201
+        def inner(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.stage_peak = max(self.stage_peak, peak_rss_mb())
+            reset_peak_rss()
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+                self.calls[name] = self.calls.get(name, 0) + 1
+                p = peak_rss_mb()
+                self.peak[name] = max(self.peak.get(name, 0.0), p)
+                self.stage_peak = max(self.stage_peak, p)
+                reset_peak_rss()
+        return inner
+
+    def end_stage(self) -> float:
+        """The peak RSS since the stage started; starts the next stage."""
+        peak = max(self.stage_peak, peak_rss_mb())
+        self.stage_peak = 0.0
+        reset_peak_rss()
+        return peak
+
+
+
 def project_run(src_url: str, wh_url: str, landing: str, posthog: tuple, windows: list[int],
                 comparison_size: int, profile: bool, out: mp.Queue) -> None:
     """(a) in a child process: extract, fetch (PostHog over HTTP), statistics; timings,
     counters and peak RSS of each step."""
     from analytics_pipeline.core import warehouse as wh
     from analytics_pipeline.core.partitions import resolve_account_timezones
+    from analytics_pipeline.push import steps
     from analytics_pipeline.push.contract import LANDED_PUSH_SCHEMA, PUSH_SOURCE
     from analytics_pipeline.push.impact import impact_table
     from analytics_pipeline.push.posthog import PostHogClient
     from analytics_pipeline.push.source import PushSource
-    from analytics_pipeline.push.steps import (
-        compute_push_impact,
-        extract_push_partition,
-        fetch_push_activity,
-    )
 
     engine = wh.make_engine(wh_url)
     wh.ensure_schema(engine)
@@ -135,24 +168,29 @@ def project_run(src_url: str, wh_url: str, landing: str, posthog: tuple, windows
         import cProfile
 
         prof = cProfile.Profile()
+    ph = Phases()
+    PushSource.pushed_users = ph.wrap("pushed_users", PushSource.pushed_users)
+    steps.map_users = ph.wrap("map_users", steps.map_users)
+    steps.fetch_activity = ph.wrap("fetch_activity", steps.fetch_activity)
+    store.write_partition = ph.wrap("write_partition", store.write_partition)
     rss0 = rss_mb()
     t0 = time.perf_counter()
-    x = extract_push_partition(source, store, engine, DAY, "UTC", now=now)
+    x = steps.extract_push_partition(source, store, engine, DAY, "UTC", now=now)
     t1 = time.perf_counter()
-    peak_extract = peak_rss_mb()
-    reset_peak_rss()
+    peak_extract = ph.end_stage()
+    ph.seconds.clear(), ph.calls.clear(), ph.peak.clear()  # the fetch's own phases
     if prof is not None:
         prof.enable()
-    f = fetch_push_activity(source, store, engine, client, DAY, windows,
-                            comparison_size=comparison_size, now=now)
+    f = steps.fetch_push_activity(source, store, engine, client, DAY, windows,
+                                  comparison_size=comparison_size, now=now)
     if prof is not None:
         prof.disable()
     t2 = time.perf_counter()
-    peak_fetch = peak_rss_mb()
-    reset_peak_rss()
-    r = compute_push_impact(store, engine, DAY, windows, alpha=0.05)
+    peak_fetch = ph.end_stage()
+    fetch_phases = {k: (ph.seconds[k], ph.calls[k], ph.peak[k]) for k in ph.seconds}
+    r = steps.compute_push_impact(store, engine, DAY, windows, alpha=0.05)
     t3 = time.perf_counter()
-    peak_stats = peak_rss_mb()
+    peak_stats = ph.end_stage()
     # (c) the statistics alone, over the landed pushes and answers
     pushes = store.read_partition(PUSH_SOURCE, DAY, LANDED_PUSH_SCHEMA)
     activity = store.read_partition(ACTIVITY_SOURCE, DAY, ACTIVITY_SCHEMA)
@@ -180,9 +218,27 @@ def project_run(src_url: str, wh_url: str, landing: str, posthog: tuple, windows
         "methods": f.methods, "groups": r.groups, "impact_rows": r.rows_written,
         "campaign_rows": first.num_rows,
         "significant_ids": [int(g) for g in significant["group_id"].to_pylist()],
+        "phases": fetch_phases, "arrow_pool_peak_mb": pa.default_memory_pool().max_memory() / 2**20,
         "rss_start_mb": rss0, "peak_extract_mb": peak_extract, "peak_fetch_mb": peak_fetch,
         "peak_stats_mb": peak_stats,
         "peak_mb": max(peak_extract, peak_fetch, peak_stats)})
+
+
+def stats_run(wh_url: str, landing: str, windows: list[int], out: mp.Queue) -> None:
+    """(c) in a fresh child process, as its own Dagster step would run: the statistics of
+    the landed answers again (``compute_push_impact``), time and peak RSS."""
+    from analytics_pipeline.core import warehouse as wh
+    from analytics_pipeline.push.steps import compute_push_impact
+
+    engine = wh.make_engine(wh_url)
+    store = LandingStore(landing)
+    rss0 = rss_mb()
+    reset_peak_rss()
+    t = time.perf_counter()
+    r = compute_push_impact(store, engine, DAY, windows, alpha=0.05)
+    out.put({"seconds": time.perf_counter() - t, "rows": r.rows_written,
+             "peak_mb": peak_rss_mb(), "rss_start_mb": rss0,
+             "arrow_pool_peak_mb": pa.default_memory_pool().max_memory() / 2**20})
 
 
 # --- (b) one query per cohort row -----------------------------------------------------------
@@ -337,6 +393,7 @@ def main() -> int:
                 a = child(project_run, src, whurl, landing, posthog, windows,
                           args.comparison_size, args.profile)
                 a["log"] = query_log(sim, before)
+                a["stats_fresh"] = child(stats_run, whurl, landing, windows)
                 a["windows"] = windows
                 # the cohort asked about: one row per cohort row (first window's rows)
                 act = LandingStore(landing).read_partition(ACTIVITY_SOURCE, DAY,
@@ -391,6 +448,18 @@ def main() -> int:
             lambda a: f"{a['log']['activity'] / (a['pushes_analysed'] / 1000):.2f}")
         row("(a) fetch wall time (mapping, comparison draw, queries, landing)",
             lambda a: f"{a['fetch']:.1f} s")
+        def split(a: dict) -> str:
+            ph = a["phases"]
+            named = [("pushed_users", "comparison exclusions"), ("map_users", "mapping"),
+                     ("fetch_activity", "activity"), ("write_partition", "landing")]
+            parts = [f"{label} {ph[k][0]:.1f} s" + (f" ({ph[k][1]:,} calls)" if ph[k][1] > 1
+                                                     else "")
+                     for k, label in named if k in ph]
+            rest = a["fetch"] - sum(ph[k][0] for k, _ in named if k in ph)
+            return ", ".join(parts) + f", rest {rest:.1f} s"
+
+        row("(a) fetch split: pushed_users (comparison exclusions), map_users, "
+            "fetch_activity, landing, rest", split)
         row("(a) … of which waiting for PostHog (simulator executing)",
             lambda a: f"{a['client_seconds']:.1f} s ({a['log']['server_seconds']:.1f} s)")
         row(f"(a) the same queries at {REAL_RATE_PER_HOUR}/hour (the real service's limit)",
@@ -398,9 +467,18 @@ def main() -> int:
         row("(a) statistics: compute_push_impact (read, stats, write)",
             lambda a: f"{a['compute']:.2f} s ({a['impact_rows']:,} rows, {a['groups']:,} groups)")
         row("(c) statistics alone: impact_table", lambda a: f"{a['impact_table']:.2f} s")
+        row("(c) compute_push_impact in a fresh process (its own Dagster step): time, peak "
+            "RSS (RSS after imports)",
+            lambda a: f"{a['stats_fresh']['seconds']:.2f} s, {a['stats_fresh']['peak_mb']:,.0f}"
+                      f" MB ({a['stats_fresh']['rss_start_mb']:,.0f} MB)")
         row("(a) peak RSS: extract / fetch / statistics (target < 1,024 MB)",
             lambda a: f"{a['peak_extract_mb']:,.0f} / {a['peak_fetch_mb']:,.0f} / "
                       f"{a['peak_stats_mb']:,.0f} MB")
+        row("(a) peak RSS within the fetch: pushed_users / map_users / fetch_activity / "
+            "landing; Arrow pool peak",
+            lambda a: " / ".join(f"{a['phases'][k][2]:,.0f}" for k in (
+                "pushed_users", "map_users", "fetch_activity", "write_partition")
+                if k in a["phases"]) + f" MB; {a['arrow_pool_peak_mb']:,.0f} MB")
         row("(a) campaigns significant (events, first window): with effect / without",
             lambda a: f"{len(effect_ids & set(a['significant_ids'])):,}/{len(effect_ids):,}"
                       f" / {len(set(a['significant_ids']) - effect_ids):,}/"
@@ -440,7 +518,10 @@ def main() -> int:
             print(f"[{w}] activity queries per 1,000 cohort pairs: "
                   f"{a['log']['activity'] / (a['pairs'] / 1000):.3f}  (target ≤ 1 per window "
                   f"set; {len(a['windows'])} window(s) here)")
-            print(f"[{w}] peak RSS (a):              {a['peak_mb']:,.0f} MB  (target < 1,024 MB)")
+            print(f"[{w}] peak RSS (a):              {a['peak_mb']:,.0f} MB (fetch "
+                  f"{a['peak_fetch_mb']:,.0f} MB, statistics after it in the same process "
+                  f"{a['peak_stats_mb']:,.0f} MB, in a fresh one "
+                  f"{a['stats_fresh']['peak_mb']:,.0f} MB)  (target < 1,024 MB)")
             print(f"[{w}] statistics / fetch:        {a['compute'] / a['fetch']:.1%} "
                   f"(impact_table alone {a['impact_table'] / a['fetch']:.1%})  (target < 10%)")
             print(f"[{w}] fetch vs naive (est.):     {per_query * n_rows / a['fetch']:,.0f}x "
