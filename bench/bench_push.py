@@ -169,7 +169,7 @@ def project_run(src_url: str, wh_url: str, landing: str, posthog: tuple, windows
 
         prof = cProfile.Profile()
     ph = Phases()
-    PushSource.pushed_users = ph.wrap("pushed_users", PushSource.pushed_users)
+    PushSource.push_instants = ph.wrap("push_instants", PushSource.push_instants)
     steps.map_users = ph.wrap("map_users", steps.map_users)
     steps.fetch_activity = ph.wrap("fetch_activity", steps.fetch_activity)
     store.write_partition = ph.wrap("write_partition", store.write_partition)
@@ -450,7 +450,7 @@ def main() -> int:
             lambda a: f"{a['fetch']:.1f} s")
         def split(a: dict) -> str:
             ph = a["phases"]
-            named = [("pushed_users", "comparison exclusions"), ("map_users", "mapping"),
+            named = [("push_instants", "comparison exclusions"), ("map_users", "mapping"),
                      ("fetch_activity", "activity"), ("write_partition", "landing")]
             parts = [f"{label} {ph[k][0]:.1f} s" + (f" ({ph[k][1]:,} calls)" if ph[k][1] > 1
                                                      else "")
@@ -458,7 +458,7 @@ def main() -> int:
             rest = a["fetch"] - sum(ph[k][0] for k, _ in named if k in ph)
             return ", ".join(parts) + f", rest {rest:.1f} s"
 
-        row("(a) fetch split: pushed_users (comparison exclusions), map_users, "
+        row("(a) fetch split: push_instants (comparison exclusions), map_users, "
             "fetch_activity, landing, rest", split)
         row("(a) … of which waiting for PostHog (simulator executing)",
             lambda a: f"{a['client_seconds']:.1f} s ({a['log']['server_seconds']:.1f} s)")
@@ -474,10 +474,10 @@ def main() -> int:
         row("(a) peak RSS: extract / fetch / statistics (target < 1,024 MB)",
             lambda a: f"{a['peak_extract_mb']:,.0f} / {a['peak_fetch_mb']:,.0f} / "
                       f"{a['peak_stats_mb']:,.0f} MB")
-        row("(a) peak RSS within the fetch: pushed_users / map_users / fetch_activity / "
+        row("(a) peak RSS within the fetch: push_instants / map_users / fetch_activity / "
             "landing; Arrow pool peak",
             lambda a: " / ".join(f"{a['phases'][k][2]:,.0f}" for k in (
-                "pushed_users", "map_users", "fetch_activity", "write_partition")
+                "push_instants", "map_users", "fetch_activity", "write_partition")
                 if k in a["phases"]) + f" MB; {a['arrow_pool_peak_mb']:,.0f} MB")
         row("(a) campaigns significant (events, first window): with effect / without",
             lambda a: f"{len(effect_ids & set(a['significant_ids'])):,}/{len(effect_ids):,}"
