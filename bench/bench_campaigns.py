@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -61,7 +60,7 @@ import pika
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
-from bench_common import create_db, drop_db, peak_rss_mb, reset_peak_rss, rss_mb
+from bench_common import child, create_db, drop_db, peak_rss_mb, reset_peak_rss, rss_mb
 
 from analytics_pipeline.campaigns.broker import connect, declare, pending_messages
 from analytics_pipeline.campaigns.contract import (
@@ -569,23 +568,6 @@ def warm(url: str) -> float:
 
 
 # --- main ----------------------------------------------------------------------------------
-
-
-def child(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    while True:  # a child that dies without reporting fails the run instead of hanging it
-        try:
-            got = q.get(timeout=5)
-            break
-        except queue.Empty:
-            if not p.is_alive():
-                raise RuntimeError(f"{target.__name__} failed (exit code {p.exitcode})") \
-                    from None
-    p.join()
-    return got
 
 
 def main() -> int:

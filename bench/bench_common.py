@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts (run as ``python bench/<script>.py``)."""
 
+import multiprocessing as mp
 import os
+import queue
 import uuid
 
 import numpy as np
@@ -60,3 +62,22 @@ def reset_peak_rss() -> None:
 def prefixed_strings(prefix: str, ints: np.ndarray, suffix: str = "") -> pa.Array:
     """``prefix + str(i) + suffix`` for every integer, vectorized."""
     return pc.binary_join_element_wise(prefix, pc.cast(pa.array(ints), pa.string()), suffix, "")
+
+
+def child(target, *args):
+    """Run ``target(*args, queue)`` in a fresh (spawned) process and return what it puts on
+    the queue; a child that dies without reporting fails the run instead of hanging it."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    while True:
+        try:
+            got = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{target.__name__} failed (exit code {p.exitcode})") \
+                    from None
+    p.join()
+    return got

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from datetime import date, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from bench_common import create_db, drop_db, peak_rss_mb, reset_peak_rss, rss_mb
+from bench_common import child, create_db, drop_db, peak_rss_mb, reset_peak_rss, rss_mb
 
 from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay
@@ -288,23 +287,6 @@ def naive_rows(sim: PostHogSimulator, cohort: pa.Table, wmax: int) -> dict[bool,
 
 
 # --- main ---------------------------------------------------------------------------------
-
-
-def child(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    while True:  # a child that dies without reporting fails the run instead of hanging it
-        try:
-            got = q.get(timeout=5)
-            break
-        except queue.Empty:
-            if not p.is_alive():
-                raise RuntimeError(f"{target.__name__} failed (exit code {p.exitcode})") \
-                    from None
-    p.join()
-    return got
 
 
 def query_log(sim: PostHogSimulator, since: int) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from bench_common import (
+    child,
     create_db,
     drop_db,
     peak_rss_mb,
@@ -679,23 +679,6 @@ def duckdb_one_day(raw: str, site_id: int) -> tuple[float, dict]:
 
 
 # --- main ---------------------------------------------------------------------------------
-
-
-def child(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    while True:  # a child that dies without reporting fails the run instead of hanging it
-        try:
-            got = q.get(timeout=5)
-            break
-        except queue.Empty:
-            if not p.is_alive():
-                raise RuntimeError(f"{target.__name__} failed (exit code {p.exitcode})") \
-                    from None
-    p.join()
-    return got
 
 
 def main() -> int:
