@@ -17,6 +17,7 @@ from analytics_pipeline.push.activity import (
     EVENTS_SETTING,
     EventFilter,
     fetch_activity,
+    pack_batches,
 )
 from analytics_pipeline.push.contract import ACTIVITY_SCHEMA, push_user_mapping
 from analytics_pipeline.push.mapping import map_users
@@ -287,6 +288,44 @@ def test_several_pushes_of_a_person_are_split_into_rounds(posthog, client):
                                                                       ["p1"]]
 
 
+def test_rounds_share_queries_and_answers_match_one_query_per_pair(posthog, client):
+    """Six persons, two of them with a second anchor: 8 pairs in batches of 4 take two
+    queries (not one per round and a partial batch each), no person twice in one, and
+    every number matches asking each pair alone."""
+    for i in range(6):
+        posthog.add_person(f"p{i}", [f"d{i}"])
+    add_events(posthog, [("a", f"d{i}", NOW + (i + 1) * 10 * 60 * 1_000_000 * US)
+                         for i in range(6)] + [("a", "d0", NOW - US), ("a", "d1", NOW + 2 * H)])
+    cohort = cohort_table([(i, f"p{i}", NOW) for i in range(6)]
+                          + [(6, "p0", NOW + H), (7, "p1", NOW + 2 * H)])
+    out = fetch_activity(client, cohort, [1, 24], batch=4)
+    queries = [q.values["persons"] for q in posthog.queries]
+    assert len(queries) == 2 and sorted(map(len, queries)) == [4, 4]
+    assert all(len(set(q)) == len(q) for q in queries)
+    alone = fetch_activity(client, cohort, [1, 24], batch=1)
+    assert len(posthog.queries) == 2 + 8
+    assert by_push(out) == by_push(alone)
+    assert by_push(out)[(6, 1)] == (1, 0, 1, 0) and by_push(out)[(7, 1)] == (0, 1, 0, 1)
+
+
+@pytest.mark.parametrize("anchors", [[1], [1, 1, 1], [3, 1, 1, 1], [4, 1, 1, 1, 1, 1, 1],
+                                     [5, 5, 2, 1, 1, 1, 1], [1, 2, 1, 3, 1, 2]])
+@pytest.mark.parametrize("batch", [1, 2, 3, 1000])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_packing_takes_the_fewest_queries_a_person_once_each(anchors, batch, shuffle):
+    """Each person's ``k`` anchors: every pair in exactly one query, no person twice in a
+    query, exactly ``max(ceil(pairs / batch), most anchors of a person)`` queries (the
+    least possible), whatever the order of the pairs."""
+    code = np.repeat(np.arange(len(anchors)), anchors)
+    if shuffle:
+        code = np.random.default_rng(len(anchors) * batch).permutation(code)
+    batches = pack_batches(code, batch)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(code)))
+    assert all(0 < len(b) <= batch and len(set(code[b])) == len(b) for b in batches)
+    assert len(batches) == max(-(-len(code) // batch), max(anchors))
+    assert pack_batches(code[:0], batch) == []
+
+
 def test_2500_persons_with_two_windows_take_three_queries(posthog, client):
     n = 2_500
     persons = np.char.add("person-", np.arange(n).astype(str))
@@ -303,7 +342,8 @@ def test_2500_persons_with_two_windows_take_three_queries(posthog, client):
                        "anchor_at": pa.array(anchors, TS)})
     out = fetch_activity(client, cohort, [1, 24], batch=1000)
     assert len(posthog.queries) == 3 and client.stats.queries == 3
-    assert sorted(len(q.values["persons"]) for q in posthog.queries) == [500, 1000, 1000]
+    # dealt out evenly: ceil(2500 / 1000) queries of 833 or 834 persons
+    assert sorted(len(q.values["persons"]) for q in posthog.queries) == [833, 833, 834]
     assert client.stats.rows == len(who)  # one row per active person
     assert out.num_rows == 2 * n
     after = out.filter(pc.equal(out["window_hours"], 24))["after_events"].to_numpy()

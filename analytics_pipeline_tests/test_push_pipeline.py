@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
+import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
@@ -14,11 +16,13 @@ from analytics_pipeline.core.landing import LandingStore
 from analytics_pipeline.core.partitions import LocalDay, resolve_account_timezones
 from analytics_pipeline.dev.posthog_simulator import PostHogSimulator
 from analytics_pipeline.dev.push_data import Campaign, PushWorld
-from analytics_pipeline.push.contract import push_impact_daily
+from analytics_pipeline.push.contract import ACTIVITY_SCHEMA, ACTIVITY_SOURCE, push_impact_daily
 from analytics_pipeline.push.posthog import PostHogClient
 from analytics_pipeline.push.read import as_json, push_impact
 from analytics_pipeline.push.source import PushSource
+from analytics_pipeline.push.stats import sample_comparison_users
 from analytics_pipeline.push.steps import (
+    ComparisonSizing,
     compute_push_impact,
     extract_push_partition,
     fetch_push_activity,
@@ -63,7 +67,7 @@ def run(engine, store, source_url, w: PushWorld, sim: PostHogSimulator):
     rolled = rollup_push_partition(store, engine, DAY)
     client = PostHogClient(sim.base_url, sim.project_id, sim.api_key, sleep=lambda s: None)
     fetched = fetch_push_activity(source, store, engine, client, DAY, [24], now=NOW,
-                                  comparison_size=150)
+                                  comparison=ComparisonSizing(maximum=150))
     impact = compute_push_impact(store, engine, DAY, [24], alpha=0.05)
     return rolled, fetched, impact
 
@@ -93,8 +97,8 @@ def test_campaign_effect_is_found_and_no_effect_is_not(setup):
         assert m["users"] == len(set(delivered["user_id"].to_pylist()))
         unknown = set(w.users.filter(w.unknown)["id"].to_pylist())
         assert set(m["unmapped_user_ids"]) == unknown & set(delivered["user_id"].to_pylist())
-        # all windows at once, ≤ 1,000 people a query; the 100 unpushed users serve as the
-        # comparison of both campaigns, around two anchors: a second round for them
+        # all windows at once; the 100 unpushed users serve as the comparison of both
+        # campaigns, around two anchors: a query names a person once, so a second query
         activity_queries = [q for q in sim.queries if "countIf" in q.query]
         assert len(activity_queries) == 2
         rows = daily(engine)
@@ -164,3 +168,68 @@ def test_push_impact_cli_prints_and_answers_json(setup, monkeypatch, capsys):
     assert "account 99" in capsys.readouterr().err
     assert main([*args[:4], "2026-02-12", "--to", "2026-02-11", "--warehouse-url", url]) == 2
     assert "before" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("pushes", "expected"), [(0, 100), (40, 100), (100, 100),
+                                                  (250, 250), (999, 999), (5_000, 1000)])
+def test_comparison_size_follows_the_campaign_between_its_bounds(pushes, expected):
+    assert ComparisonSizing().size(pushes) == expected
+    assert ComparisonSizing(ratio=2.5, minimum=0, maximum=10**6).size(pushes) == \
+        -(-5 * pushes // 2)
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=-1), dict(minimum=-1), dict(minimum=5, maximum=4),
+                                 dict(ratio=float("nan"))])
+def test_comparison_sizing_refuses_impossible_bounds(bad):
+    with pytest.raises(ValueError, match="comparison sizing"):
+        ComparisonSizing(**bad)
+
+
+def test_comparison_sizing_and_activity_batch_come_from_the_environment(monkeypatch):
+    from analytics_pipeline.push.resources import push_resources
+
+    monkeypatch.setenv("ANALYTICS_PUSH_COMPARISON_RATIO", "0.5")
+    monkeypatch.setenv("ANALYTICS_PUSH_COMPARISON_MIN", "20")
+    monkeypatch.setenv("ANALYTICS_PUSH_COMPARISON_SIZE", "300")
+    monkeypatch.setenv("ANALYTICS_PUSH_ACTIVITY_BATCH", "1500")
+    settings = push_resources()["push_settings"].process_config_and_initialize()
+    assert settings.comparison() == ComparisonSizing(ratio=0.5, minimum=20, maximum=300)
+    assert settings.activity_batch == 1500
+    monkeypatch.setenv("ANALYTICS_PUSH_COMPARISON_RATIO", "lots")
+    with pytest.raises(ValueError, match="ANALYTICS_PUSH_COMPARISON_RATIO"):
+        push_resources()
+
+
+def test_a_campaign_draws_comparison_users_in_proportion(setup):
+    """Campaigns 7 and 8 (250 pushes each, a few failed) with ratio 0.2: a fifth of their
+    delivered pushes in comparison users from the 100 never pushed, the same on a re-run."""
+    engine, store, source_url = setup
+    w = world()
+    with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
+        w.load_posthog(sim)
+        w.write_source(source_url)
+        source = PushSource(source_url, fallback_date=date(2024, 1, 1))
+        extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
+        client = PostHogClient(sim.base_url, sim.project_id, sim.api_key)
+        sizing = ComparisonSizing(ratio=0.2, minimum=10, maximum=1000)
+        drawn = []
+        for _ in range(2):
+            fetch_push_activity(source, store, engine, client, DAY, [24], now=NOW,
+                                comparison=sizing)
+            act = store.read_partition(ACTIVITY_SOURCE, DAY, ACTIVITY_SCHEMA)
+            comp = act.filter(pc.invert(act["treated"]))
+            drawn.append({g: sorted(comp.filter(pc.equal(comp["group_id"], g))["user_id"]
+                                    .to_pylist()) for g in ("7", "8")})
+    assert drawn[0] == drawn[1]
+    unknown = set(w.users.filter(w.unknown)["id"].to_pylist())
+    delivered = w.pushes.filter(w.pushes["delivered_at"].is_valid())
+    for g in ("7", "8"):
+        n = pc.sum(pc.equal(delivered["campaign_id"], int(g))).as_py()
+        size = -(-n // 5)
+        assert 40 <= size <= 50
+        # drawn from the 100 never pushed; those PostHog knows are analysed
+        sample = sample_comparison_users(np.arange(601, 701), [], size,
+                                         f"campaign:{g}:{DAY.key}")
+        assert len(sample) == size
+        assert drawn[0][g] == sorted(set(sample.tolist()) - unknown)
+    assert drawn[0]["7"] != drawn[0]["8"]

@@ -6,20 +6,26 @@ For an anchor ``t`` and a window ``W`` (hours): *before* is ``[t − W, t)``, *a
 distinct hour slots ``floor((timestamp − (t − W)) / 1 h)`` (before) or ``floor((timestamp −
 t) / 1 h)`` (after) holding at least one such event.
 
-PostHog does the aggregation: one query per batch of at most ``batch`` persons answers one
-row per person with every window's four numbers (``countIf``/``uniqExactIf`` over the
-event's offset from its person's anchor, in microseconds), never one row per event. The
-persons and their anchors travel as two parallel lists in ``values``; each event finds its
-anchor with ``arrayElement({anchors}, indexOf({persons}, person_id))``. Events are filtered
-by ``person_id`` and grouped by it, so a merged person's events (all its distinct ids)
-count once, for that person.
+PostHog does the aggregation: one query per batch of at most ``batch`` persons (default
+2,000) answers one row per person with every window's four numbers (``countIf`` and
+``uniqExactIf`` over the event's offset from its person's anchor, in microseconds), never
+one row per event. The persons and their anchors travel as two parallel lists in
+``values``; each event finds its anchor with
+``arrayElement({anchors}, indexOf({persons}, person_id))``. Events are filtered by
+``person_id`` and grouped by it, so a merged person's events (all its distinct ids) count
+once, for that person.
 
-Rounds: ``indexOf`` finds one anchor per person, so a query may name each person once.
+Packing: ``indexOf`` finds one anchor per person, so a query may name each person once.
 Identical (person, anchor) pairs are asked once and their numbers shared by their cohort
-rows; a person with several distinct anchors (several pushes in a partition) has them
-split over rounds, the person's k-th anchor (in time order) in round k, and each round is
-batched on its own. A cohort of distinct persons is therefore ``ceil(n / batch)`` queries
-whatever the number of windows.
+rows. A person with several distinct anchors (pushed twice in a partition, or a comparison
+user of several campaigns) has them in different queries, dealt out with everyone else's
+pairs (``pack_batches``): ``n`` distinct pairs take ``ceil(n / batch)`` queries whatever
+the number of windows, unless a person holds more anchors than that (a person's ``k``
+anchors need ``k`` queries).
+
+Batch size: the persons and anchors travel inside the query (~70 bytes a pair), so 2,000
+pairs are ~140 KB of query text, within ClickHouse's default ``max_query_size`` (256 KiB)
+that PostHog's HogQL ends in; ``MAX_BATCH`` (2,500) keeps to it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import pyarrow.compute as pc
 from analytics_pipeline.push.posthog import MAX_PAGE, PostHogClient, PostHogError
 
 EVENTS_SETTING = "ANALYTICS_PUSH_EVENTS"
-MAX_BATCH = 1000  # persons per query
+MAX_BATCH = 2500  # persons per query (query text size, see the module docstring)
+DEFAULT_BATCH = 2000
 HOUR_US = 3_600_000_000
 COUNT_COLUMNS = ("before_events", "after_events", "before_hours", "after_hours")
 
@@ -136,17 +143,38 @@ def _iso_second(micros: int, up: bool) -> str:
     return str(np.datetime64(int(seconds), "s")) + "Z"
 
 
+def pack_batches(code: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Pair indices grouped into the fewest queries of at most ``batch`` pairs with no
+    person twice in one: ``max(ceil(n / batch), k)`` queries for ``n`` pairs when a person
+    holds at most ``k`` of them (``code`` is each pair's person).
+
+    With the pairs listed person by person, the ``i``-th goes to query ``i mod q``: a
+    person's consecutive pairs (``k ≤ q``) land in different queries, and each query gets
+    ``n / q ≤ batch`` pairs, rounded.
+    """
+    n = len(code)
+    if not n:
+        return []
+    by_person = np.argsort(code, kind="stable")
+    _, per_person = np.unique(code, return_counts=True)
+    q = max(-(-n // batch), int(per_person.max()))
+    slot = np.arange(n) % q
+    order = by_person[np.argsort(slot, kind="stable")]
+    bounds = np.searchsorted(np.sort(slot), np.arange(q + 1))
+    return [np.sort(order[bounds[i]:bounds[i + 1]]) for i in range(q)]
+
+
 def fetch_activity(client: PostHogClient, cohort: pa.Table, windows_hours: Sequence[int],
-                   event_filter: EventFilter | None = None, batch: int = MAX_BATCH,
+                   event_filter: EventFilter | None = None, batch: int = DEFAULT_BATCH,
                    page_size: int = MAX_PAGE) -> pa.Table:
     """One row per cohort row and window, in cohort order then ``windows_hours`` order: the
     cohort's columns (passed through), ``window_hours`` (int32) and ``before_events``,
     ``after_events``, ``before_hours``, ``after_hours`` (int64, 0 without events).
 
     ``cohort`` holds ``person_id`` (PostHog person, text) and ``anchor_at`` (timestamp,
-    UTC) plus any passthrough columns. Queries: one per ``batch`` (≤ 1000) persons per
-    round (see the module docstring), all windows in the same query; an answer longer than
-    ``page_size`` rows is paged.
+    UTC) plus any passthrough columns. Queries: one per ``batch`` (≤ 2,500) distinct
+    (person, anchor) pairs, a person at most once per query (see the module docstring), all
+    windows in the same query; an answer longer than ``page_size`` rows is paged.
     """
     windows = _windows(windows_hours)
     event_filter = event_filter or EventFilter()
@@ -173,33 +201,28 @@ def fetch_activity(client: PostHogClient, cohort: pa.Table, windows_hours: Seque
         pairs, inverse = np.unique(keys, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         code, anchor = pairs[:, 0], pairs[:, 1]
-        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-        rank = np.arange(len(pairs)) - np.repeat(starts, np.diff(np.r_[starts, len(pairs)]))
         counts = np.zeros((len(pairs), k, len(COUNT_COLUMNS)), np.int64)
         condition, filter_values = event_filter.condition()
         hogql = activity_query(k, condition)
         schema = pa.schema([("person_id", pa.string())] + [
             (f"{c}_{i}", pa.int64()) for i in range(k) for c in COUNT_COLUMNS])
         widest = max(windows) * HOUR_US
-        for r in range(int(rank.max()) + 1):
-            members = np.flatnonzero(rank == r)
-            for i in range(0, len(members), batch):
-                chunk = members[i:i + batch]
-                names = persons.take(pa.array(code[chunk]))
-                values = {
-                    "persons": names.to_pylist(), "anchors": _iso(anchor[chunk]),
-                    "since": _iso_second(int(anchor[chunk].min()) - widest, up=False),
-                    "until": _iso_second(int(anchor[chunk].max()) + widest, up=True),
-                    **{f"window_{j}": w * HOUR_US for j, w in enumerate(windows)},
-                    **filter_values}
-                answer = client.query_all(hogql, values, page_size=page_size, schema=schema)
-                at = pc.index_in(answer["person_id"], value_set=names)
-                if at.null_count:
-                    raise PostHogError("PostHog answered activity for a person not asked for")
-                target = chunk[at.to_numpy()]
-                for j in range(k):
-                    for c, column in enumerate(COUNT_COLUMNS):
-                        counts[target, j, c] = answer[f"{column}_{j}"].to_numpy()
+        for chunk in pack_batches(code, batch):
+            names = persons.take(pa.array(code[chunk]))
+            values = {
+                "persons": names.to_pylist(), "anchors": _iso(anchor[chunk]),
+                "since": _iso_second(int(anchor[chunk].min()) - widest, up=False),
+                "until": _iso_second(int(anchor[chunk].max()) + widest, up=True),
+                **{f"window_{j}": w * HOUR_US for j, w in enumerate(windows)},
+                **filter_values}
+            answer = client.query_all(hogql, values, page_size=page_size, schema=schema)
+            at = pc.index_in(answer["person_id"], value_set=names)
+            if at.null_count:
+                raise PostHogError("PostHog answered activity for a person not asked for")
+            target = chunk[at.to_numpy()]
+            for j in range(k):
+                for c, column in enumerate(COUNT_COLUMNS):
+                    counts[target, j, c] = answer[f"{column}_{j}"].to_numpy()
 
     out = cohort.take(pa.array(np.repeat(np.arange(n), k)))
     out = out.append_column("window_hours", pa.array(np.tile(windows, n), pa.int32()))

@@ -164,7 +164,7 @@ push_activity_check_specs = [
     description="Each delivered push's user activity in PostHog before [t − W, t) and after "
     "[t, t + W) the push (events and active hours, every window W), and the same windows of "
     "each campaign's comparison users; users mapped to persons (stored and reused), "
-    "aggregated inside PostHog (one row per person and push, ≤ 1,000 people a query), "
+    "aggregated inside PostHog (one row per person and push, ≤ 2,000 pairs a query), "
     "landed as Parquet so the statistics never ask PostHog again.",
 )
 def push_activity(
@@ -187,9 +187,9 @@ def push_activity(
         r = fetch_push_activity(
             source, store, engine, client, day, windows,
             event_filter=EventFilter.parse(push_settings.events),
-            comparison_size=push_settings.comparison_size,
+            comparison=push_settings.comparison(),
             refresh_after=timedelta(days=push_settings.mapping_refresh_days),
-            batch=push_settings.batch_users)
+            batch=push_settings.batch_users, activity_batch=push_settings.activity_batch)
         context.log.info(f"{r.key}: {r.pushes_analysed} pushes and {r.comparison_users} "
                          f"comparison users analysed; PostHog so far: {r.queries} queries, "
                          f"{r.rows_received} rows")

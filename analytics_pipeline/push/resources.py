@@ -19,10 +19,13 @@ PUSH_DEFAULTS: dict[str, str] = {
     "ANALYTICS_PUSH_EVENTS": "",  # comma-separated event names; empty: all but $-events
     "ANALYTICS_PUSH_MIN_MAPPING_RATE": "0.95",  # the mapping check fails below this
     "ANALYTICS_PUSH_ALPHA": "0.05",  # significance level
-    "ANALYTICS_PUSH_COMPARISON_SIZE": "1000",  # comparison users drawn per campaign
+    "ANALYTICS_PUSH_COMPARISON_RATIO": "1",  # comparison users per delivered push
+    "ANALYTICS_PUSH_COMPARISON_MIN": "100",  # … but at least this many per campaign
+    "ANALYTICS_PUSH_COMPARISON_SIZE": "1000",  # … and at most this many
     "ANALYTICS_PUSH_GRACE_HOURS": "2",  # after the longest window closes, before analysing
     "ANALYTICS_PUSH_MAPPING_REFRESH_DAYS": "7",  # a stored user → person mapping is reused
-    "ANALYTICS_PUSH_BATCH_USERS": "1000",  # people per PostHog query
+    "ANALYTICS_PUSH_BATCH_USERS": "1000",  # users or emails per PostHog mapping query
+    "ANALYTICS_PUSH_ACTIVITY_BATCH": "2000",  # (person, push) pairs per activity query
     "ANALYTICS_AUTOMATIONS_DIR": "",  # automation definition files (JSON or YAML)
 }
 
@@ -70,9 +73,16 @@ class PushSettings(ConfigurableResource):
         description="the mapping check fails (ERROR) for an account below this rate")
     alpha: float = Field(default=float(PUSH_DEFAULTS["ANALYTICS_PUSH_ALPHA"]),
                          description="significance level of the tests")
+    comparison_ratio: float = Field(
+        default=float(PUSH_DEFAULTS["ANALYTICS_PUSH_COMPARISON_RATIO"]),
+        description="comparison users drawn (deterministically) per delivered push of a "
+        "campaign")
+    comparison_min: int = Field(
+        default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_COMPARISON_MIN"]),
+        description="at least this many comparison users per campaign")
     comparison_size: int = Field(
         default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_COMPARISON_SIZE"]),
-        description="comparison users drawn per campaign (deterministically)")
+        description="at most this many comparison users per campaign")
     grace_hours: int = Field(default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_GRACE_HOURS"]),
                              description="hours after the longest after-window closes "
                              "before a day is analysed")
@@ -80,7 +90,12 @@ class PushSettings(ConfigurableResource):
         default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_MAPPING_REFRESH_DAYS"]),
         description="a stored user → person mapping younger than this is reused")
     batch_users: int = Field(default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_BATCH_USERS"]),
-                             description="people per PostHog query (at most 1,000)")
+                             description="users or emails per PostHog mapping query "
+                             "(at most 1,000)")
+    activity_batch: int = Field(
+        default=int(PUSH_DEFAULTS["ANALYTICS_PUSH_ACTIVITY_BATCH"]),
+        description="(person, push) pairs per PostHog activity query (at most 2,500: "
+        "they travel in the query text)")
     automations_dir: str = Field(default=PUSH_DEFAULTS["ANALYTICS_AUTOMATIONS_DIR"],
                                  description="directory of automation definition files")
 
@@ -98,6 +113,12 @@ class PushSettings(ConfigurableResource):
         if not out:
             raise ValueError("ANALYTICS_PUSH_WINDOWS_HOURS names no window")
         return sorted(out)
+
+    def comparison(self):  # noqa: ANN201 - ComparisonSizing (imported lazily: no cycle)
+        from analytics_pipeline.push.steps import ComparisonSizing
+
+        return ComparisonSizing(ratio=self.comparison_ratio, minimum=self.comparison_min,
+                                maximum=self.comparison_size)
 
     def event_names(self) -> list[str] | None:
         names = [n.strip() for n in self.events.split(",") if n.strip()]
@@ -131,10 +152,13 @@ def push_resources() -> dict[str, ConfigurableResource]:
             events=text("ANALYTICS_PUSH_EVENTS"),
             min_mapping_rate=_env_float("ANALYTICS_PUSH_MIN_MAPPING_RATE"),
             alpha=_env_float("ANALYTICS_PUSH_ALPHA"),
+            comparison_ratio=_env_float("ANALYTICS_PUSH_COMPARISON_RATIO"),
+            comparison_min=env_int_or_default("ANALYTICS_PUSH_COMPARISON_MIN", PUSH_DEFAULTS),
             comparison_size=env_int_or_default("ANALYTICS_PUSH_COMPARISON_SIZE", PUSH_DEFAULTS),
             grace_hours=env_int_or_default("ANALYTICS_PUSH_GRACE_HOURS", PUSH_DEFAULTS),
             mapping_refresh_days=env_int_or_default("ANALYTICS_PUSH_MAPPING_REFRESH_DAYS",
                                                     PUSH_DEFAULTS),
             batch_users=env_int_or_default("ANALYTICS_PUSH_BATCH_USERS", PUSH_DEFAULTS),
+            activity_batch=env_int_or_default("ANALYTICS_PUSH_ACTIVITY_BATCH", PUSH_DEFAULTS),
             automations_dir=text("ANALYTICS_AUTOMATIONS_DIR")),
     }
