@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from analytics_pipeline.campaigns import broker as broker_mod
 from analytics_pipeline.campaigns.broker import (
+    PARSED_SCHEMA,
     SEND_SCHEMA,
     TRACKED_SCHEMA,
     BrokerUnavailable,
@@ -29,7 +31,9 @@ from analytics_pipeline.campaigns.broker import (
     connect,
     declare,
     drain_and_land,
+    merge_parsed,
     message_key,
+    parse_messages,
     pending_messages,
     read_landed,
     redact,
@@ -581,3 +585,44 @@ def test_message_key_is_the_id_else_the_hash_of_key_and_body():
     assert message_key(SEND_KEY, b"{}", None) == message_key(SEND_KEY, b"{}", "")
     assert message_key(SEND_KEY, b"{}", None) != message_key(TRACKED_KEY, b"{}", None)
     assert message_key(SEND_KEY, b"{}", None).startswith("sha256:")
+
+
+@pytest.mark.parametrize("parts", [1, 2, 5, 40])
+def test_parses_of_any_split_merge_to_classify_of_all(parts):
+    """Deliveries parsed drain by drain (each message parsed once, when landed) and merged
+    give exactly what classifying them all at once gives: redeliveries across drains count
+    once with their deliveries summed, the first delivery wins, duplicates of a page are
+    flagged across drains, malformed messages quarantined once."""
+    rng = random.Random(parts)
+    variants = _variants(rng)[:120]
+    rows = []
+    for i, (k, b) in enumerate(variants):
+        rows.append(_row(k, b, at=NOW + timedelta(seconds=i)))
+        if i % 3 == 0:  # delivered again later (another drain, probably), flagged or not
+            rows.append(_row(k, b, redelivered=i % 2 == 0,
+                             at=NOW + timedelta(seconds=500 + i)))
+    # a page published twice under two ids, a report delivered twice under one id
+    rows += [_row(SEND_KEY, json.dumps(_send(page=2)).encode(), "p-a", at=NOW),
+             _row(SEND_KEY, json.dumps(_send(page=2)).encode(), "p-b",
+                  at=NOW + timedelta(seconds=900)),
+             _row(TRACKED_KEY, json.dumps(_tracked()).encode(), "t-1", at=NOW),
+             _row(TRACKED_KEY, json.dumps(_tracked()).encode(), "t-1", redelivered=True,
+                  at=NOW + timedelta(seconds=901))]
+    for i, r in enumerate(rows):
+        r["delivery_tag"] = i + 1
+    table = pa.Table.from_pylist(rows, schema=LANDED_MESSAGE_SCHEMA)
+    cut = np.sort(np.random.default_rng(parts).permutation(len(rows))[:parts - 1])
+    pieces = np.split(np.random.default_rng(parts + 1).permutation(len(rows)), cut)
+    parsed = pa.concat_tables([parse_messages(table.take(pa.array(np.sort(p))), NOW)
+                               for p in pieces])
+    assert parsed.schema == PARSED_SCHEMA
+    merged, whole = merge_parsed(parsed), classify(table)
+    for got, want in zip(merged, whole, strict=True):
+        assert got.schema == want.schema
+        assert got.to_pylist() == want.to_pylist()
+    sends, tracked, _ = merged
+    page2 = sends.filter(pc.equal(sends["message_key"], "p-b"))
+    assert page2["duplicate_publication"].to_pylist() == [True]
+    t1 = tracked.filter(pc.equal(tracked["message_key"], "t-1"))
+    assert t1.select(["delivery_count", "redelivered"]).to_pylist() == [
+        {"delivery_count": 2, "redelivered": True}]

@@ -581,6 +581,113 @@ def _quarantine(msgs: pa.Table, reasons: dict[int, str]) -> pa.Table:
     }, schema=QUARANTINE_SCHEMA)
 
 
+# One row per distinct message of a parse (one drain's deliveries, or any landed set): the
+# fields of both kinds (null where the message's kind has none), its meta columns, the tag
+# of its first delivery, and for a malformed message its reason and body (as text, for the
+# quarantine); ``parsed_at``: when it was parsed. ``merge_parsed`` of the parses of any
+# split of the deliveries equals ``classify`` of them all: a drain's messages are parsed
+# once, when they are landed, and never again.
+_PARSED_FIELDS = tuple(dict.fromkeys(_SEND_FIELDS + tuple(
+    f for f in _TRACKED_FIELDS if f.column not in {g.column for g in _SEND_FIELDS})))
+PARSED_SCHEMA = pa.schema(
+    [pa.field("routing_key", pa.string())]
+    + [pa.field(f.column, f.type) for f in _PARSED_FIELDS] + _META
+    + [pa.field("delivery_tag", pa.int64()), pa.field("reason", pa.string()),
+       pa.field("payload", pa.string()), pa.field("parsed_at", _ts)])
+
+
+def _parsed_rows(table: pa.Table, routing_key: str | None, parsed_at: pa.Scalar) -> pa.Table:
+    """``table``'s columns in PARSED_SCHEMA, the missing ones null."""
+    n = table.num_rows
+    cols = []
+    for f in PARSED_SCHEMA:
+        if f.name == "routing_key" and routing_key is not None:
+            cols.append(pa.repeat(pa.scalar(routing_key, pa.string()), n))
+        elif f.name == "parsed_at":
+            cols.append(pa.repeat(parsed_at, n))
+        elif f.name == "delivery_tag" and "_tag" in table.column_names:
+            cols.append(table["_tag"].cast(pa.int64()))
+        elif f.name in table.column_names:
+            cols.append(table[f.name].cast(f.type))
+        else:
+            cols.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(cols, schema=PARSED_SCHEMA)
+
+
+def parse_messages(messages: pa.Table, parsed_at: datetime) -> pa.Table:
+    """Landed deliveries (``LANDED_MESSAGE_SCHEMA``) to one PARSED_SCHEMA row per distinct
+    ``message_key`` (its first delivery; ``delivery_count`` and ``redelivered`` over the
+    deliveries given), valid or with the reason ``classify`` gives."""
+    messages = messages.select(LANDED_MESSAGE_SCHEMA.names)
+    distinct = _distinct(messages)
+    at = pa.scalar(parsed_at if parsed_at.tzinfo else parsed_at.replace(tzinfo=timezone.utc),
+                   _ts)
+    known = pc.is_in(distinct["routing_key"], pa.array(list(ROUTING_KEYS), pa.string()))
+    unknown = distinct.filter(pc.invert(pc.fill_null(known, False)))
+    sends, bad_sends = _kind(distinct, SEND_KEY, _SEND_FIELDS)
+    tracked, bad_tracked = _kind(distinct, TRACKED_KEY, _TRACKED_FIELDS)
+    bad = pa.concat_tables([
+        _quarantine(unknown, dict.fromkeys(range(unknown.num_rows), REASON_UNKNOWN_KEY)),
+        bad_sends, bad_tracked])
+    parts = [_parsed_rows(sends, SEND_KEY, at), _parsed_rows(tracked, TRACKED_KEY, at)]
+    if bad.num_rows:
+        rows = pc.index_in(bad["event_id"], value_set=distinct["message_key"])
+        meta = distinct.take(rows)
+        meta = meta.append_column("_tag", meta["delivery_tag"]) \
+            .append_column("reason", bad["reason"]).append_column("payload", bad["payload"])
+        parts.append(_parsed_rows(meta.drop_columns(["delivery_tag"]), None, at))
+    return pa.concat_tables(parts)
+
+
+def merge_parsed(parsed: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Parses (PARSED_SCHEMA, of one or several drains) to what ``classify`` gives for all
+    their deliveries: one row per ``message_key``, its first delivery (earliest
+    ``received_at``, then delivery tag), deliveries summed, redelivered if any was."""
+    if parsed.num_rows == 0:
+        return (SEND_SCHEMA.empty_table(), TRACKED_SCHEMA.empty_table(),
+                QUARANTINE_SCHEMA.empty_table())
+    keys = pc.fill_null(parsed["message_key"], "")
+    order = pc.sort_indices(pa.table({"k": keys, "t": parsed["received_at"],
+                                      "tag": parsed["delivery_tag"]}),
+                            sort_keys=[("k", "ascending"), ("t", "ascending"),
+                                       ("tag", "ascending")])
+    t = parsed.take(order)
+    k = keys.take(order).combine_chunks()
+    n = t.num_rows
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(k[1:], k[:-1]).to_numpy(zero_copy_only=False)
+    first = np.flatnonzero(starts)
+    counts = np.add.reduceat(pc.fill_null(t["delivery_count"], 1).to_numpy(
+        zero_copy_only=False).astype(np.int64), first)
+    again = np.logical_or.reduceat(pc.fill_null(t["redelivered"], False).to_numpy(
+        zero_copy_only=False).astype(bool), first)
+    t = t.take(pa.array(first))
+    t = t.set_column(t.schema.get_field_index("delivery_count"), "delivery_count",
+                     pa.array(counts, pa.int64()))
+    t = t.set_column(t.schema.get_field_index("redelivered"), "redelivered",
+                     pa.array(again, pa.bool_()))
+    valid = pc.is_null(t["reason"])
+    meta = [f.name for f in _META]
+
+    def kind(key: str, fields: tuple[_Field, ...]) -> pa.Table:
+        rows = t.filter(pc.and_(valid, pc.equal(t["routing_key"], key)))
+        return rows.select([f.column for f in fields] + meta + ["delivery_tag"]) \
+            .rename_columns([f.column for f in fields] + meta + ["_tag"])
+
+    sends = _with_duplicates(kind(SEND_KEY, _SEND_FIELDS), "publications",
+                             "duplicate_publication")
+    tracked = _with_duplicates(kind(TRACKED_KEY, _TRACKED_FIELDS), "reports",
+                               "duplicate_report")
+    bad = t.filter(pc.invert(valid))
+    quarantined = pa.table({
+        "source": pa.repeat(pa.scalar(CAMPAIGN_SOURCE), bad.num_rows),
+        "event_id": bad["message_key"], "reason": bad["reason"],
+        "payload": bad["payload"]}, schema=QUARANTINE_SCHEMA).sort_by(
+        [("event_id", "ascending")])
+    return sends.cast(SEND_SCHEMA), tracked.cast(TRACKED_SCHEMA), quarantined
+
+
 def classify(messages: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Landed messages (``LANDED_MESSAGE_SCHEMA``, every delivery or one per message) to
     (sends: ``SEND_SCHEMA``, tracked: ``TRACKED_SCHEMA``, quarantined:
@@ -594,16 +701,4 @@ def classify(messages: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     above ``totalPages``. ``templateId`` and ``correlationId`` may be absent or null;
     fields beyond the contract are ignored.
     """
-    messages = messages.select(LANDED_MESSAGE_SCHEMA.names)
-    distinct = _distinct(messages)
-    known = pc.is_in(distinct["routing_key"], pa.array(list(ROUTING_KEYS), pa.string()))
-    unknown = distinct.filter(pc.invert(pc.fill_null(known, False)))
-    sends, bad_sends = _kind(distinct, SEND_KEY, _SEND_FIELDS)
-    tracked, bad_tracked = _kind(distinct, TRACKED_KEY, _TRACKED_FIELDS)
-    bad_keys = _quarantine(unknown, dict.fromkeys(range(unknown.num_rows),
-                                                  REASON_UNKNOWN_KEY))
-    sends = _with_duplicates(sends, "publications", "duplicate_publication")
-    tracked = _with_duplicates(tracked, "reports", "duplicate_report")
-    quarantined = pa.concat_tables([bad_keys, bad_sends, bad_tracked]).sort_by(
-        [("event_id", "ascending")])
-    return sends.cast(SEND_SCHEMA), tracked.cast(TRACKED_SCHEMA), quarantined
+    return merge_parsed(parse_messages(messages, datetime.now(timezone.utc)))
