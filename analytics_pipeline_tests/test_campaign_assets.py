@@ -27,6 +27,7 @@ from dagster._core.test_utils import create_run_for_test
 from analytics_pipeline.campaigns import assets as campaign_assets
 from analytics_pipeline.campaigns import broker as broker_mod
 from analytics_pipeline.campaigns import sensors as campaign_sensors
+from analytics_pipeline.campaigns import steps as campaign_steps
 from analytics_pipeline.campaigns.assets import (
     campaign_messages,
     campaign_progress,
@@ -439,6 +440,115 @@ def test_the_progress_checks_fail_with_their_severities_and_name_the_offenders(
     rows = progress_rows(env)
     assert rows[20]["completed"] and rows[20]["status_disagreement"] == 0
     assert rows[21]["double_sends"] == 1
+
+
+def _set_status(env, campaign_id: int, contact_id: int, status: str) -> None:
+    engine = sa.create_engine(wh.normalize_url(env.source_url))
+    c = src_campaign_contacts.c
+    with engine.begin() as conn:
+        conn.execute(src_campaign_contacts.update().where(
+            c.campaign_id == campaign_id, c.contact_id == contact_id).values(status=status))
+    engine.dispose()
+
+
+def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
+        sqlite_env, broker, clock, monkeypatch):
+    """Each message is parsed once; a refresh recomputes the campaigns with new messages
+    and those still open, leaves completed ones alone (their rows, their double sends,
+    still checked), and ``full`` recomputes every campaign of the window."""
+    env = sqlite_env
+    parses = []
+    real_parse = campaign_steps.parse_messages
+    monkeypatch.setattr(campaign_steps, "parse_messages",
+                        lambda m, at: parses.append(m.num_rows) or real_parse(m, at))
+    write_campaigns(env, [(30, 1, "Channel::Email"), (31, 1, "Channel::Sms"),
+                          (32, 1, "Channel::Email")],
+                    {30: audience(1, 10), 31: audience(1, 1500),
+                     32: audience(1, 9) + [(77, "SENT", 3)]})
+    with broker.publisher() as pub:
+        done = pub.publish_pack(30, range(1, 11))
+        open_ = pub.publish_pack(31, range(1, 1501))
+        doubled = pub.publish_pack(32, [*range(1, 10), 77])
+        simulate_senders(pub, [done, doubled])
+        simulate_senders(pub, [open_], lose=[(31, 2)])
+    result = consume(env, broker)
+    assert result.success and parses == [7]  # 4 sends + 3 reports (one lost), parsed once
+    meta = metadata(result, "campaign_progress")
+    assert (meta["campaigns_refreshed"], meta["dagster/row_count"]) == (3, 3)
+    rows = progress_rows(env)
+    assert [rows[c]["completed"] for c in (30, 31, 32)] == [True, False, True]
+    first_update = rows[30]["updated_at"]
+
+    # the application changes a completed campaign's contact: no message, not recomputed;
+    # the open campaign is; the checks still see campaign 32's double send
+    _set_status(env, 30, 1, "FAILED")
+    clock.now += timedelta(minutes=1)
+    result = consume(env, broker)
+    assert result.success and parses == [7]  # nothing landed, nothing parsed again
+    meta = metadata(result, "campaign_progress")
+    assert (meta["campaigns_refreshed"], meta["dagster/row_count"],
+            meta["parsed_files_new"]) == (1, 3, 0)
+    rows = progress_rows(env)
+    assert rows[30]["updated_at"] == first_update and rows[30]["contacts_failed"] == 0
+    assert rows[31]["updated_at"] > first_update
+    doubles = checks(result)[CHECK_NO_DOUBLE_SENDS]
+    assert not doubles.passed and doubles.metadata["campaigns_checked"].value == 3
+    assert [(r.data["campaign_id"], r.data["contact_id"])
+            for r in doubles.metadata["first_offenders"].value.records] == [(32, 77)]
+    assert checks(result)[CHECK_COUNTS_AGREE].passed  # 30's stored row predates the change
+
+    # a message of campaign 30 (its report delivered again under a new id): recomputed
+    with broker.publisher() as pub:
+        pub.publish_tracked(30, 1, 10, 0, True, correlation_id=done.correlation_id)
+    clock.now += timedelta(minutes=1)
+    result = consume(env, broker)
+    assert result.success and parses == [7, 1]
+    assert metadata(result, "campaign_progress")["campaigns_refreshed"] == 2  # 30 and 31
+    rows = progress_rows(env)
+    assert (rows[30]["contacts_failed"], rows[30]["duplicate_reports"],
+            rows[30]["status_disagreement"]) == (1, 1, 2)
+    assert not checks(result)[CHECK_COUNTS_AGREE].passed
+
+    # full: every campaign of the window
+    clock.now += timedelta(minutes=1)
+    full = materialize([campaign_messages, campaign_progress], instance=env.instance,
+                       resources={**env.resources, "campaign_broker": broker.resource()},
+                       run_config={"ops": {"campaign_progress": {"config": {"full": True}}}})
+    meta = metadata(full, "campaign_progress")
+    assert (meta["campaigns_refreshed"], meta["full_refresh"]) == (3, True)
+    assert parses == [7, 1]
+
+
+def test_a_drain_landed_but_not_parsed_is_parsed_by_the_next_refresh(
+        sqlite_env, broker, clock, monkeypatch):
+    env = sqlite_env
+    write_campaigns(env, [(7, 1, "Channel::Email")], {7: audience(1, 1500)})
+    with broker.publisher() as pub:
+        pack = pub.publish_pack(7, range(1, 1501))
+        simulate_senders(pub, [pack])
+    real_land = campaign_steps.land_parsed
+    calls = []
+
+    def fail_first(log, parsed, fetch):
+        calls.append(fetch)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return real_land(log, parsed, fetch)
+
+    monkeypatch.setattr(campaign_steps, "land_parsed", fail_first)
+    result = consume(env, broker)
+    assert result.success and broker.pending() == 0
+    assert any("parsed messages could not be landed" in w
+               for w in metadata(result, "campaign_messages")["warnings"])
+    meta = metadata(result, "campaign_progress")
+    assert (meta["drains_parsed_late"], meta["campaigns_refreshed"]) == (1, 1)
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same drain, parsed again
+    row = progress_rows(env)[7]
+    assert (row["pages_tracked"], row["sent"], row["completed"]) == (2, 1500, True)
+    clock.now += timedelta(minutes=1)
+    again = consume(env, broker)
+    assert metadata(again, "campaign_progress")["drains_parsed_late"] == 0
+    assert len(calls) == 2
 
 
 # --- rollups and late reports ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
+    Config,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -132,6 +133,14 @@ progress_check_specs = [
 ]
 
 
+class ProgressRefreshConfig(Config):
+    """``full``: recompute every campaign with a message in the window (after a change to
+    the application database's contacts, say), not only those with new messages and
+    those still open."""
+
+    full: bool = False
+
+
 @asset(
     name="campaign_progress",
     group_name=GROUP,
@@ -143,12 +152,16 @@ progress_check_specs = [
     "consumption: per campaign, its audience, pages expected/published/tracked, duplicate "
     "pages and reports, sent/failed (each page by its first report), contacts by status "
     "and their disagreement with the reports, completed, progress, first publication, last "
-    "report, send rate, stuck pages; and the contacts possibly sent twice. Reads only the "
-    "messages landed on the last ANALYTICS_CAMPAIGN_PROGRESS_DAYS (30) UTC dates: campaigns "
-    "without a message in that window keep their last row.",
+    "report, send rate, stuck pages; and the contacts possibly sent twice. Each message is "
+    "parsed once, by the consumption that landed it; a refresh recomputes the campaigns "
+    "with messages landed since the last one and those not completed, each from all its "
+    "messages landed on the last ANALYTICS_CAMPAIGN_PROGRESS_DAYS (30) UTC dates (config "
+    "full: every campaign of the window); the others keep their rows. The checks look at "
+    "every campaign of the window.",
 )
 def campaign_progress(
     context: AssetExecutionContext,
+    config: ProgressRefreshConfig,
     campaign_broker: CampaignBroker,
     source_db: SourceDatabase,
     warehouse: Warehouse,
@@ -158,16 +171,20 @@ def campaign_progress(
     r = refresh_progress(
         campaign_log(landing.uri), CampaignSource(source_db.url), warehouse.engine(), now,
         campaign_broker.progress_days, campaign_broker.batch_size,
-        timedelta(minutes=campaign_broker.stuck_minutes))
+        timedelta(minutes=campaign_broker.stuck_minutes), full=config.full)
     for problem, n in r.source_problems.items():
         context.log.warning(f"application database: {n} row(s): {problem}")
+    if r.drains_parsed_late:
+        context.log.warning(f"{r.drains_parsed_late} drain(s) landed without being parsed "
+                            "(a consumption that died after landing) are parsed now")
     if r.quarantine_rows_added:
         context.log.warning(f"{r.quarantine_rows_added} malformed message(s) landed without "
                             "being quarantined (a consumption that died after landing) are "
                             "quarantined now")
     p = r.progress
-    context.log.info(f"{r.campaigns} campaign(s) refreshed from {r.deliveries} landed "
-                     f"deliveries of {r.days[0]}..{r.days[-1]}")
+    context.log.info(f"{r.campaigns} of {r.campaigns_in_window} campaign(s) recomputed "
+                     f"({r.files_new} new parsed file(s)); the window's messages came in "
+                     f"{r.deliveries} deliveries landed {r.days[0]}..{r.days[-1]}")
     stuck = int(sum(p["stuck"].to_pylist()))
     completed = int(sum(p["completed"].to_pylist()))
     offenders = check_offenders(p, r.double_sends)
@@ -180,14 +197,17 @@ def campaign_progress(
                       "problems": MetadataValue.json(problems[:OFFENDERS_LISTED]),
                       "first_offenders": table_metadata(offenders[name],
                                                         limit=OFFENDERS_LISTED),
-                      "campaigns_checked": r.campaigns}))
+                      "campaigns_checked": r.campaigns_in_window}))
     preview = p.sort_by([("stuck", "descending"), ("last_reported_at", "descending")]) \
         .select(["campaign_id", "account_id", "channel", "audience", "pages_expected",
                  "pages_published", "pages_tracked", "sent", "failed", "progress",
                  "completed", "stuck", "double_sends"]).slice(0, 20).to_pylist()
     return MaterializeResult(metadata={
-        "dagster/row_count": r.campaigns,
+        "dagster/row_count": r.campaigns_in_window,
         "campaigns_refreshed": r.campaigns,
+        "full_refresh": config.full,
+        "parsed_files_new": r.files_new,
+        "drains_parsed_late": r.drains_parsed_late,
         "campaigns_completed": completed,
         "campaigns_stuck": stuck,
         "double_send_rows": r.double_sends.num_rows,

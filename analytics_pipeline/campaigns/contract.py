@@ -131,3 +131,14 @@ campaign_double_sends = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
+
+# The parsed message files (``date=…/<file>`` under the parsed stream) a progress refresh
+# has taken in: the next refresh recomputes the campaigns of the files not listed here and
+# the campaigns still open, and leaves completed ones alone. Written in the transaction
+# that writes their progress; rows older than the refresh window are dropped.
+campaign_progress_files = sa.Table(
+    "campaign_progress_files", metadata,
+    sa.Column("path", KeyText, primary_key=True),
+    sa.Column("day", sa.Date, nullable=False),  # the folder's UTC date
+    sa.Column("refreshed_at", sa.DateTime, nullable=False),
+)

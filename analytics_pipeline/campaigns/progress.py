@@ -36,7 +36,7 @@ Decisions shared by every function here:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -721,11 +721,15 @@ def with_double_sends(progress: pa.Table, double_sends: pa.Table) -> pa.Table:
     return progress.set_column(i, "double_sends", pa.array(counts, pa.int64()))
 
 
-def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table) -> ProgressWrite:
+def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table,
+                   files: Sequence[tuple[str, date]] = (),
+                   forget_before: date | None = None) -> ProgressWrite:
     """Replace the rows of the refreshed campaigns (those of ``progress``) in
     ``campaign_progress`` and ``campaign_double_sends`` in one transaction; rows of other
     campaigns are untouched. ``progress.double_sends`` is recounted from ``double_sends``,
-    whose campaigns must all be refreshed ones."""
+    whose campaigns must all be refreshed ones. In the same transaction, ``files`` (path,
+    UTC date) are recorded as taken in by this refresh, and the records of files dated
+    before ``forget_before`` dropped."""
     ids = sorted({int(i) for i in _ints(progress["campaign_id"], "progress campaign_id")})
     if len(ids) != progress.num_rows:
         raise ValueError("campaign_progress rows repeat a campaign")
@@ -733,13 +737,15 @@ def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table) -
         stray = pc.invert(pc.is_in(double_sends["campaign_id"], pa.array(ids, pa.int64())))
         if pc.any(stray).as_py():
             raise ValueError("double sends of campaigns outside the refreshed progress rows")
-    now = pa.scalar(wh.utc_now_naive(), pa.timestamp("us"))
+    now_naive = wh.utc_now_naive()
+    now = pa.scalar(now_naive, pa.timestamp("us"))
     progress = with_double_sends(progress, double_sends)
     rows = _naive(progress.append_column(
         "updated_at", pa.repeat(now, progress.num_rows)))
     doubles = double_sends.select(DOUBLE_SENDS_SCHEMA.names).append_column(
         "updated_at", pa.repeat(now, double_sends.num_rows))
     p, d = contract.campaign_progress, contract.campaign_double_sends
+    f = contract.campaign_progress_files
     out = ProgressWrite(progress.num_rows, double_sends.num_rows, 0, 0)
     with engine.begin() as conn:
         _lock_progress(conn)
@@ -751,7 +757,60 @@ def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table) -
                 d.delete().where(d.c.campaign_id.in_(chunk))).rowcount or 0
         wh.insert_arrow(conn, p, rows.select([c.name for c in p.columns]))
         wh.insert_arrow(conn, d, doubles.select([c.name for c in d.columns]))
+        if forget_before is not None:
+            conn.execute(f.delete().where(f.c.day < forget_before))
+        if files:
+            stmt = wh.upsert_insert(conn, f).on_conflict_do_nothing(index_elements=["path"])
+            conn.execute(stmt, [{"path": path, "day": day, "refreshed_at": now_naive}
+                                for path, day in files])
     return out
+
+
+def refreshed_files(engine: Engine) -> set[str]:
+    """The parsed message files earlier refreshes took in."""
+    f = contract.campaign_progress_files
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(sa.select(f.c.path))}
+
+
+def open_campaigns(engine: Engine) -> np.ndarray:
+    """The campaigns whose stored progress is not completed (sorted ids)."""
+    p = contract.campaign_progress
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(sa.select(p.c.campaign_id).where(
+            p.c.completed.is_(False)))]
+    return np.unique(np.asarray(ids, np.int64))
+
+
+def _read_rows(engine: Engine, table: sa.Table, ids: Sequence[int],
+               schema: pa.Schema) -> pa.Table:
+    """``table``'s rows of the campaigns ``ids`` as ``schema`` (its timestamps UTC)."""
+    names = schema.names
+    cols = [table.c[n] for n in names]
+    rows: list[tuple] = []
+    with engine.connect() as conn:
+        for lo in range(0, len(ids), wh.ID_CHUNK):
+            rows += conn.execute(sa.select(*cols).where(
+                table.c.campaign_id.in_(ids[lo:lo + wh.ID_CHUNK]))
+                .order_by(*[table.c[k.name] for k in table.primary_key])).all()
+    data = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
+    arrays = []
+    for f, values in zip(schema, data, strict=True):
+        if pa.types.is_timestamp(f.type):
+            arrays.append(pc.assume_timezone(pa.array(values, pa.timestamp("us")), "UTC"))
+        else:
+            arrays.append(pa.array(values, f.type))
+    out = pa.Table.from_arrays(arrays, schema=schema)
+    return out.sort_by([(k.name, "ascending") for k in table.primary_key])
+
+
+def stored_progress(engine: Engine, campaign_ids: Sequence[int]) -> tuple[pa.Table, pa.Table]:
+    """(PROGRESS_SCHEMA, DOUBLE_SENDS_SCHEMA) rows stored for ``campaign_ids``, in campaign
+    (then contact, signal) order: what the checks look at after a refresh that recomputed
+    only some of them."""
+    ids = sorted({int(i) for i in campaign_ids})
+    return (_read_rows(engine, contract.campaign_progress, ids, PROGRESS_SCHEMA),
+            _read_rows(engine, contract.campaign_double_sends, ids, DOUBLE_SENDS_SCHEMA))
 
 
 # --- checks -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -21,11 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from analytics_pipeline.campaigns.broker import (
+    PARSED_SCHEMA,
     DrainResult,
     _fetch_id,
     classify,
     drain_and_land,
-    read_landed,
+    merge_parsed,
+    parse_messages,
 )
 from analytics_pipeline.campaigns.contract import (
     CAMPAIGN_SOURCE,
@@ -43,8 +46,11 @@ from analytics_pipeline.campaigns.progress import (
     campaign_progress,
     double_sends,
     message_instants,
+    open_campaigns,
     progress_checks,
+    refreshed_files,
     rollup_events,
+    stored_progress,
     write_progress,
 )
 from analytics_pipeline.campaigns.source import CAMPAIGNS_SCHEMA, CampaignSource
@@ -61,15 +67,37 @@ from analytics_pipeline.core.steps import RollupResult, _write_and_check
 
 # the landing stream of the broker's messages (under the landing root)
 LANDING_STREAM = f"rabbitmq/{CAMPAIGN_SOURCE}"
+# the same messages parsed (``broker.PARSED_SCHEMA``), one file per drain, dated by parse
+PARSED_STREAM = f"rabbitmq/{CAMPAIGN_SOURCE}_parsed"
 # malformed messages belong to no account's day: quarantined under the UTC date of receipt
 QUARANTINE_TIMEZONE = "UTC"
 OFFENDERS_LISTED = 20  # campaigns (contacts) a failed check lists in its metadata
+_TS = pa.timestamp("us", tz="UTC")
 
 
 def campaign_log(landing_root: str) -> ProviderEventLog:
     """The landed broker messages (``LANDED_MESSAGE_SCHEMA``), one folder per UTC date of
     receipt."""
     return ProviderEventLog(landing_root, LANDING_STREAM)
+
+
+def parsed_log(log: ProviderEventLog) -> ProviderEventLog:
+    """The parsed messages beside ``log``'s landed ones: each drain's messages parsed once,
+    by the consumption that landed them (or by the next progress refresh if that one died
+    first), one file per drain under the UTC date of the parse."""
+    return ProviderEventLog(log.root, PARSED_STREAM, log.gc_grace_seconds)
+
+
+def drain_of(name: str) -> str:
+    """The drain (its fetch id) a landed file belongs to: landed files are named
+    ``<fetch>-<batch>-<uuid>.parquet``, parsed ones ``<fetch>-parsed-<uuid>.parquet``."""
+    return name.rsplit("-", 2)[0]
+
+
+def land_parsed(log: ProviderEventLog, parsed: pa.Table, fetch: str) -> int:
+    """Land one drain's parse as one file (fsynced: a refresh trusts it is whole)."""
+    return parsed_log(log).append(parsed, f"{fetch}-parsed", time_column="parsed_at",
+                                  durable=True)
 
 
 def _utcnow() -> datetime:
@@ -230,12 +258,19 @@ def consume_messages(
     if not drained.received:
         return result
     landed = read_run_landed(log, drained.dates, run_id)
-    sends, tracked, quarantined = classify(landed)
+    parsed = parse_messages(landed, now())
+    del landed
+    try:
+        land_parsed(log, parsed, _fetch_id(run_id))
+    except Exception as exc:  # noqa: BLE001 - landed and acknowledged: reported, not raised
+        result.warnings.append(f"the parsed messages could not be landed now (the next "
+                               f"progress refresh parses them again): {_one_line(exc)}")
+    sends, tracked, quarantined = merge_parsed(parsed)
     result.sends, result.tracked = sends.num_rows, tracked.num_rows
     result.quarantined_by_reason = value_counts(quarantined["reason"])
     result.report_span = _span(tracked)
     try:
-        result.quarantine_rows_added = quarantine_messages(engine, quarantined, landed)
+        result.quarantine_rows_added = quarantine_messages(engine, quarantined, parsed)
     except Exception as exc:  # noqa: BLE001 - landed and acknowledged: reported, not raised
         result.warnings.append(f"the malformed messages could not be quarantined now (the "
                                f"next progress refresh does it): {_one_line(exc)}")
@@ -266,15 +301,18 @@ def _one_line(exc: BaseException) -> str:
 @dataclass
 class ProgressResult:
     days: list[date]  # UTC dates of landed messages read
-    deliveries: int = 0  # landed rows read (every delivery)
+    deliveries: int = 0  # landed deliveries the window's messages came in
     sends: int = 0  # distinct valid messages
     tracked: int = 0
     quarantined: int = 0
     quarantine_rows_added: int = 0
-    campaigns: int = 0  # progress rows written (campaigns with messages in the window)
+    drains_parsed_late: int = 0  # drains landed but not parsed by their consumption
+    files_new: int = 0  # parsed files no refresh had taken in yet
+    campaigns: int = 0  # campaigns recomputed (and written)
+    campaigns_in_window: int = 0  # campaigns with a message in the window (checked)
     written: ProgressWrite | None = None
-    progress: pa.Table | None = None
-    double_sends: pa.Table | None = None
+    progress: pa.Table | None = None  # stored rows of every campaign of the window
+    double_sends: pa.Table | None = None  # likewise
     checks: dict[str, list[str]] = field(default_factory=dict)
     source_problems: dict[str, int] = field(default_factory=dict)
 
@@ -287,24 +325,87 @@ def progress_days(now: datetime, days: int) -> list[date]:
     return _dates(today - timedelta(days=days - 1), today)
 
 
+def parse_late_drains(log: ProviderEventLog, days: Sequence[date], now: datetime) -> int:
+    """Parse and land the drains of ``days`` that were landed but never parsed (their
+    consumption died between landing and parsing); returns how many."""
+    landed: dict[str, list[str]] = {}
+    for day in days:
+        for name in log.files(day):
+            landed.setdefault(drain_of(name), []).append(name)
+    plog = parsed_log(log)
+    parsed = {drain_of(name) for day in days for name in plog.files(day)}
+    late = sorted(set(landed) - parsed)
+    for fetch in late:
+        names = set(landed[fetch])
+        messages = _read_files(log, days, keep=lambda name, names=names: name in names)
+        land_parsed(log, parse_messages(messages, now), fetch)
+    return len(late)
+
+
+def read_parsed(log: ProviderEventLog, days: Sequence[date]) -> tuple[pa.Table, list[str]]:
+    """Every parsed message file under ``days`` (PARSED_SCHEMA plus ``_file``, the file's
+    position in the returned paths ``date=…/<name>``)."""
+    plog = parsed_log(log)
+    parts, paths = [], []
+    for day in days:
+        folder = plog.date_dir(day)
+        for name in plog.files(day):
+            t = pq.read_table(posixpath.join(folder, name), filesystem=plog.fs,
+                              schema=PARSED_SCHEMA)
+            parts.append(t.append_column("_file", pa.repeat(
+                pa.scalar(len(paths), pa.int32()), t.num_rows)))
+            paths.append(f"{posixpath.basename(folder)}/{name}")
+    if not parts:
+        return PARSED_SCHEMA.empty_table().append_column(
+            "_file", pa.array([], pa.int32())), paths
+    return pa.concat_tables(parts), paths
+
+
+def _ids_in(table: pa.Table, ids: np.ndarray) -> pa.Table:
+    return table.filter(pc.is_in(table["campaign_id"], pa.array(ids, pa.int64())))
+
+
 def refresh_progress(
     log: ProviderEventLog, source: CampaignSource, engine: Engine, now: datetime,
-    days: int, batch_size: int, stuck_after: timedelta,
+    days: int, batch_size: int, stuck_after: timedelta, full: bool = False,
 ) -> ProgressResult:
-    """Recompute the progress and double sends of every campaign with a message landed on
-    the last ``days`` UTC dates, from those messages and the application database, and
-    replace their rows of ``campaign_progress`` and ``campaign_double_sends``; campaigns
-    without a message in the window keep their last row. Malformed messages of the window
-    not quarantined yet (a consumption that died after landing them) are quarantined."""
+    """Recompute the progress and double sends of the campaigns whose messages were landed
+    (on the last ``days`` UTC dates) since the last refresh, and of those not completed
+    yet, from the parsed messages and the application database, and replace their rows of
+    ``campaign_progress`` and ``campaign_double_sends``; ``full``: every campaign with a
+    message in the window. A campaign is always recomputed from all its messages of the
+    window, never patched. Completed campaigns without a new message, and campaigns
+    without a message in the window, keep their rows; the checks look at the stored rows
+    of every campaign of the window. Drains landed but not parsed (a consumption that died
+    in between) are parsed now; malformed messages of the window not quarantined yet are
+    quarantined."""
     window = progress_days(now, days)
     result = ProgressResult(days=window)
-    landed = read_landed(log, window)
-    result.deliveries = landed.num_rows
-    sends, tracked, quarantined = classify(landed)
+    result.drains_parsed_late = parse_late_drains(log, window, now)
+    parsed, paths = read_parsed(log, window)
+    start = pa.scalar(datetime.combine(window[0], datetime.min.time(), timezone.utc), _TS)
+    parsed = parsed.filter(pc.greater_equal(parsed["received_at"], start))
+    result.deliveries = int(pc.sum(parsed["delivery_count"]).as_py() or 0)
+    sends, tracked, quarantined = merge_parsed(parsed.drop_columns(["_file"]))
     result.sends, result.tracked = sends.num_rows, tracked.num_rows
     result.quarantined = quarantined.num_rows
-    result.quarantine_rows_added = quarantine_messages(engine, quarantined, landed)
-    ids = _campaign_ids(sends, tracked)
+    result.quarantine_rows_added = quarantine_messages(
+        engine, quarantined, parsed.select(["message_key", "received_at"]))
+    in_window = np.asarray(_campaign_ids(sends, tracked), np.int64)
+    seen = refreshed_files(engine)
+    new = [i for i, path in enumerate(paths) if path not in seen]
+    result.files_new = len(new)
+    if full:
+        touched = in_window
+    else:
+        fresh = parsed.filter(pc.and_(pc.is_in(parsed["_file"], pa.array(new, pa.int32())),
+                                      pc.is_valid(parsed["campaign_id"])))
+        wanted = np.union1d(pc.unique(fresh["campaign_id"]).to_numpy(),
+                            open_campaigns(engine))
+        touched = np.intersect1d(in_window, wanted)
+    del parsed
+    sends, tracked = _ids_in(sends, touched), _ids_in(tracked, touched)
+    ids = touched.tolist()
     campaigns = source.campaigns(ids)
     counts = source.contact_counts(ids)
     risky = source.risky_contacts(ids)
@@ -314,10 +415,14 @@ def refresh_progress(
     doubles = double_sends(sends, tracked, risky.table)
     progress = campaign_progress(campaigns.table, counts.table, sends, tracked, batch_size,
                                  now, stuck_after, double_sends=doubles)
-    result.written = write_progress(engine, progress, doubles)
+    result.written = write_progress(
+        engine, progress, doubles, files=[(paths[i], date.fromisoformat(
+            paths[i].split("/", 1)[0].removeprefix("date="))) for i in new],
+        forget_before=window[0])
     result.campaigns = progress.num_rows
-    result.progress, result.double_sends = progress, doubles
-    result.checks = progress_checks(progress, doubles)
+    result.progress, result.double_sends = stored_progress(engine, in_window)
+    result.campaigns_in_window = result.progress.num_rows
+    result.checks = progress_checks(result.progress, result.double_sends)
     return result
 
 
