@@ -9,7 +9,8 @@ sent after more than one attempt), never row by row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +27,10 @@ from analytics_pipeline.campaigns.contract import (
 from analytics_pipeline.core.coerce import to_int64, to_text
 from analytics_pipeline.core.sources import (
     _ids_match,
-    arrow_batches,
+    arrow_session,
     columns_as_stored,
     inspect_table,
+    inspect_tables,
 )
 from analytics_pipeline.core.warehouse import ID_CHUNK, normalize_url
 
@@ -228,6 +230,32 @@ class CampaignSource:
     takes the campaigns to read (None: all of them)."""
 
     url: str
+    # each table's column kinds, inspected once per source (a refresh reads three times)
+    _kinds: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False,
+                                              compare=False)
+
+    _run: Callable | None = field(default=None, init=False, repr=False, compare=False)
+
+    def kinds(self, table: str) -> dict[str, str]:
+        if table not in self._kinds:
+            self._kinds[table] = inspect_table(normalize_url(self.url), table).kinds
+        return self._kinds[table]
+
+    @contextmanager
+    def session(self, inspect: bool = True) -> Iterator[CampaignSource]:
+        """Reads inside share one connection, and (``inspect``) both tables are inspected
+        at once: a progress refresh makes three small reads, and connections cost tens of
+        milliseconds each."""
+        url = normalize_url(self.url)
+        missing = [t for t in ("campaigns", "campaign_contacts") if t not in self._kinds]
+        if inspect and missing:
+            self._kinds.update({t: v.kinds for t, v in inspect_tables(url, missing).items()})
+        with arrow_session(url) as run:
+            self._run = run
+            try:
+                yield self
+            finally:
+                self._run = None
 
     def _chunks(self, campaign_ids: Sequence[int] | None) -> list[list[int] | None]:
         if campaign_ids is None:
@@ -236,11 +264,12 @@ class CampaignSource:
         return [ids[i:i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
 
     def _read(self, queries: list[sa.Select]) -> pa.Table | None:
-        url = normalize_url(self.url)
+        if self._run is None:
+            with self.session(inspect=False):
+                return self._read(queries)
         tables = []
         for q in queries:
-            with arrow_batches(url, q) as reader:
-                tables.extend(pa.Table.from_batches([b]) for b in reader if b.num_rows)
+            tables.extend(pa.Table.from_batches([b]) for b in self._run(q) if b.num_rows)
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
@@ -248,7 +277,7 @@ class CampaignSource:
     def campaigns(self, campaign_ids: Sequence[int] | None = None) -> SourceRead:
         """The campaigns (CAMPAIGNS_SCHEMA), see ``convert_campaigns``."""
         url = normalize_url(self.url)
-        kinds = inspect_table(url, "campaigns").kinds
+        kinds = self.kinds("campaigns")
         c = src_campaigns.c
         cols = columns_as_stored(src_campaigns, ["id", "account_id", "name", "channel_type",
                                                  "status"], url.get_backend_name())
@@ -263,7 +292,7 @@ class CampaignSource:
         """Contacts per campaign and status (CONTACT_COUNTS_SCHEMA), counted in SQL: one
         row per campaign and stored status comes back, however many contacts."""
         url = normalize_url(self.url)
-        kinds = inspect_table(url, "campaign_contacts").kinds
+        kinds = self.kinds("campaign_contacts")
         k = src_campaign_contacts.c
         campaign, status = columns_as_stored(src_campaign_contacts, ["campaign_id", "status"],
                                              url.get_backend_name())
@@ -281,7 +310,7 @@ class CampaignSource:
         """Contacts SENT after more than one attempt (RISKY_CONTACTS_SCHEMA): filtered in SQL
         (loosely, as the column's type allows), then exactly in Arrow."""
         url = normalize_url(self.url)
-        kinds = inspect_table(url, "campaign_contacts").kinds
+        kinds = self.kinds("campaign_contacts")
         k = src_campaign_contacts.c
         cols = columns_as_stored(src_campaign_contacts,
                                  ["campaign_id", "contact_id", "attempts", "status"],

@@ -406,9 +406,10 @@ def refresh_progress(
     del parsed
     sends, tracked = _ids_in(sends, touched), _ids_in(tracked, touched)
     ids = touched.tolist()
-    campaigns = source.campaigns(ids)
-    counts = source.contact_counts(ids)
-    risky = source.risky_contacts(ids)
+    with source.session():
+        campaigns = source.campaigns(ids)
+        counts = source.contact_counts(ids)
+        risky = source.risky_contacts(ids)
     for read in (campaigns, counts, risky):
         for reason, n in read.problems.items():
             result.source_problems[reason] = result.source_problems.get(reason, 0) + n

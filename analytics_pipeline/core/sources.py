@@ -5,7 +5,7 @@ with the strict conversion, the shared accounts contract and its validation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -95,28 +95,40 @@ class SourceTable:
 
 def inspect_table(url: str | sa.URL, table: str) -> SourceTable:
     """Column kinds (SQLite: every column is loose) and whether ``id`` is a key."""
+    return inspect_tables(url, [table])[table]
+
+
+def inspect_tables(url: str | sa.URL, tables: Sequence[str]) -> dict[str, SourceTable]:
+    """``inspect_table`` of several tables over one connection."""
     u = normalize_url(url)
     engine = source_engine(u)
+    found = {}
+    table = ", ".join(tables)  # named in the error until one table is being read
     try:
         insp = sa.inspect(engine)
-        cols = insp.get_columns(table)
-        keys = [insp.get_pk_constraint(table).get("constrained_columns") or []]
-        keys += [c["column_names"] for c in insp.get_unique_constraints(table)]
-        keys += [i["column_names"] for i in insp.get_indexes(table) if i.get("unique")]
+        for table in tables:
+            cols = insp.get_columns(table)
+            keys = [insp.get_pk_constraint(table).get("constrained_columns") or []]
+            keys += [c["column_names"] for c in insp.get_unique_constraints(table)]
+            keys += [i["column_names"] for i in insp.get_indexes(table) if i.get("unique")]
+            found[table] = (cols, keys)
     except Exception as exc:  # noqa: BLE001 - name the database, never its password
         raise ConnectionError(
             f"cannot read table {table!r} of the source database {redact(u)}: "
             f"{scrub(str(exc), u)}") from None
     finally:
         engine.dispose()
-    if not cols:
-        raise LookupError(f"the source database {redact(u)} has no table {table!r}")
-    if u.get_backend_name() == "sqlite":
-        kinds = {c["name"]: "loose" for c in cols}
-    else:
-        kinds = {c["name"]: _kind_of(c["type"]) for c in cols}
-    # An INTEGER PRIMARY KEY in SQLite is the rowid: unique and always an integer.
-    return SourceTable(kinds, unique_id=["id"] in keys)
+    out: dict[str, SourceTable] = {}
+    for table, (cols, keys) in found.items():
+        if not cols:
+            raise LookupError(f"the source database {redact(u)} has no table {table!r}")
+        if u.get_backend_name() == "sqlite":
+            kinds = {c["name"]: "loose" for c in cols}
+        else:
+            kinds = {c["name"]: _kind_of(c["type"]) for c in cols}
+        # An INTEGER PRIMARY KEY in SQLite is the rowid: unique and always an integer.
+        out[table] = SourceTable(kinds, unique_id=["id"] in keys)
+    return out
 
 
 _DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
@@ -290,11 +302,14 @@ def _compile(url: sa.URL, query: sa.Select) -> str:
 
 
 @contextmanager
-def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.RecordBatch]]:
-    """Stream ``query``'s rows as Arrow record batches, natively where possible."""
+def arrow_session(url: str | sa.URL) -> Iterator[Callable[[sa.Select],
+                                                          Iterator[pa.RecordBatch]]]:
+    """One connection for several reads: yields ``run(query)``, which streams a query's rows
+    as Arrow record batches (natively where possible); consume them before the next
+    ``run``. A connection costs tens of milliseconds (ADBC's more than psycopg's): a step
+    reading several small results opens one."""
     url = normalize_url(url)
     backend = url.get_backend_name()
-    sql = _compile(url, query)
     if backend == "postgresql":
         import adbc_driver_postgresql.dbapi as adbc_pg
 
@@ -310,16 +325,27 @@ def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.R
             # timestamptz values and the window's literals are read as UTC, whatever
             # the server's or the role's default time zone
             cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute(sql)
-            yield iter(cur.fetch_record_batch())
+
+            def run(query: sa.Select) -> Iterator[pa.RecordBatch]:
+                cur.execute(_compile(url, query))
+                return iter(cur.fetch_record_batch())
+
+            yield run
     else:
         # SQLite (and any other dialect): typed per value, not per column, so ADBC's
         # per-batch type inference could fail mid-stream; fetch column-wise instead.
         engine = source_engine(url)
         try:
-            yield _sqlalchemy_batches(engine, query)
+            yield lambda query: _sqlalchemy_batches(engine, query)
         finally:
             engine.dispose()
+
+
+@contextmanager
+def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.RecordBatch]]:
+    """Stream ``query``'s rows as Arrow record batches, natively where possible."""
+    with arrow_session(url) as run:
+        yield run(query)
 
 
 def _sqlalchemy_batches(
