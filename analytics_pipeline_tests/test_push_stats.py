@@ -18,6 +18,7 @@ from scipy import stats
 
 from analytics_pipeline.push.stats import (
     OUTPUT_COLUMNS,
+    ComparisonPool,
     impact_stats,
     impact_stats_from_arrays,
     sample_comparison_users,
@@ -475,3 +476,38 @@ def test_comparison_sample_edges_and_stability():
     before = sample_comparison_users(base, [], 200, "c")
     after = sample_comparison_users(np.r_[base, np.arange(10_000, 10_010)], [], 200, "c")
     assert len(np.setdiff1d(before, after)) <= 10
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_comparison_pool_draws_what_the_reference_definition_draws(seed):
+    """Many draws from one account's pool (users, their pushes' instants) equal
+    ``sample_comparison_users`` with the users pushed in ``[t − w, t + w)`` excluded:
+    boundaries exact (a push at ``t − w`` excludes, at ``t + w`` does not), pushes of
+    users not of the account ignored, several pushes per user."""
+    rng = np.random.default_rng(seed)
+    users = rng.choice(10**6, 3_000, replace=False).astype(np.int64)
+    pushed = np.concatenate([rng.choice(users, 4_000), rng.integers(10**6, 2 * 10**6, 50)])
+    at = rng.integers(0, 3 * 86_400_000_000, len(pushed)) + 1_770_000_000_000_000
+    pool = ComparisonPool(np.concatenate([users, users[:10]]), pushed, at)
+    w = 24 * 3_600_000_000
+    anchors = list(rng.choice(at, 10)) + [int(at.min()) - w, int(at.max()) + w,
+                                          int(at[0]) + w, int(at[1]) - w + 1]
+    for i, t in enumerate(anchors):
+        size = [0, 1, 50, 500, 10**6][i % 5]
+        near = (at >= t - w) & (at < t + w)
+        want = sample_comparison_users(users, pushed[near], size, f"c{i}")
+        got = pool.draw(int(t), w, size, f"c{i}")
+        assert got.dtype == np.int64 and got.tolist() == want.tolist(), (i, t)
+    # a user pushed once, at x: outside a window ending at x, inside one starting there
+    x = int(at.max()) + 7 * w
+    lone = int(users.max()) + 1
+    edge = ComparisonPool(np.append(users, lone), np.append(pushed, lone), np.append(at, x))
+    assert lone in edge.draw(x - w, w, 10**6, "s").tolist()
+    assert lone not in edge.draw(x + w, w, 10**6, "s").tolist()
+    assert lone not in edge.draw(x + w - 1, w, 10**6, "s").tolist()
+    assert lone in edge.draw(x + w + 1, w, 10**6, "s").tolist()
+    with pytest.raises(ValueError):
+        pool.draw(int(at[0]), w, -1, "s")
+    empty = ComparisonPool(users, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert empty.draw(0, w, 5, "s").tolist() == sample_comparison_users(users, [], 5,
+                                                                       "s").tolist()

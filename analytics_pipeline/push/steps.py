@@ -46,7 +46,7 @@ from analytics_pipeline.push.mapping import map_users
 from analytics_pipeline.push.metrics import PUSH_METRICS
 from analytics_pipeline.push.posthog import PostHogClient
 from analytics_pipeline.push.source import PushSource
-from analytics_pipeline.push.stats import sample_comparison_users
+from analytics_pipeline.push.stats import ComparisonPool
 
 
 @dataclass
@@ -299,11 +299,13 @@ def fetch_push_activity(source: PushSource, store: LandingStore, engine: Engine,
         user_ids, user_accounts = (users["user_id"].to_numpy(),
                                    users["account_id"].to_numpy())
     width = int(longest / timedelta(microseconds=1))
+    pools: dict[int, ComparisonPool] = {}
     for account, group_id, t_us, size in medians:
-        near = (inst_account == account) & (at_us >= t_us - width) & (at_us < t_us + width)
-        sample = sample_comparison_users(user_ids[user_accounts == account],
-                                         inst_user[near], size,
-                                         f"campaign:{group_id}:{day.key}")
+        if account not in pools:
+            mine = inst_account == account
+            pools[account] = ComparisonPool(user_ids[user_accounts == account],
+                                            inst_user[mine], at_us[mine])
+        sample = pools[account].draw(t_us, width, size, f"campaign:{group_id}:{day.key}")
         n = len(sample)
         comparison_parts.append(pa.table({
             "account_id": pa.repeat(pa.scalar(account, pa.int64()), n),
