@@ -519,7 +519,7 @@ def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
     assert parses == [7, 1]
 
 
-def test_a_drain_landed_but_not_parsed_is_parsed_by_the_next_refresh(
+def test_a_file_landed_but_not_parsed_is_parsed_by_the_next_refresh(
         sqlite_env, broker, clock, monkeypatch):
     env = sqlite_env
     write_campaigns(env, [(7, 1, "Channel::Email")], {7: audience(1, 1500)})
@@ -529,11 +529,11 @@ def test_a_drain_landed_but_not_parsed_is_parsed_by_the_next_refresh(
     real_land = campaign_steps.land_parsed
     calls = []
 
-    def fail_first(log, parsed, fetch):
-        calls.append(fetch)
+    def fail_first(log, parsed, name):
+        calls.append(name)
         if len(calls) == 1:
             raise OSError("disk full")
-        return real_land(log, parsed, fetch)
+        return real_land(log, parsed, name)
 
     monkeypatch.setattr(campaign_steps, "land_parsed", fail_first)
     result = consume(env, broker)
@@ -541,13 +541,13 @@ def test_a_drain_landed_but_not_parsed_is_parsed_by_the_next_refresh(
     assert any("parsed messages could not be landed" in w
                for w in metadata(result, "campaign_messages")["warnings"])
     meta = metadata(result, "campaign_progress")
-    assert (meta["drains_parsed_late"], meta["campaigns_refreshed"]) == (1, 1)
-    assert len(calls) == 2 and calls[0] == calls[1]  # the same drain, parsed again
+    assert (meta["files_parsed_late"], meta["campaigns_refreshed"]) == (1, 1)
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same landed file, parsed again
     row = progress_rows(env)[7]
     assert (row["pages_tracked"], row["sent"], row["completed"]) == (2, 1500, True)
     clock.now += timedelta(minutes=1)
     again = consume(env, broker)
-    assert metadata(again, "campaign_progress")["drains_parsed_late"] == 0
+    assert metadata(again, "campaign_progress")["files_parsed_late"] == 0
     assert len(calls) == 2
 
 

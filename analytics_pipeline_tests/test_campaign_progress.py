@@ -731,3 +731,25 @@ def test_a_postgresql_source_with_text_columns_is_read_strictly(pg_database):
         {"campaign_id": 1, "contact_id": 2, "attempts": 12}]
     assert src.risky_contacts().problems == {
         "contact's campaign or contact id is not an integer": 1}
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_distinct_tuples_packed_or_lexsorted_agree(seed, wide):
+    """``_distinct`` packs the tuples into one int64 when their ranges allow (``wide``:
+    they do not, and it lexsorts): the same distinct tuples in the same order."""
+    from analytics_pipeline.campaigns.progress import _distinct
+
+    rng = np.random.default_rng(seed)
+    n = 5_000
+    cols = (rng.integers(-5, 60, n),
+            rng.choice(rng.integers(-2**62, 2**62, 40), n) if wide
+            else rng.integers(10**9, 10**9 + 900, n),
+            rng.integers(0, 4, n))
+    order = np.lexsort(cols[::-1])
+    s = [c[order] for c in cols]
+    new = np.ones(n, bool)
+    new[1:] = (s[0][1:] != s[0][:-1]) | (s[1][1:] != s[1][:-1]) | (s[2][1:] != s[2][:-1])
+    got = _distinct(*cols)
+    assert [g.tolist() for g in got] == [c[new].tolist() for c in s]
+    assert len(got[0]) < n  # duplicates were there to drop

@@ -466,7 +466,8 @@ def refresh(src_url: str, wh_url: str, landing: str, now: datetime, profile: boo
                 timed.append((label, time.perf_counter() - t, peak_rss_mb()))
         setattr(owner, name, inner)
 
-    for name in ("parse_late_drains", "read_parsed", "merge_parsed", "quarantine_messages",
+    for name in ("parse_late_files", "read_parsed", "merge_parsed", "quarantine_messages",
+                 "with_contact_ids",
                  "refreshed_files", "open_campaigns", "double_sends", "campaign_progress",
                  "write_progress", "stored_progress", "progress_checks"):
         wrap(steps, name, name)
@@ -495,7 +496,7 @@ def refresh(src_url: str, wh_url: str, landing: str, now: datetime, profile: boo
     out.put({"seconds": total, "steps": timed, "peak_mb": peak_rss_mb(), "rss0_mb": rss0,
              "deliveries": r.deliveries, "sends": r.sends, "tracked": r.tracked,
              "quarantined": r.quarantined, "files_new": r.files_new,
-             "drains_parsed_late": r.drains_parsed_late,
+             "files_parsed_late": r.files_parsed_late,
              "double_sends": r.written.double_sends, "progress_rows": r.campaigns,
              "in_window": r.campaigns_in_window, "ids": sorted(set(ids)),
              "problems": r.source_problems})

@@ -174,9 +174,9 @@ def campaign_progress(
         timedelta(minutes=campaign_broker.stuck_minutes), full=config.full)
     for problem, n in r.source_problems.items():
         context.log.warning(f"application database: {n} row(s): {problem}")
-    if r.drains_parsed_late:
-        context.log.warning(f"{r.drains_parsed_late} drain(s) landed without being parsed "
-                            "(a consumption that died after landing) are parsed now")
+    if r.files_parsed_late:
+        context.log.warning(f"{r.files_parsed_late} landed file(s) never parsed (a "
+                            "consumption that died after landing them) are parsed now")
     if r.quarantine_rows_added:
         context.log.warning(f"{r.quarantine_rows_added} malformed message(s) landed without "
                             "being quarantined (a consumption that died after landing) are "
@@ -207,7 +207,7 @@ def campaign_progress(
         "campaigns_refreshed": r.campaigns,
         "full_refresh": config.full,
         "parsed_files_new": r.files_new,
-        "drains_parsed_late": r.drains_parsed_late,
+        "files_parsed_late": r.files_parsed_late,
         "campaigns_completed": completed,
         "campaigns_stuck": stuck,
         "double_send_rows": r.double_sends.num_rows,

@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -639,12 +639,22 @@ def parse_messages(messages: pa.Table, parsed_at: datetime) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def merge_parsed(parsed: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+def merge_parsed(parsed: pa.Table, keep: Sequence[str] = ()
+                 ) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Parses (PARSED_SCHEMA, of one or several drains) to what ``classify`` gives for all
     their deliveries: one row per ``message_key``, its first delivery (earliest
-    ``received_at``, then delivery tag), deliveries summed, redelivered if any was."""
+    ``received_at``, then delivery tag), deliveries summed, redelivered if any was.
+
+    A PARSED_SCHEMA column absent from ``parsed`` comes out null (read ``contact_ids``
+    only where needed: they are most of the bytes); ``keep``: extra columns of ``parsed``
+    carried after the sends' and reports' own (e.g. where each chosen row was read)."""
+    missing = [f for f in PARSED_SCHEMA if f.name not in parsed.column_names]
+    for f in missing:
+        parsed = parsed.append_column(f, pa.nulls(parsed.num_rows, f.type))
     if parsed.num_rows == 0:
-        return (SEND_SCHEMA.empty_table(), TRACKED_SCHEMA.empty_table(),
+        extra = [parsed.schema.field(k) for k in keep]
+        return (pa.schema(list(SEND_SCHEMA) + extra).empty_table(),
+                pa.schema(list(TRACKED_SCHEMA) + extra).empty_table(),
                 QUARANTINE_SCHEMA.empty_table())
     keys = pc.fill_null(parsed["message_key"], "")
     order = pc.sort_indices(pa.table({"k": keys, "t": parsed["received_at"],
@@ -672,8 +682,8 @@ def merge_parsed(parsed: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
 
     def kind(key: str, fields: tuple[_Field, ...]) -> pa.Table:
         rows = t.filter(pc.and_(valid, pc.equal(t["routing_key"], key)))
-        return rows.select([f.column for f in fields] + meta + ["delivery_tag"]) \
-            .rename_columns([f.column for f in fields] + meta + ["_tag"])
+        return rows.select([f.column for f in fields] + meta + ["delivery_tag", *keep]) \
+            .rename_columns([f.column for f in fields] + meta + ["_tag", *keep])
 
     sends = _with_duplicates(kind(SEND_KEY, _SEND_FIELDS), "publications",
                              "duplicate_publication")
@@ -685,7 +695,14 @@ def merge_parsed(parsed: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         "event_id": bad["message_key"], "reason": bad["reason"],
         "payload": bad["payload"]}, schema=QUARANTINE_SCHEMA).sort_by(
         [("event_id", "ascending")])
-    return sends.cast(SEND_SCHEMA), tracked.cast(TRACKED_SCHEMA), quarantined
+    return _typed(sends, SEND_SCHEMA, keep), _typed(tracked, TRACKED_SCHEMA, keep), quarantined
+
+
+def _typed(table: pa.Table, schema: pa.Schema, keep: Sequence[str]) -> pa.Table:
+    out = table.select(schema.names).cast(schema)
+    for k in keep:
+        out = out.append_column(table.schema.field(k), table[k])
+    return out
 
 
 def classify(messages: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:

@@ -67,7 +67,8 @@ from analytics_pipeline.core.steps import RollupResult, _write_and_check
 
 # the landing stream of the broker's messages (under the landing root)
 LANDING_STREAM = f"rabbitmq/{CAMPAIGN_SOURCE}"
-# the same messages parsed (``broker.PARSED_SCHEMA``), one file per drain, dated by parse
+# the same messages parsed (``broker.PARSED_SCHEMA``), one file per landed file, dated by
+# the parse
 PARSED_STREAM = f"rabbitmq/{CAMPAIGN_SOURCE}_parsed"
 # malformed messages belong to no account's day: quarantined under the UTC date of receipt
 QUARANTINE_TIMEZONE = "UTC"
@@ -82,22 +83,34 @@ def campaign_log(landing_root: str) -> ProviderEventLog:
 
 
 def parsed_log(log: ProviderEventLog) -> ProviderEventLog:
-    """The parsed messages beside ``log``'s landed ones: each drain's messages parsed once,
-    by the consumption that landed them (or by the next progress refresh if that one died
-    first), one file per drain under the UTC date of the parse."""
+    """The parsed messages beside ``log``'s landed ones: each landed file (a drain's
+    batch) parsed once, by the consumption that landed it (or by the next progress refresh
+    if that one died first), into one file under the UTC date of the parse."""
     return ProviderEventLog(log.root, PARSED_STREAM, log.gc_grace_seconds)
 
 
-def drain_of(name: str) -> str:
-    """The drain (its fetch id) a landed file belongs to: landed files are named
-    ``<fetch>-<batch>-<uuid>.parquet``, parsed ones ``<fetch>-parsed-<uuid>.parquet``."""
-    return name.rsplit("-", 2)[0]
+def landed_stem(parsed_name: str) -> str:
+    """The landed file a parsed file was parsed from (its name without ``.parquet``):
+    parsed files are named ``<landed stem>-parsed-<uuid>.parquet``."""
+    return parsed_name.rsplit("-", 2)[0]
 
 
-def land_parsed(log: ProviderEventLog, parsed: pa.Table, fetch: str) -> int:
-    """Land one drain's parse as one file (fsynced: a refresh trusts it is whole)."""
-    return parsed_log(log).append(parsed, f"{fetch}-parsed", time_column="parsed_at",
+def land_parsed(log: ProviderEventLog, parsed: pa.Table, landed_name: str) -> int:
+    """Land the parse of one landed file as one file (fsynced: a refresh trusts it is
+    whole, and takes the landed file as parsed)."""
+    stem = landed_name.removesuffix(".parquet")
+    return parsed_log(log).append(parsed, f"{stem}-parsed", time_column="parsed_at",
                                   durable=True)
+
+
+def parse_landed_file(log: ProviderEventLog, day: date, name: str,
+                      now: datetime) -> pa.Table:
+    """Parse one landed file (``parse_messages``) and land the parse; returns it."""
+    messages = pq.read_table(posixpath.join(log.date_dir(day), name), filesystem=log.fs,
+                             schema=LANDED_MESSAGE_SCHEMA)
+    parsed = parse_messages(messages, now)
+    land_parsed(log, parsed, name)
+    return parsed
 
 
 def _utcnow() -> datetime:
@@ -123,12 +136,6 @@ def _read_files(log: ProviderEventLog, days: Iterable[date],
     if not tables:
         return LANDED_MESSAGE_SCHEMA.empty_table()
     return pa.concat_tables(tables)
-
-
-def read_run_landed(log: ProviderEventLog, days: Iterable[date], run_id: str) -> pa.Table:
-    """The deliveries one drain landed (its files are named after its run id)."""
-    prefix = f"{_fetch_id(run_id)}-"
-    return _read_files(log, days, keep=lambda name: name.startswith(prefix))
 
 
 def read_landed_reports(log: ProviderEventLog, days: Iterable[date]) -> pa.Table:
@@ -257,14 +264,27 @@ def consume_messages(
     result = ConsumeResult(drain=drained)
     if not drained.received:
         return result
-    landed = read_run_landed(log, drained.dates, run_id)
-    parsed = parse_messages(landed, now())
-    del landed
-    try:
-        land_parsed(log, parsed, _fetch_id(run_id))
-    except Exception as exc:  # noqa: BLE001 - landed and acknowledged: reported, not raised
-        result.warnings.append(f"the parsed messages could not be landed now (the next "
-                               f"progress refresh parses them again): {_one_line(exc)}")
+    # each landed file (a batch) parsed and landed parsed on its own: memory holds one
+    # batch's contact ids at a time; the run's figures need the rest only
+    prefix = f"{_fetch_id(run_id)}-"
+    parts = []
+    at = now()
+    for day in drained.dates:
+        for name in log.files(day):
+            if not name.startswith(prefix):
+                continue
+            try:
+                parsed = parse_landed_file(log, day, name, at)
+            except OSError as exc:  # reported, not raised: the next refresh parses it
+                result.warnings.append(f"{name}: the parsed messages could not be landed "
+                                       f"now (the next progress refresh parses them "
+                                       f"again): {_one_line(exc)}")
+                parsed = parse_messages(pq.read_table(
+                    posixpath.join(log.date_dir(day), name), filesystem=log.fs,
+                    schema=LANDED_MESSAGE_SCHEMA), at)
+            parts.append(parsed.drop_columns(["contact_ids"]))
+    parsed = pa.concat_tables(parts) if parts else PARSED_SCHEMA.empty_table().drop_columns(
+        ["contact_ids"])
     sends, tracked, quarantined = merge_parsed(parsed)
     result.sends, result.tracked = sends.num_rows, tracked.num_rows
     result.quarantined_by_reason = value_counts(quarantined["reason"])
@@ -306,7 +326,7 @@ class ProgressResult:
     tracked: int = 0
     quarantined: int = 0
     quarantine_rows_added: int = 0
-    drains_parsed_late: int = 0  # drains landed but not parsed by their consumption
+    files_parsed_late: int = 0  # landed files their consumption did not parse
     files_new: int = 0  # parsed files no refresh had taken in yet
     campaigns: int = 0  # campaigns recomputed (and written)
     campaigns_in_window: int = 0  # campaigns with a message in the window (checked)
@@ -325,40 +345,67 @@ def progress_days(now: datetime, days: int) -> list[date]:
     return _dates(today - timedelta(days=days - 1), today)
 
 
-def parse_late_drains(log: ProviderEventLog, days: Sequence[date], now: datetime) -> int:
-    """Parse and land the drains of ``days`` that were landed but never parsed (their
-    consumption died between landing and parsing); returns how many."""
-    landed: dict[str, list[str]] = {}
+def parse_late_files(log: ProviderEventLog, days: Sequence[date], now: datetime) -> int:
+    """Parse and land the files landed under ``days`` that were never parsed (their
+    consumption died between landing and parsing them); returns how many."""
+    plog = parsed_log(log)
+    parsed = {landed_stem(name) for day in days for name in plog.files(day)}
+    late = 0
     for day in days:
         for name in log.files(day):
-            landed.setdefault(drain_of(name), []).append(name)
-    plog = parsed_log(log)
-    parsed = {drain_of(name) for day in days for name in plog.files(day)}
-    late = sorted(set(landed) - parsed)
-    for fetch in late:
-        names = set(landed[fetch])
-        messages = _read_files(log, days, keep=lambda name, names=names: name in names)
-        land_parsed(log, parse_messages(messages, now), fetch)
-    return len(late)
+            if name.removesuffix(".parquet") not in parsed:
+                parse_landed_file(log, day, name, now)
+                late += 1
+    return late
 
 
-def read_parsed(log: ProviderEventLog, days: Sequence[date]) -> tuple[pa.Table, list[str]]:
-    """Every parsed message file under ``days`` (PARSED_SCHEMA plus ``_file``, the file's
-    position in the returned paths ``date=…/<name>``)."""
+def read_parsed(log: ProviderEventLog, days: Sequence[date],
+                columns: Sequence[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """Every parsed message file under ``days``: PARSED_SCHEMA (``columns`` of it) plus
+    ``_file``, the file's position in the returned paths (``date=…/<name>``), and
+    ``_row``, the row's in its file."""
     plog = parsed_log(log)
+    schema = PARSED_SCHEMA if columns is None else pa.schema(
+        [PARSED_SCHEMA.field(c) for c in columns])
     parts, paths = [], []
     for day in days:
         folder = plog.date_dir(day)
         for name in plog.files(day):
             t = pq.read_table(posixpath.join(folder, name), filesystem=plog.fs,
-                              schema=PARSED_SCHEMA)
+                              schema=PARSED_SCHEMA, columns=schema.names)
             parts.append(t.append_column("_file", pa.repeat(
-                pa.scalar(len(paths), pa.int32()), t.num_rows)))
+                pa.scalar(len(paths), pa.int32()), t.num_rows)).append_column(
+                "_row", pa.array(np.arange(t.num_rows, dtype=np.int64))))
             paths.append(f"{posixpath.basename(folder)}/{name}")
     if not parts:
-        return PARSED_SCHEMA.empty_table().append_column(
-            "_file", pa.array([], pa.int32())), paths
+        return schema.empty_table().append_column(
+            "_file", pa.array([], pa.int32())).append_column(
+            "_row", pa.array([], pa.int64())), paths
     return pa.concat_tables(parts), paths
+
+
+def with_contact_ids(log: ProviderEventLog, paths: Sequence[str], sends: pa.Table) -> pa.Table:
+    """``sends`` (with ``_file`` and ``_row`` from ``read_parsed``) with their
+    ``contact_ids`` read from their parsed files, one file's column at a time."""
+    plog = parsed_log(log)
+    files = sends["_file"].to_numpy()
+    rows = sends["_row"].to_numpy()
+    pieces, where = [], []
+    for f in np.unique(files):
+        mine = np.flatnonzero(files == f)
+        column = pq.read_table(posixpath.join(plog.base, paths[int(f)]), filesystem=plog.fs,
+                               schema=PARSED_SCHEMA, columns=["contact_ids"])["contact_ids"]
+        pieces.append(column.take(pa.array(rows[mine])))
+        where.append(mine)
+    ids_type = PARSED_SCHEMA.field("contact_ids").type
+    if not pieces:
+        contact_ids = pa.array([], ids_type)
+    else:
+        order = np.argsort(np.concatenate(where), kind="stable")
+        contact_ids = pa.chunked_array(
+            [c for p in pieces for c in p.chunks], ids_type).take(pa.array(order))
+    i = sends.schema.get_field_index("contact_ids")
+    return sends.set_column(i, sends.schema.field(i), contact_ids)
 
 
 def _ids_in(table: pa.Table, ids: np.ndarray) -> pa.Table:
@@ -376,17 +423,19 @@ def refresh_progress(
     message in the window. A campaign is always recomputed from all its messages of the
     window, never patched. Completed campaigns without a new message, and campaigns
     without a message in the window, keep their rows; the checks look at the stored rows
-    of every campaign of the window. Drains landed but not parsed (a consumption that died
+    of every campaign of the window. Files landed but not parsed (a consumption that died
     in between) are parsed now; malformed messages of the window not quarantined yet are
     quarantined."""
     window = progress_days(now, days)
     result = ProgressResult(days=window)
-    result.drains_parsed_late = parse_late_drains(log, window, now)
-    parsed, paths = read_parsed(log, window)
+    result.files_parsed_late = parse_late_files(log, window, now)
+    # the contact ids (most of the bytes) are read later, for the campaigns recomputed
+    parsed, paths = read_parsed(log, window, [c for c in PARSED_SCHEMA.names
+                                              if c != "contact_ids"])
     start = pa.scalar(datetime.combine(window[0], datetime.min.time(), timezone.utc), _TS)
     parsed = parsed.filter(pc.greater_equal(parsed["received_at"], start))
     result.deliveries = int(pc.sum(parsed["delivery_count"]).as_py() or 0)
-    sends, tracked, quarantined = merge_parsed(parsed.drop_columns(["_file"]))
+    sends, tracked, quarantined = merge_parsed(parsed, keep=("_file", "_row"))
     result.sends, result.tracked = sends.num_rows, tracked.num_rows
     result.quarantined = quarantined.num_rows
     result.quarantine_rows_added = quarantine_messages(
@@ -404,7 +453,9 @@ def refresh_progress(
                             open_campaigns(engine))
         touched = np.intersect1d(in_window, wanted)
     del parsed
-    sends, tracked = _ids_in(sends, touched), _ids_in(tracked, touched)
+    sends = with_contact_ids(log, paths, _ids_in(sends, touched)).drop_columns(
+        ["_file", "_row"])
+    tracked = _ids_in(tracked, touched).drop_columns(["_file", "_row"])
     ids = touched.tolist()
     with source.session():
         campaigns = source.campaigns(ids)

@@ -101,6 +101,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
+from analytics_pipeline.core.arrays import sorted_unique
+
 # Statistics columns, after the group key column, in output order.
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "users", "comparison_users",
@@ -473,7 +475,7 @@ def sample_comparison_users(
     """
     if size < 0:
         raise ValueError("sample_comparison_users: size must be >= 0")
-    ids = np.unique(_int_ids(candidates))
+    ids = sorted_unique(_int_ids(candidates))
     ids = ids[~np.isin(ids, _int_ids(excluded))]
     return _lowest_scores(ids, size, seed)
 
@@ -498,7 +500,7 @@ class ComparisonPool:
 
     def __init__(self, user_ids: np.ndarray, push_users: np.ndarray,
                  push_instants: np.ndarray):
-        self.ids = np.unique(_int_ids(user_ids))
+        self.ids = sorted_unique(_int_ids(user_ids))
         users = _int_ids(push_users)
         at = np.asarray(push_instants, np.int64).ravel()
         known = np.isin(users, self.ids)  # a pushed user not of the account excludes nobody
