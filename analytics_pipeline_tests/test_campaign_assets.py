@@ -453,9 +453,10 @@ def _set_status(env, campaign_id: int, contact_id: int, status: str) -> None:
 
 def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
         sqlite_env, broker, clock, monkeypatch):
-    """Each message is parsed once; a refresh recomputes the campaigns with new messages
-    and those still open, leaves completed ones alone (their rows, their double sends,
-    still checked), and ``full`` recomputes every campaign of the window."""
+    """Each message is parsed once; a refresh recomputes the campaigns with new messages,
+    evaluates again only whether open ones without new messages are stuck, leaves
+    completed ones alone (their rows, their double sends, still checked), and ``full``
+    recomputes every campaign of the window."""
     env = sqlite_env
     parses = []
     real_parse = campaign_steps.parse_messages
@@ -480,17 +481,22 @@ def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
     first_update = rows[30]["updated_at"]
 
     # the application changes a completed campaign's contact: no message, not recomputed;
-    # the open campaign is; the checks still see campaign 32's double send
+    # the open campaign's pages become stuck; the checks still see campaign 32's double send
     _set_status(env, 30, 1, "FAILED")
-    clock.now += timedelta(minutes=1)
+    _set_status(env, 31, 1, "FAILED")
+    assert not rows[31]["stuck"]
+    clock.now += timedelta(minutes=20)
     result = consume(env, broker)
     assert result.success and parses == [7]  # nothing landed, nothing parsed again
     meta = metadata(result, "campaign_progress")
-    assert (meta["campaigns_refreshed"], meta["dagster/row_count"],
-            meta["parsed_files_new"]) == (1, 3, 0)
+    assert (meta["campaigns_refreshed"], meta["campaigns_stuck_rechecked"],
+            meta["dagster/row_count"], meta["parsed_files_new"]) == (0, 1, 3, 0)
     rows = progress_rows(env)
     assert rows[30]["updated_at"] == first_update and rows[30]["contacts_failed"] == 0
     assert rows[31]["updated_at"] > first_update
+    assert (rows[31]["stuck"], rows[31]["stuck_pages"], rows[31]["contacts_failed"],
+            rows[31]["pages_tracked"]) == (True, 1, 0, 1)  # statuses read with a message
+    assert not checks(result)[CHECK_NOT_STUCK].passed
     doubles = checks(result)[CHECK_NO_DOUBLE_SENDS]
     assert not doubles.passed and doubles.metadata["campaigns_checked"].value == 3
     assert [(r.data["campaign_id"], r.data["contact_id"])
@@ -503,7 +509,8 @@ def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
     clock.now += timedelta(minutes=1)
     result = consume(env, broker)
     assert result.success and parses == [7, 1]
-    assert metadata(result, "campaign_progress")["campaigns_refreshed"] == 2  # 30 and 31
+    meta = metadata(result, "campaign_progress")
+    assert (meta["campaigns_refreshed"], meta["campaigns_stuck_rechecked"]) == (1, 1)
     rows = progress_rows(env)
     assert (rows[30]["contacts_failed"], rows[30]["duplicate_reports"],
             rows[30]["status_disagreement"]) == (1, 1, 2)
@@ -517,6 +524,7 @@ def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
     meta = metadata(full, "campaign_progress")
     assert (meta["campaigns_refreshed"], meta["full_refresh"]) == (3, True)
     assert parses == [7, 1]
+    assert progress_rows(env)[31]["contacts_failed"] == 1  # read again
 
 
 def test_a_file_landed_but_not_parsed_is_parsed_by_the_next_refresh(

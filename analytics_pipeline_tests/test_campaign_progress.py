@@ -753,3 +753,22 @@ def test_distinct_tuples_packed_or_lexsorted_agree(seed, wide):
     got = _distinct(*cols)
     assert [g.tolist() for g in got] == [c[new].tolist() for c in s]
     assert len(got[0]) < n  # duplicates were there to drop
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_repeated_pairs_packed_or_lexsorted(wide):
+    from analytics_pipeline.campaigns.progress import _repeated
+
+    rng = np.random.default_rng(9)
+    n = 4_000
+    a = rng.integers(0, 30, n)
+    b = rng.choice(rng.integers(-2**62, 2**62, 3_000), n) if wide else \
+        rng.integers(0, 3_000, n)
+    pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+    counts: dict = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    want = [counts[pair] > 1 for pair in pairs]
+    got = _repeated(a, b)
+    assert got.tolist() == want and 0 < sum(want) < n
+    assert _repeated(a[:1], b[:1]).tolist() == [False]

@@ -154,10 +154,11 @@ class ProgressRefreshConfig(Config):
     "and their disagreement with the reports, completed, progress, first publication, last "
     "report, send rate, stuck pages; and the contacts possibly sent twice. Each message is "
     "parsed once, by the consumption that landed it; a refresh recomputes the campaigns "
-    "with messages landed since the last one and those not completed, each from all its "
-    "messages landed on the last ANALYTICS_CAMPAIGN_PROGRESS_DAYS (30) UTC dates (config "
-    "full: every campaign of the window); the others keep their rows. The checks look at "
-    "every campaign of the window.",
+    "with messages landed since the last one, each from all its messages landed on the "
+    "last ANALYTICS_CAMPAIGN_PROGRESS_DAYS (30) UTC dates and the application database "
+    "(config full: every campaign of the window), and evaluates again whether the pages of "
+    "open campaigns without new messages are stuck; the others keep their rows. The checks "
+    "look at every campaign of the window.",
 )
 def campaign_progress(
     context: AssetExecutionContext,
@@ -183,7 +184,8 @@ def campaign_progress(
                             "quarantined now")
     p = r.progress
     context.log.info(f"{r.campaigns} of {r.campaigns_in_window} campaign(s) recomputed "
-                     f"({r.files_new} new parsed file(s)); the window's messages came in "
+                     f"({r.files_new} new parsed file(s)), {r.campaigns_rechecked} open one(s) "
+                     f"checked for stuck pages; the window's messages came in "
                      f"{r.deliveries} deliveries landed {r.days[0]}..{r.days[-1]}")
     stuck = int(sum(p["stuck"].to_pylist()))
     completed = int(sum(p["completed"].to_pylist()))
@@ -205,6 +207,7 @@ def campaign_progress(
     return MaterializeResult(metadata={
         "dagster/row_count": r.campaigns_in_window,
         "campaigns_refreshed": r.campaigns,
+        "campaigns_stuck_rechecked": r.campaigns_rechecked,
         "full_refresh": config.full,
         "parsed_files_new": r.files_new,
         "files_parsed_late": r.files_parsed_late,

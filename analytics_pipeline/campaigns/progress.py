@@ -290,6 +290,35 @@ def _distinct(*cols: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(c[new] for c in s)
 
 
+def _repeated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which rows' (a, b) pair occurs more than once: one sort of the pairs packed into an
+    int64 when their ranges allow (else a lexsort), then a binary search of the few
+    repeated pairs, instead of sorting every (campaign, contact, page) triple."""
+    n = len(a)
+    if n < 2:
+        return np.zeros(n, bool)
+    a_lo, b_lo = int(a.min()), int(b.min())
+    a_span, b_span = int(a.max()) - a_lo + 1, int(b.max()) - b_lo + 1
+    if a_span * b_span < 2**63:
+        key = (a.astype(np.int64) - a_lo) * b_span + (b.astype(np.int64) - b_lo)
+        s = np.sort(key)
+        again = s[1:][s[1:] == s[:-1]]
+        if len(again) == 0:
+            return np.zeros(n, bool)
+        again = sorted_unique(again)
+        at = np.minimum(np.searchsorted(again, key), len(again) - 1)
+        return again[at] == key
+    order = np.lexsort((b, a))
+    sa_, sb = a[order], b[order]
+    same = (sa_[1:] == sa_[:-1]) & (sb[1:] == sb[:-1])
+    hit = np.zeros(n, bool)
+    hit[1:] |= same
+    hit[:-1] |= same
+    out = np.zeros(n, bool)
+    out[order] = hit
+    return out
+
+
 def _per(index: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
     """Exact int64 sums (counts without ``weights``) per index 0..n-1."""
     out = np.zeros(n, np.int64)
@@ -524,8 +553,11 @@ def double_sends(sends: pa.Table, tracked: pa.Table, risky_contacts: pa.Table) -
     s_page = _ints(sends["page"], "sends page")
     e_c, e_p = s_ids[rows], s_page[rows]
 
+    # Both page signals need a contact listed twice in the campaign's send messages (two
+    # pages, or one page sent twice): only those are looked at closely.
+    twice = _repeated(e_c, contacts)
     # two_pages: distinct (campaign, contact, page), then contacts with two pages or more
-    c, k, p = _distinct(e_c, contacts, e_p)
+    c, k, p = _distinct(e_c[twice], contacts[twice], e_p[twice])
     if len(c):
         new = np.ones(len(c), bool)
         new[1:] = (c[1:] != c[:-1]) | (k[1:] != k[:-1])
@@ -741,13 +773,15 @@ def with_double_sends(progress: pa.Table, double_sends: pa.Table) -> pa.Table:
 
 def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table,
                    files: Sequence[tuple[str, date]] = (),
-                   forget_before: date | None = None) -> ProgressWrite:
+                   forget_before: date | None = None,
+                   stuck: pa.Table | None = None) -> ProgressWrite:
     """Replace the rows of the refreshed campaigns (those of ``progress``) in
     ``campaign_progress`` and ``campaign_double_sends`` in one transaction; rows of other
     campaigns are untouched. ``progress.double_sends`` is recounted from ``double_sends``,
-    whose campaigns must all be refreshed ones. In the same transaction, ``files`` (path,
-    UTC date) are recorded as taken in by this refresh, and the records of files dated
-    before ``forget_before`` dropped."""
+    whose campaigns must all be refreshed ones. In the same transaction: ``stuck``
+    (campaign_id, stuck, stuck_pages) updates those columns of other campaigns' stored
+    rows; ``files`` (path, UTC date) are recorded as taken in by this refresh, and the
+    records of files dated before ``forget_before`` dropped."""
     ids = sorted({int(i) for i in _ints(progress["campaign_id"], "progress campaign_id")})
     if len(ids) != progress.num_rows:
         raise ValueError("campaign_progress rows repeat a campaign")
@@ -775,6 +809,13 @@ def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table,
                 d.delete().where(d.c.campaign_id.in_(chunk))).rowcount or 0
         wh.insert_arrow(conn, p, rows.select([c.name for c in p.columns]))
         wh.insert_arrow(conn, d, doubles.select([c.name for c in d.columns]))
+        if stuck is not None and stuck.num_rows:
+            conn.execute(p.update().where(p.c.campaign_id == sa.bindparam("cid")).values(
+                stuck=sa.bindparam("s"), stuck_pages=sa.bindparam("n"),
+                updated_at=now_naive), [
+                {"cid": int(c), "s": bool(b), "n": int(n)} for c, b, n in zip(
+                    stuck["campaign_id"].to_pylist(), stuck["stuck"].to_pylist(),
+                    stuck["stuck_pages"].to_pylist(), strict=True)])
         if forget_before is not None:
             conn.execute(f.delete().where(f.c.day < forget_before))
         if files:

@@ -53,7 +53,11 @@ from analytics_pipeline.campaigns.progress import (
     stored_progress,
     write_progress,
 )
-from analytics_pipeline.campaigns.source import CAMPAIGNS_SCHEMA, CampaignSource
+from analytics_pipeline.campaigns.source import (
+    CAMPAIGNS_SCHEMA,
+    CONTACT_COUNTS_SCHEMA,
+    CampaignSource,
+)
 from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.landing import ProviderEventLog
 from analytics_pipeline.core.partitions import LocalDay
@@ -329,6 +333,7 @@ class ProgressResult:
     files_parsed_late: int = 0  # landed files their consumption did not parse
     files_new: int = 0  # parsed files no refresh had taken in yet
     campaigns: int = 0  # campaigns recomputed (and written)
+    campaigns_rechecked: int = 0  # open campaigns without new messages: stuck evaluated
     campaigns_in_window: int = 0  # campaigns with a message in the window (checked)
     written: ProgressWrite | None = None
     progress: pa.Table | None = None  # stored rows of every campaign of the window
@@ -416,16 +421,17 @@ def refresh_progress(
     log: ProviderEventLog, source: CampaignSource, engine: Engine, now: datetime,
     days: int, batch_size: int, stuck_after: timedelta, full: bool = False,
 ) -> ProgressResult:
-    """Recompute the progress and double sends of the campaigns whose messages were landed
-    (on the last ``days`` UTC dates) since the last refresh, and of those not completed
-    yet, from the parsed messages and the application database, and replace their rows of
-    ``campaign_progress`` and ``campaign_double_sends``; ``full``: every campaign with a
-    message in the window. A campaign is always recomputed from all its messages of the
-    window, never patched. Completed campaigns without a new message, and campaigns
-    without a message in the window, keep their rows; the checks look at the stored rows
-    of every campaign of the window. Files landed but not parsed (a consumption that died
-    in between) are parsed now; malformed messages of the window not quarantined yet are
-    quarantined."""
+    """Recompute the progress and double sends of the campaigns with messages landed (on
+    the last ``days`` UTC dates) since the last refresh, from all their messages of the
+    window and the application database, and replace their rows of ``campaign_progress``
+    and ``campaign_double_sends``; ``full``: every campaign with a message in the window.
+    Open campaigns without a new message only have ``stuck`` and ``stuck_pages`` evaluated
+    again at ``now`` (nothing else they were computed from changed, except perhaps their
+    contacts' statuses, which are read again with their next message or a ``full``
+    refresh); completed campaigns without a new message, and campaigns without a message in
+    the window, keep their rows. The checks look at the stored rows of every campaign of
+    the window. Files landed but not parsed (a consumption that died in between) are parsed
+    now; malformed messages of the window not quarantined yet are quarantined."""
     window = progress_days(now, days)
     result = ProgressResult(days=window)
     result.files_parsed_late = parse_late_files(log, window, now)
@@ -444,15 +450,26 @@ def refresh_progress(
     seen = refreshed_files(engine)
     new = [i for i, path in enumerate(paths) if path not in seen]
     result.files_new = len(new)
+    waiting = np.zeros(0, np.int64)
     if full:
         touched = in_window
     else:
         fresh = parsed.filter(pc.and_(pc.is_in(parsed["_file"], pa.array(new, pa.int32())),
                                       pc.is_valid(parsed["campaign_id"])))
-        wanted = np.union1d(pc.unique(fresh["campaign_id"]).to_numpy(),
-                            open_campaigns(engine))
-        touched = np.intersect1d(in_window, wanted)
+        touched = np.intersect1d(in_window, pc.unique(fresh["campaign_id"]).to_numpy())
+        waiting = np.setdiff1d(np.intersect1d(in_window, open_campaigns(engine)), touched)
     del parsed
+    # open campaigns without a new message: nothing they were computed from has changed
+    # but the clock, so only whether their pages are stuck is evaluated again
+    stuck = None
+    if len(waiting):
+        w_sends = _ids_in(sends, waiting).drop_columns(["_file", "_row"])
+        w_tracked = _ids_in(tracked, waiting).drop_columns(["_file", "_row"])
+        stuck = campaign_progress(CAMPAIGNS_SCHEMA.empty_table(),
+                                  CONTACT_COUNTS_SCHEMA.empty_table(), w_sends, w_tracked,
+                                  batch_size, now, stuck_after).select(
+            ["campaign_id", "stuck", "stuck_pages"])
+    result.campaigns_rechecked = len(waiting)
     sends = with_contact_ids(log, paths, _ids_in(sends, touched)).drop_columns(
         ["_file", "_row"])
     tracked = _ids_in(tracked, touched).drop_columns(["_file", "_row"])
@@ -470,7 +487,7 @@ def refresh_progress(
     result.written = write_progress(
         engine, progress, doubles, files=[(paths[i], date.fromisoformat(
             paths[i].split("/", 1)[0].removeprefix("date="))) for i in new],
-        forget_before=window[0])
+        forget_before=window[0], stuck=stuck)
     result.campaigns = progress.num_rows
     result.progress, result.double_sends = stored_progress(engine, in_window)
     result.campaigns_in_window = result.progress.num_rows
