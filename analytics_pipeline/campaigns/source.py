@@ -10,6 +10,7 @@ sent after more than one attempt), never row by row.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -256,6 +257,20 @@ class CampaignSource:
                 yield self
             finally:
                 self._run = None
+
+    def progress_reads(self, campaign_ids: Sequence[int]
+                       ) -> tuple[SourceRead, SourceRead, SourceRead]:
+        """``campaigns``, ``contact_counts`` and ``risky_contacts`` of ``campaign_ids``; the
+        two reads of ``campaign_contacts`` (each a scan of the campaigns' contacts) run at
+        the same time on two connections, so the database scans on two cores."""
+        with self.session():
+            campaigns = self.campaigns(campaign_ids)
+        other = CampaignSource(self.url)
+        other._kinds.update(self._kinds)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            risky = pool.submit(other.risky_contacts, campaign_ids)
+            counts = self.contact_counts(campaign_ids)
+            return campaigns, counts, risky.result()
 
     def _chunks(self, campaign_ids: Sequence[int] | None) -> list[list[int] | None]:
         if campaign_ids is None:

@@ -474,10 +474,7 @@ def refresh_progress(
         ["_file", "_row"])
     tracked = _ids_in(tracked, touched).drop_columns(["_file", "_row"])
     ids = touched.tolist()
-    with source.session():
-        campaigns = source.campaigns(ids)
-        counts = source.contact_counts(ids)
-        risky = source.risky_contacts(ids)
+    campaigns, counts, risky = source.progress_reads(ids)
     for read in (campaigns, counts, risky):
         for reason, n in read.problems.items():
             result.source_problems[reason] = result.source_problems.get(reason, 0) + n
