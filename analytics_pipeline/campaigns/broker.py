@@ -502,28 +502,44 @@ def _rule_reasons(values: pa.Table, fields: tuple[_Field, ...], kind: str) -> pa
     return reason
 
 
-def _distinct(messages: pa.Table) -> pa.Table:
-    """One row per message_key: its first delivery (by received_at), with the number of
-    deliveries landed and whether the broker flagged any as redelivered."""
-    keys = pc.fill_null(messages["message_key"], "")
-    order = pc.sort_indices(pa.table({"k": keys, "t": messages["received_at"],
-                                      "tag": messages["delivery_tag"]}),
+def _first_of_each_key(table: pa.Table, tag: str, deliveries: str | None) -> pa.Table:
+    """One row per ``message_key``: its first delivery (earliest ``received_at``, then the
+    ``tag`` column), with ``delivery_count`` the deliveries of the key (the rows, or the sum
+    of their ``deliveries`` column) and ``redelivered`` if the broker flagged any."""
+    keys = pc.fill_null(table["message_key"], "")
+    order = pc.sort_indices(pa.table({"k": keys, "t": table["received_at"],
+                                      "tag": table[tag]}),
                             sort_keys=[("k", "ascending"), ("t", "ascending"),
                                        ("tag", "ascending")])
-    t = messages.take(order)
+    t = table.take(order)
     k = keys.take(order).combine_chunks()
     n = t.num_rows
     starts = np.ones(n, dtype=bool)
     if n > 1:
         starts[1:] = pc.not_equal(k[1:], k[:-1]).to_numpy(zero_copy_only=False)
-    first = np.nonzero(starts)[0]
-    counts = np.diff(np.append(first, n))
-    again = pc.fill_null(t["redelivered"], False).to_numpy(zero_copy_only=False)
+    first = np.flatnonzero(starts)
+    if deliveries is None:
+        counts = np.diff(np.append(first, n))
+    else:
+        counts = np.add.reduceat(pc.fill_null(t[deliveries], 1).to_numpy(
+            zero_copy_only=False).astype(np.int64), first) if n else np.zeros(0, np.int64)
+    again = pc.fill_null(t["redelivered"], False).to_numpy(zero_copy_only=False).astype(bool)
     any_again = np.logical_or.reduceat(again, first) if n else np.zeros(0, dtype=bool)
     out = t.take(pa.array(first))
-    return out.append_column("delivery_count", pa.array(counts.astype(np.int64))) \
-              .set_column(out.schema.get_field_index("redelivered"), "redelivered",
-                          pa.array(any_again.astype(bool)))
+    count = pa.array(counts.astype(np.int64), pa.int64())
+    if "delivery_count" in out.column_names:
+        out = out.set_column(out.schema.get_field_index("delivery_count"), "delivery_count",
+                             count)
+    else:
+        out = out.append_column("delivery_count", count)
+    return out.set_column(out.schema.get_field_index("redelivered"), "redelivered",
+                          pa.array(any_again, pa.bool_()))
+
+
+def _distinct(messages: pa.Table) -> pa.Table:
+    """One row per message_key of landed deliveries: its first delivery (by received_at),
+    with the number of deliveries landed and whether any was flagged redelivered."""
+    return _first_of_each_key(messages, "delivery_tag", None)
 
 
 def _with_duplicates(table: pa.Table, count_name: str, flag_name: str) -> pa.Table:
@@ -656,27 +672,7 @@ def merge_parsed(parsed: pa.Table, keep: Sequence[str] = ()
         return (pa.schema(list(SEND_SCHEMA) + extra).empty_table(),
                 pa.schema(list(TRACKED_SCHEMA) + extra).empty_table(),
                 QUARANTINE_SCHEMA.empty_table())
-    keys = pc.fill_null(parsed["message_key"], "")
-    order = pc.sort_indices(pa.table({"k": keys, "t": parsed["received_at"],
-                                      "tag": parsed["delivery_tag"]}),
-                            sort_keys=[("k", "ascending"), ("t", "ascending"),
-                                       ("tag", "ascending")])
-    t = parsed.take(order)
-    k = keys.take(order).combine_chunks()
-    n = t.num_rows
-    starts = np.ones(n, dtype=bool)
-    if n > 1:
-        starts[1:] = pc.not_equal(k[1:], k[:-1]).to_numpy(zero_copy_only=False)
-    first = np.flatnonzero(starts)
-    counts = np.add.reduceat(pc.fill_null(t["delivery_count"], 1).to_numpy(
-        zero_copy_only=False).astype(np.int64), first)
-    again = np.logical_or.reduceat(pc.fill_null(t["redelivered"], False).to_numpy(
-        zero_copy_only=False).astype(bool), first)
-    t = t.take(pa.array(first))
-    t = t.set_column(t.schema.get_field_index("delivery_count"), "delivery_count",
-                     pa.array(counts, pa.int64()))
-    t = t.set_column(t.schema.get_field_index("redelivered"), "redelivered",
-                     pa.array(again, pa.bool_()))
+    t = _first_of_each_key(parsed, "delivery_tag", "delivery_count")
     valid = pc.is_null(t["reason"])
     meta = [f.name for f in _META]
 
