@@ -53,6 +53,7 @@ from analytics_pipeline.campaigns.progress import (
 )
 from analytics_pipeline.campaigns.read import JSON_KEYS
 from analytics_pipeline.campaigns.resources import CampaignBroker
+from analytics_pipeline.campaigns.source import CampaignSource
 from analytics_pipeline.campaigns.steps import campaign_log, rollup_days
 from analytics_pipeline.cli import main
 from analytics_pipeline.core import warehouse as wh
@@ -525,6 +526,47 @@ def test_a_refresh_recomputes_new_and_open_campaigns_and_checks_them_all(
     assert (meta["campaigns_refreshed"], meta["full_refresh"]) == (3, True)
     assert parses == [7, 1]
     assert progress_rows(env)[31]["contacts_failed"] == 1  # read again
+
+
+def test_a_refresh_overtaken_by_another_computes_again(sqlite_env, broker, clock,
+                                                       monkeypatch):
+    """A (manual, full) refresh lists the parsed files; meanwhile a consumption lands the
+    last report of campaign 40 and its refresh records it. The first refresh must not
+    then write campaign 40 from what it read before: it computes again."""
+    env = sqlite_env
+    write_campaigns(env, [(40, 1, "Channel::Email")], {40: audience(1, 1500)})
+    with broker.publisher() as pub:
+        pack = pub.publish_pack(40, range(1, 1501))
+        simulate_senders(pub, [pack], lose=[(40, 2)])
+    assert consume(env, broker).success
+    assert progress_rows(env)[40]["completed"] is False
+    with broker.publisher() as pub:
+        pub.publish_tracked(40, 2, 500, 0, True, correlation_id=pack.correlation_id)
+    log, engine = campaign_log(env.landing), env.engine()
+    source = CampaignSource(env.source_url)
+    real_write = campaign_steps.write_progress
+    writes = []
+
+    def overtaken(*args, **kwargs):
+        writes.append(len(writes))
+        if len(writes) == 1:  # the other run lands, parses and refreshes first
+            campaign_steps.consume_messages(
+                broker.url, broker.queue, log, engine, source, 100, "other-run",
+                lambda: clock.now, exchange=broker.exchange)
+            campaign_steps.refresh_progress(log, source, engine, clock.now, 30, 1000,
+                                            timedelta(minutes=15))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(campaign_steps, "write_progress", overtaken)
+    try:
+        r = campaign_steps.refresh_progress(log, source, engine, clock.now, 30, 1000,
+                                            timedelta(minutes=15), full=True)
+    finally:
+        engine.dispose()
+    assert len(writes) == 3  # this refresh, the other one, this one again
+    assert r.campaigns == 1
+    row = progress_rows(env)[40]
+    assert (row["completed"], row["pages_tracked"], row["sent"]) == (True, 2, 1500)
 
 
 def test_a_file_landed_but_not_parsed_is_parsed_by_the_next_refresh(

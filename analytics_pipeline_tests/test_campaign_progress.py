@@ -327,6 +327,13 @@ def test_a_page_published_twice_and_reported_sent_twice_double_sends_its_contact
     # reported twice, but the second report sent nobody: not sent twice
     zero = tracked_of(report(1, 1, 2, 0, T0), report(1, 1, 0, 2, T0))
     assert double_sends(sends, zero, NO_RISKY).num_rows == 0
+    # the two publications list different contacts: every contact on the page is flagged
+    differ = sends_of(send(1, 1, 1, [10, 11], T0), send(1, 1, 1, [10, 12], T0))
+    assert [(r["contact_id"], r["signal"]) for r in double_sends(
+        differ, tracked_of(report(1, 1, 2, 0, T0), report(1, 1, 2, 0, T0)),
+        NO_RISKY).to_pylist()] == [(10, "page_published_twice"),
+                                   (11, "page_published_twice"),
+                                   (12, "page_published_twice")]
 
 
 def test_contacts_sent_after_several_attempts_are_double_sends():

@@ -176,10 +176,13 @@ def test_comparison_size_follows_the_campaign_between_its_bounds(pushes, expecte
     assert ComparisonSizing().size(pushes) == expected
     assert ComparisonSizing(ratio=2.5, minimum=0, maximum=10**6).size(pushes) == \
         -(-5 * pushes // 2)
+    # the maximum wins over the minimum (a setting below 100 keeps working); 0: none
+    assert ComparisonSizing(maximum=50).size(pushes) == 50
+    assert ComparisonSizing(maximum=0).size(pushes) == 0
 
 
-@pytest.mark.parametrize("bad", [dict(ratio=-1), dict(minimum=-1), dict(minimum=5, maximum=4),
-                                 dict(ratio=float("nan"))])
+@pytest.mark.parametrize("bad", [dict(ratio=-1), dict(minimum=-1), dict(maximum=-1),
+                                 dict(ratio=float("nan")), dict(ratio=float("inf"))])
 def test_comparison_sizing_refuses_impossible_bounds(bad):
     with pytest.raises(ValueError, match="comparison sizing"):
         ComparisonSizing(**bad)
@@ -233,3 +236,19 @@ def test_a_campaign_draws_comparison_users_in_proportion(setup):
         assert len(sample) == size
         assert drawn[0][g] == sorted(set(sample.tolist()) - unknown)
     assert drawn[0]["7"] != drawn[0]["8"]
+
+
+@pytest.mark.parametrize("setting", [dict(activity_batch=2501), dict(activity_batch=0),
+                                     dict(batch=1001)])
+def test_batch_settings_out_of_range_fail_before_any_posthog_query(setting, setup):
+    engine, store, source_url = setup
+    w = world()
+    with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
+        w.load_posthog(sim)
+        w.write_source(source_url)
+        source = PushSource(source_url, fallback_date=date(2024, 1, 1))
+        extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
+        client = PostHogClient(sim.base_url, sim.project_id, sim.api_key)
+        with pytest.raises(ValueError, match="ANALYTICS_PUSH_"):
+            fetch_push_activity(source, store, engine, client, DAY, [24], now=NOW, **setting)
+        assert sim.queries == []

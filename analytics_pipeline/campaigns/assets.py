@@ -176,8 +176,9 @@ def campaign_progress(
     for problem, n in r.source_problems.items():
         context.log.warning(f"application database: {n} row(s): {problem}")
     if r.files_parsed_late:
-        context.log.warning(f"{r.files_parsed_late} landed file(s) never parsed (a "
-                            "consumption that died after landing them) are parsed now")
+        context.log.warning(f"{r.files_parsed_late} landed file(s) without a parse are "
+                            "parsed now (a consumption that died after landing them, or "
+                            "files landed before messages were parsed at consumption)")
     if r.quarantine_rows_added:
         context.log.warning(f"{r.quarantine_rows_added} malformed message(s) landed without "
                             "being quarantined (a consumption that died after landing) are "

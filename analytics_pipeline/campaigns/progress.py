@@ -553,10 +553,9 @@ def double_sends(sends: pa.Table, tracked: pa.Table, risky_contacts: pa.Table) -
     s_page = _ints(sends["page"], "sends page")
     e_c, e_p = s_ids[rows], s_page[rows]
 
-    # Both page signals need a contact listed twice in the campaign's send messages (two
-    # pages, or one page sent twice): only those are looked at closely.
+    # two_pages needs a contact listed twice in the campaign's send messages: only those
+    # are looked at closely (distinct (campaign, contact, page), then two pages or more)
     twice = _repeated(e_c, contacts)
-    # two_pages: distinct (campaign, contact, page), then contacts with two pages or more
     c, k, p = _distinct(e_c[twice], contacts[twice], e_p[twice])
     if len(c):
         new = np.ones(len(c), bool)
@@ -569,7 +568,7 @@ def double_sends(sends: pa.Table, tracked: pa.Table, risky_contacts: pa.Table) -
     # page_published_twice
     t_ids = _ints(tracked["campaign_id"], "tracked campaign_id")
     t_page = _ints(tracked["page"], "tracked page")
-    if len(c) and tracked.num_rows:
+    if len(rows) and tracked.num_rows:
         pairs = _Pairs(sorted_unique(np.concatenate([s_ids, t_ids])),
                        sorted_unique(np.concatenate([s_page, t_page])))
         pub, pub_n = np.unique(pairs.key(s_ids, s_page), return_counts=True)
@@ -579,8 +578,13 @@ def double_sends(sends: pa.Table, tracked: pa.Table, risky_contacts: pa.Table) -
         twice_pub, twice_rep = pub[pub_n >= 2], rep[rep_n >= 2]
         flagged = np.intersect1d(twice_pub, twice_rep, assume_unique=True)
         if len(flagged):
-            key = pairs.key(c, p)  # the distinct (campaign, contact, page) of above
-            hit = np.isin(key, flagged)
+            # every contact of any publication of a flagged page (rare: looked up per page)
+            sent_key = pairs.key(s_ids, s_page)
+            at = np.minimum(np.searchsorted(flagged, sent_key), len(flagged) - 1)
+            on = (flagged[at] == sent_key)[rows]
+            c, k, p = _distinct(e_c[on], contacts[on], e_p[on])
+            key = pairs.key(c, p)
+            hit = np.ones(len(c), bool)
             n_pub = pub_n[np.searchsorted(pub, key[hit])]
             n_rep = rep_n[np.searchsorted(rep, key[hit])]
             what = pc.binary_join_element_wise(
@@ -771,17 +775,26 @@ def with_double_sends(progress: pa.Table, double_sends: pa.Table) -> pa.Table:
     return progress.set_column(i, "double_sends", pa.array(counts, pa.int64()))
 
 
+class ConcurrentRefresh(RuntimeError):
+    """Another refresh recorded parsed files after this one listed them: what this one
+    computed may predate them, so it must not be written (it is computed again)."""
+
+
 def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table,
                    files: Sequence[tuple[str, date]] = (),
                    forget_before: date | None = None,
-                   stuck: pa.Table | None = None) -> ProgressWrite:
+                   stuck: pa.Table | None = None,
+                   seen_files: set[str] | None = None) -> ProgressWrite:
     """Replace the rows of the refreshed campaigns (those of ``progress``) in
     ``campaign_progress`` and ``campaign_double_sends`` in one transaction; rows of other
     campaigns are untouched. ``progress.double_sends`` is recounted from ``double_sends``,
     whose campaigns must all be refreshed ones. In the same transaction: ``stuck``
     (campaign_id, stuck, stuck_pages) updates those columns of other campaigns' stored
     rows; ``files`` (path, UTC date) are recorded as taken in by this refresh, and the
-    records of files dated before ``forget_before`` dropped."""
+    records of files dated before ``forget_before`` dropped. ``seen_files``: the records
+    the refresh started from; if another refresh has recorded more since, nothing is
+    written and ``ConcurrentRefresh`` is raised (the writes are serialized, so the check
+    and the write are atomic together)."""
     ids = sorted({int(i) for i in _ints(progress["campaign_id"], "progress campaign_id")})
     if len(ids) != progress.num_rows:
         raise ValueError("campaign_progress rows repeat a campaign")
@@ -801,6 +814,11 @@ def write_progress(engine: Engine, progress: pa.Table, double_sends: pa.Table,
     out = ProgressWrite(progress.num_rows, double_sends.num_rows, 0, 0)
     with engine.begin() as conn:
         _lock_progress(conn)
+        if seen_files is not None:
+            now_recorded = {r[0] for r in conn.execute(sa.select(f.c.path))}
+            if now_recorded - seen_files:
+                raise ConcurrentRefresh(f"{len(now_recorded - seen_files)} parsed file(s) "
+                                        "were taken in by another refresh meanwhile")
         for lo in range(0, len(ids), wh.ID_CHUNK):
             chunk = ids[lo:lo + wh.ID_CHUNK]
             out.progress_replaced += conn.execute(

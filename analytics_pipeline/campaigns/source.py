@@ -251,6 +251,9 @@ class CampaignSource:
         missing = [t for t in ("campaigns", "campaign_contacts") if t not in self._kinds]
         if inspect and missing:
             self._kinds.update({t: v.kinds for t, v in inspect_tables(url, missing).items()})
+        if self._run is not None:  # inside an open session: share it
+            yield self
+            return
         with arrow_session(url) as run:
             self._run = run
             try:

@@ -42,6 +42,7 @@ from analytics_pipeline.campaigns.progress import (
     CHECK_NO_DOUBLE_SENDS,
     CHECK_NOT_STUCK,
     CHECK_WITHIN_AUDIENCE,
+    ConcurrentRefresh,
     ProgressWrite,
     campaign_progress,
     double_sends,
@@ -78,6 +79,7 @@ PARSED_STREAM = f"rabbitmq/{CAMPAIGN_SOURCE}_parsed"
 QUARANTINE_TIMEZONE = "UTC"
 OFFENDERS_LISTED = 20  # campaigns (contacts) a failed check lists in its metadata
 _TS = pa.timestamp("us", tz="UTC")
+REFRESH_ATTEMPTS = 3  # a refresh computed again when another one wrote meanwhile
 
 
 def campaign_log(landing_root: str) -> ProviderEventLog:
@@ -373,9 +375,15 @@ def read_parsed(log: ProviderEventLog, days: Sequence[date],
     schema = PARSED_SCHEMA if columns is None else pa.schema(
         [PARSED_SCHEMA.field(c) for c in columns])
     parts, paths = [], []
+    stems: set[str] = set()
     for day in days:
         folder = plog.date_dir(day)
         for name in plog.files(day):
+            # a landed file parsed twice (a refresh's late parse beside its consumption's
+            # own) is read once
+            if landed_stem(name) in stems:
+                continue
+            stems.add(landed_stem(name))
             t = pq.read_table(posixpath.join(folder, name), filesystem=plog.fs,
                               schema=PARSED_SCHEMA, columns=schema.names)
             parts.append(t.append_column("_file", pa.repeat(
@@ -431,7 +439,23 @@ def refresh_progress(
     refresh); completed campaigns without a new message, and campaigns without a message in
     the window, keep their rows. The checks look at the stored rows of every campaign of
     the window. Files landed but not parsed (a consumption that died in between) are parsed
-    now; malformed messages of the window not quarantined yet are quarantined."""
+    now; malformed messages of the window not quarantined yet are quarantined. Another
+    refresh that took in parsed files after this one listed them makes this one compute
+    again (``ConcurrentRefresh``; a manual ``full`` refresh beside a sensor's run)."""
+    for attempt in range(REFRESH_ATTEMPTS):
+        try:
+            return _refresh_once(log, source, engine, now, days, batch_size, stuck_after,
+                                 full)
+        except ConcurrentRefresh:
+            if attempt == REFRESH_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _refresh_once(
+    log: ProviderEventLog, source: CampaignSource, engine: Engine, now: datetime,
+    days: int, batch_size: int, stuck_after: timedelta, full: bool,
+) -> ProgressResult:
     window = progress_days(now, days)
     result = ProgressResult(days=window)
     result.files_parsed_late = parse_late_files(log, window, now)
@@ -484,7 +508,7 @@ def refresh_progress(
     result.written = write_progress(
         engine, progress, doubles, files=[(paths[i], date.fromisoformat(
             paths[i].split("/", 1)[0].removeprefix("date="))) for i in new],
-        forget_before=window[0], stuck=stuck)
+        forget_before=window[0], stuck=stuck, seen_files=seen)
     result.campaigns = progress.num_rows
     result.progress, result.double_sends = stored_progress(engine, in_window)
     result.campaigns_in_window = result.progress.num_rows

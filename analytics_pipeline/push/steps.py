@@ -31,6 +31,7 @@ from analytics_pipeline.core.steps import (
     landed_accounts,
 )
 from analytics_pipeline.push.activity import DEFAULT_BATCH, EventFilter, fetch_activity
+from analytics_pipeline.push.activity import MAX_BATCH as ACTIVITY_MAX_BATCH
 from analytics_pipeline.push.automations import AutomationDefinitions, register_automations
 from analytics_pipeline.push.compute import first_of_each_id, land_pushes, rollup_events
 from analytics_pipeline.push.contract import (
@@ -42,6 +43,7 @@ from analytics_pipeline.push.contract import (
     push_impact_daily,
 )
 from analytics_pipeline.push.impact import impact_table, pushed_groups
+from analytics_pipeline.push.mapping import MAX_BATCH as MAPPING_MAX_BATCH
 from analytics_pipeline.push.mapping import map_users
 from analytics_pipeline.push.metrics import PUSH_METRICS
 from analytics_pipeline.push.posthog import PostHogClient
@@ -220,8 +222,9 @@ class PushActivityResult:
 class ComparisonSizing:
     """How many comparison users a campaign gets: ``ratio`` per delivered push, at least
     ``minimum`` (a small campaign's difference in differences is otherwise as noisy as its
-    comparison is small) and at most ``maximum``; fewer when the account has fewer users
-    without a push around the campaign.
+    comparison is small) and never more than ``maximum`` (which wins over ``minimum``: 0
+    turns comparisons off); fewer when the account has fewer users without a push around
+    the campaign.
 
     Why not always ``maximum``: the interval of the difference in differences narrows with
     ``1/n_pushed + 1/n_comparison``, so comparison users beyond the pushed users' number
@@ -233,9 +236,10 @@ class ComparisonSizing:
     maximum: int = 1000
 
     def __post_init__(self) -> None:
-        if not self.ratio >= 0 or self.minimum < 0 or self.maximum < self.minimum:
-            raise ValueError(f"comparison sizing: need ratio >= 0 and 0 <= minimum <= "
-                             f"maximum, got {self}")
+        if not (math.isfinite(self.ratio) and self.ratio >= 0) or self.minimum < 0 \
+                or self.maximum < 0:
+            raise ValueError(f"comparison sizing: need a finite ratio >= 0 and minimum, "
+                             f"maximum >= 0, got {self}")
 
     def size(self, pushes: int) -> int:
         return min(self.maximum, max(self.minimum, math.ceil(self.ratio * pushes)))
@@ -267,6 +271,13 @@ def fetch_push_activity(source: PushSource, store: LandingStore, engine: Engine,
     group: their pushes are triggered by the users' own behaviour, so users not triggered
     are no comparison."""
     now = now or datetime.now(timezone.utc)
+    # settings out of range fail here, before any PostHog query is spent
+    if not 1 <= batch <= MAPPING_MAX_BATCH:
+        raise ValueError(f"ANALYTICS_PUSH_BATCH_USERS must be within 1..{MAPPING_MAX_BATCH}, "
+                         f"not {batch}")
+    if not 1 <= activity_batch <= ACTIVITY_MAX_BATCH:
+        raise ValueError(f"ANALYTICS_PUSH_ACTIVITY_BATCH must be within "
+                         f"1..{ACTIVITY_MAX_BATCH}, not {activity_batch}")
     scope, problem = landed_accounts(store, engine, day, PUSH_SOURCE)
     if problem:
         raise LandingOutOfDate(problem)
