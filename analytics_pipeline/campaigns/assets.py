@@ -15,6 +15,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from analytics_pipeline.campaigns.progress import (
     CHECK_COUNTS_AGREE,
@@ -134,11 +135,12 @@ progress_check_specs = [
 
 
 class ProgressRefreshConfig(Config):
-    """``full``: recompute every campaign with a message in the window (after a change to
-    the application database's contacts, say), not only those with new messages and
-    those still open."""
+    """How much a progress refresh recomputes."""
 
-    full: bool = False
+    full: bool = Field(
+        default=False,
+        description="recompute every campaign with a message in the window (after the "
+        "application corrected contact statuses, say), not only those with new messages")
 
 
 @asset(

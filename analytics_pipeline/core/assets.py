@@ -101,13 +101,15 @@ def add_partition_metadata(
                                    asset_key=asset_key, partition_key=keys[day.key])
 
 
-def by_reason(counts: Mapping[str, int], label: str = "reason") -> MetadataValue:
-    """Counts per reason (or per event name) as a two-column table, largest first."""
+def by_reason(counts: Mapping[str, int], label: str = "reason",
+              counted: str = "events") -> MetadataValue:
+    """Counts per reason (or per event name, per method…) as a two-column table, largest
+    first; ``counted`` names what is counted."""
     rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return MetadataValue.table(
-        records=[TableRecord({label: k, "events": int(v)}) for k, v in rows],
+        records=[TableRecord({label: k, counted: int(v)}) for k, v in rows],
         schema=TableSchema(columns=[TableColumn(label, "string"),
-                                    TableColumn("events", "int")]),
+                                    TableColumn(counted, "int")]),
     )
 
 

@@ -199,7 +199,7 @@ def push_activity(
         "dagster/row_count": r.rows,
         "pushes_analysed": r.pushes_analysed,
         "comparison_users": r.comparison_users,
-        "mapping_methods": by_reason(r.methods, "method"),
+        "mapping_methods": by_reason(r.methods, "method", "users"),
         "landing_path": MetadataValue.path(r.path),
     }) for day, r in zip(days, results, strict=True)], run_totals={
         "partitions": len(results),
@@ -207,7 +207,8 @@ def push_activity(
         "posthog_rows": stats["rows"],
         "posthog_retries": stats["retries"],
         "posthog_wait_seconds": round(stats["wait_seconds"], 1),
-    }, shared={"posthog": posthog.host, "windows_hours": MetadataValue.json(windows)})
+    }, shared={"posthog": posthog.host,
+               "analysis_windows_hours": MetadataValue.json(windows)})
     return MaterializeResult(check_results=[mapping_check(results,
                                                           push_settings.min_mapping_rate)])
 
@@ -270,7 +271,8 @@ def push_impact(
         "groups": r.groups,
         "significant": r.significant,
         "rows_replaced": r.rows_replaced,
-        "preview": table_metadata(r.preview),
+        # one row per group and window for the events measure (active hours: the table)
+        "preview_events_measure": table_metadata(r.preview),
     }) for day, r in zip(days, results, strict=True)], run_totals={
         "partitions": len(results),
         "rows_written": sum(r.rows_written for r in results),

@@ -198,9 +198,12 @@ def compute_push_impact(store: LandingStore, engine: Engine, day: LocalDay,
                          for r in events.select(["account_id", "group_type", "group_id"])
                          .to_pylist()})
     result.significant = int(pc.sum(pc.fill_null(events["significant"], False)).as_py() or 0)
-    result.preview = events.sort_by([("users", "descending")]).slice(0, 10).select(
-        ["account_id", "label", "window_hours", "users", "mapped_rate", "mean_before",
-         "mean_after", "lift", "p_value_t", "significant", "did"]).to_pylist()
+    result.preview = [{k: float(f"{v:.4g}") if isinstance(v, float) else v
+                       for k, v in row.items()}  # four significant digits, for reading
+                      for row in events.sort_by([("users", "descending")]).slice(0, 10)
+                      .select(["account_id", "label", "window_hours", "users",
+                               "mapped_rate", "mean_before", "mean_after", "lift",
+                               "p_value_t", "significant", "did"]).to_pylist()]
     return result
 
 
