@@ -231,3 +231,30 @@ def test_range_backfill_is_one_run_and_matches_day_by_day(tmp_path, warehouse_ur
 
 def test_instance_type_is_temporary(instance):
     assert isinstance(instance, DagsterInstance)
+
+
+def test_a_range_run_logs_a_line_per_partition_progress_and_a_summary(tmp_path, monkeypatch):
+    """A backfill's log stays readable: the partition lines, a progress line every N
+    partitions (and after the last) and one summary line per asset."""
+    from analytics_pipeline.core import assets as core_assets
+
+    monkeypatch.setattr(core_assets, "PROGRESS_EVERY", 2)
+    days = ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]
+    with instance_for_test() as instance:
+        env = make_env(tmp_path, f"sqlite:///{tmp_path / 'wh.db'}", instance)
+        env.materialize_accounts()
+        result = env.materialize_range(f"{days[0]}|America/New_York",
+                                       f"{days[-1]}|America/New_York")
+        assert result.success
+        messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    for asset in ("raw_reporting_events", "reporting_rollups"):
+        progress = [m for m in messages if m.startswith(f"{asset}: ") and "/5 partitions" in m]
+        assert [m.split(" partitions")[0].split(": ")[1] for m in progress] == \
+            ["2/5", "4/5", "5/5"]
+        assert "~0s left" in progress[-1]
+        [summary] = [m for m in messages if m.startswith(f"{asset}: 5 partitions in ")]
+        assert " ms each): " in summary
+    rolled = [m for m in messages if "rollup rows (replaced" in m]
+    assert [m.split(":")[0] for m in rolled] == [f"{d}|America/New_York" for d in days]
+    assert "events rolled up 23" in next(m for m in messages
+                                          if m.startswith("reporting_rollups: 5 partitions in"))

@@ -37,6 +37,7 @@ from analytics_pipeline.campaigns.steps import (
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    RangeLog,
     by_reason,
     partition_days,
     rollup_result,
@@ -266,13 +267,16 @@ def campaign_rollups(
     log, engine = campaign_log(landing.uri), warehouse.engine()
     source = CampaignSource(source_db.url)
     days = partition_days(context)
+    progress = RangeLog(context, days, "campaign_rollups", unit="tracked pages")
     results = []
     for day in days:
         r = rollup_campaign_partition(log, source, engine, day, campaign_broker.late_days)
-        context.log.info(f"{r.key}: {r.rolled_up} tracked pages → {r.rows_written} rollup "
-                         f"rows (replaced {r.rows_replaced})")
         for why, n in r.ignored_by_name.items():
             context.log.warning(f"{r.key}: {n} {why} (not rolled up)")
+        progress.partition(f"{r.key}: {r.rolled_up} tracked pages → {r.rows_written} "
+                           f"rollup rows (replaced {r.rows_replaced})", r.rolled_up)
         results.append(r)
+    progress.summary(tracked_pages=sum(r.rolled_up for r in results),
+                     rows_written=sum(r.rows_written for r in results))
     return rollup_result(context, days, results, {
         "warehouse": warehouse.display_url, "late_days": campaign_broker.late_days})

@@ -8,6 +8,7 @@ key) and keep the run's totals in one non-numeric entry, ``run_totals``: a parti
 and its metadata plots show that partition's numbers only.
 """
 
+import time
 from collections.abc import Iterable, Mapping
 
 from dagster import (
@@ -82,6 +83,43 @@ def window_metadata(day: LocalDay) -> dict:
         "utc_window_end": MetadataValue.timestamp(day.end_utc),
         "window_hours": day.hours,
     }
+
+
+PROGRESS_EVERY = 25  # partitions between two progress lines of a range run's log
+
+
+class RangeLog:
+    """The log of a run over a range of partitions (a backfill): the caller's one line per
+    partition, a progress line every ``every`` partitions and after the last (partitions
+    done, the amount handled, rate, time left at that rate), and a summary line at the
+    end. A one-partition run gets its partition line only."""
+
+    def __init__(self, context: AssetExecutionContext, days: list[LocalDay], what: str,
+                 unit: str = "events", every: int | None = None):
+        self.log, self.what, self.unit = context.log, what, unit
+        self.total, self.every = len(days), max(1, every or PROGRESS_EVERY)
+        self.done = self.amount = 0
+        self.started = time.monotonic()
+
+    def partition(self, line: str, amount: int = 0) -> None:
+        self.log.info(line)
+        self.done += 1
+        self.amount += amount
+        if self.total > 1 and (self.done % self.every == 0 or self.done == self.total):
+            elapsed = time.monotonic() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            rate = self.amount / elapsed if elapsed > 0 else 0.0
+            self.log.info(f"{self.what}: {self.done}/{self.total} partitions, "
+                          f"{self.amount:,} {self.unit} in {elapsed:.1f}s ({rate:,.0f}/s), "
+                          f"~{left:.0f}s left")
+
+    def summary(self, **totals: int) -> None:
+        if self.total < 2:
+            return
+        elapsed = time.monotonic() - self.started
+        figures = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in totals.items())
+        self.log.info(f"{self.what}: {self.total} partitions in {elapsed:.1f}s "
+                      f"({elapsed / self.total * 1000:.0f} ms each): {figures}")
 
 
 def add_partition_metadata(

@@ -17,6 +17,7 @@ from dagster import (
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    RangeLog,
     add_partition_metadata,
     by_reason,
     partition_days,
@@ -67,11 +68,12 @@ def raw_push_notifications(
     store, engine = landing.store(), warehouse.engine()
     default_tz = settings.validated_default_timezone()
     days = partition_days(context)
+    log = RangeLog(context, days, "raw_push_notifications", unit="pushes")
     results = []
     for day in days:
         r = extract_push_partition(source, store, engine, day, default_tz)
-        context.log.info(f"{r.key}: landed {r.rows} pushes of {r.accounts} accounts "
-                         f"({r.window})")
+        log.partition(f"{r.key}: landed {r.rows} pushes of {r.accounts} accounts "
+                      f"({r.window})", r.rows)
         if r.duplicates_dropped:
             context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated a push id "
                                 "and were dropped")
@@ -80,6 +82,7 @@ def raw_push_notifications(
                                 "no usable user (bad or repeated id, bad text) and were "
                                 "skipped; their pushes are quarantined as unknown_user")
         results.append(r)
+    log.summary(pushes_landed=sum(r.rows for r in results))
     add_partition_metadata(context, [(day, {
         "dagster/row_count": r.rows,
         "accounts": r.accounts,
@@ -129,14 +132,17 @@ def push_rollups(
     definitions = load_automations(push_settings.automations_dir)
     for problem in definitions.problems:
         context.log.warning(f"automation definitions: {problem}")
+    log = RangeLog(context, days, "push_rollups", unit="pushes")
     results = []
     for day in days:
         r = rollup_push_partition(store, engine, day, definitions)
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
-        context.log.info(f"{r.key}: {r.rolled_up} pushes → {r.rows_written} rollup rows "
-                         f"(replaced {r.rows_replaced})")
+        log.partition(f"{r.key}: {r.rolled_up} pushes → {r.rows_written} rollup rows "
+                      f"(replaced {r.rows_replaced})", r.events)
         results.append(r)
+    log.summary(pushes_rolled_up=sum(r.rolled_up for r in results),
+                rows_written=sum(r.rows_written for r in results))
     return rollup_result(context, days, results, {
         "warehouse": warehouse.display_url,
         "automation_definitions": len(definitions.by_id),

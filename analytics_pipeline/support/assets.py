@@ -16,6 +16,7 @@ from pydantic import Field
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    RangeLog,
     add_partition_metadata,
     partition_days,
     require_current_landings,
@@ -77,14 +78,18 @@ def raw_reporting_events(
     store, engine = landing.store(), warehouse.engine()
     default_tz = settings.validated_default_timezone()
     days = partition_days(context)
+    log = RangeLog(context, days, "raw_reporting_events")
     results = []
     for day in days:
         r = extract_partition(source, store, engine, day, default_tz, config.account_ids)
-        context.log.info(f"{r.key}: landed {r.rows} events of {r.accounts} accounts ({r.window})")
         if r.duplicates_dropped:
             context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
                                 "already read and were dropped")
+        log.partition(f"{r.key}: landed {r.rows} events of {r.accounts} accounts "
+                      f"({r.window})", r.rows)
         results.append(r)
+    log.summary(events_landed=sum(r.rows for r in results),
+                rows_for_quarantine=sum(r.invalid_rows for r in results))
     add_partition_metadata(context, [(day, {
         "dagster/row_count": r.rows,
         "accounts": r.accounts,
@@ -121,14 +126,15 @@ def reporting_rollups(
     store, engine = landing.store(), warehouse.engine()
     days = partition_days(context)
     require_current_landings(store, engine, days, "reporting_events", config.account_ids)
+    log = RangeLog(context, days, "reporting_rollups")
     results = []
     for day in days:
         r = rollup_partition(store, engine, day, only_accounts=config.account_ids)
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
-        context.log.info(
-            f"{r.key}: {r.rolled_up} events → {r.rows_written} rollup rows "
-            f"(replaced {r.rows_replaced})"
-        )
+        log.partition(f"{r.key}: {r.rolled_up} events → {r.rows_written} rollup rows "
+                      f"(replaced {r.rows_replaced})", r.events)
         results.append(r)
+    log.summary(events_rolled_up=sum(r.rolled_up for r in results),
+                rows_written=sum(r.rows_written for r in results))
     return rollup_result(context, days, results, {"warehouse": warehouse.display_url})

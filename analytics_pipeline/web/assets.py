@@ -15,6 +15,7 @@ from dagster import (
 from analytics_pipeline.core.accounts import accounts
 from analytics_pipeline.core.assets import (
     OWNERS,
+    RangeLog,
     add_partition_metadata,
     by_reason,
     partition_days,
@@ -88,16 +89,18 @@ def raw_web_events(
     store, engine = landing.store(), warehouse.engine()
     default_tz = settings.validated_default_timezone()
     days = partition_days(context)
+    log = RangeLog(context, days, "raw_web_events")
     results = []
     for day in days:
         r = extract_web_partition(source, store, engine, day, default_tz,
                                   session_timeout_seconds=web.session_timeout_minutes * 60)
-        context.log.info(f"{r.key}: landed {r.rows} web events of {r.sites} sites, "
-                         f"{r.visits} visits ({r.window})")
         if r.duplicates_dropped:
             context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
                                 "and were dropped")
+        log.partition(f"{r.key}: landed {r.rows} web events of {r.sites} sites, "
+                      f"{r.visits} visits ({r.window})", r.rows)
         results.append(r)
+    log.summary(events_landed=sum(r.rows for r in results))
     add_partition_metadata(context, [(day, {
         "dagster/row_count": r.rows,
         "sites": r.sites,
@@ -152,15 +155,19 @@ def web_rollups(
     days = partition_days(context)
     require_current_landings(store, engine, days, WEB_SOURCE)
     domains: dict[int, str] = {}
+    log = RangeLog(context, days, "web_rollups")
     results = []
     for day in days:
         r = rollup_web_partition(store, engine, day)
         domains.update(_site_domains(engine, {p["site_id"] for p in r.preview} - set(domains)))
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
-        context.log.info(f"{r.key}: {r.valid} events, {r.visits} visits, {r.visitors} "
-                         f"visitors → {r.hourly_rows} hourly and {r.daily_rows} daily rows")
+        log.partition(f"{r.key}: {r.valid} events, {r.visits} visits, {r.visitors} "
+                      f"visitors → {r.hourly_rows} hourly and {r.daily_rows} daily rows",
+                      r.valid)
         results.append(r)
+    log.summary(events=sum(r.valid for r in results),
+                rows_written=sum(r.hourly_rows + r.daily_rows for r in results))
     add_partition_metadata(context, [(day, {
         "dagster/row_count": r.hourly_rows + r.daily_rows,
         "hourly_rows": r.hourly_rows,
