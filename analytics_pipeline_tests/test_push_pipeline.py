@@ -203,17 +203,23 @@ def test_comparison_sizing_and_activity_batch_come_from_the_environment(monkeypa
         push_resources()
 
 
+def extracted(w: PushWorld, setup, sim: PostHogSimulator) -> tuple[PushSource, PostHogClient]:
+    """``w`` in the app database and PostHog, its day's pushes landed."""
+    engine, store, source_url = setup
+    w.load_posthog(sim)
+    w.write_source(source_url)
+    source = PushSource(source_url, fallback_date=date(2024, 1, 1))
+    extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
+    return source, PostHogClient(sim.base_url, sim.project_id, sim.api_key)
+
+
 def test_a_campaign_draws_comparison_users_in_proportion(setup):
     """Campaigns 7 and 8 (250 pushes each, a few failed) with ratio 0.2: a fifth of their
     delivered pushes in comparison users from the 100 never pushed, the same on a re-run."""
     engine, store, source_url = setup
     w = world()
     with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
-        w.load_posthog(sim)
-        w.write_source(source_url)
-        source = PushSource(source_url, fallback_date=date(2024, 1, 1))
-        extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
-        client = PostHogClient(sim.base_url, sim.project_id, sim.api_key)
+        source, client = extracted(w, setup, sim)
         sizing = ComparisonSizing(ratio=0.2, minimum=10, maximum=1000)
         drawn = []
         for _ in range(2):
@@ -241,14 +247,9 @@ def test_a_campaign_draws_comparison_users_in_proportion(setup):
 @pytest.mark.parametrize("setting", [dict(activity_batch=2501), dict(activity_batch=0),
                                      dict(batch=1001)])
 def test_batch_settings_out_of_range_fail_before_any_posthog_query(setting, setup):
-    engine, store, source_url = setup
-    w = world()
+    engine, store, _ = setup
     with PostHogSimulator(rate_limit_per_hour=10_000) as sim:
-        w.load_posthog(sim)
-        w.write_source(source_url)
-        source = PushSource(source_url, fallback_date=date(2024, 1, 1))
-        extract_push_partition(source, store, engine, DAY, "UTC", now=NOW)
-        client = PostHogClient(sim.base_url, sim.project_id, sim.api_key)
+        source, client = extracted(world(), setup, sim)
         with pytest.raises(ValueError, match="ANALYTICS_PUSH_"):
             fetch_push_activity(source, store, engine, client, DAY, [24], now=NOW, **setting)
         assert sim.queries == []
