@@ -558,3 +558,26 @@ def test_web_and_push_streams_join_the_closed_days_sensor(instance, monkeypatch)
     impact = sorted(r.run_key for r in result.run_requests
                     if r.job_name == "push_impact_analysis")
     assert impact[-1] == "push_impact_analysis:2026-02-11|America/New_York"
+
+
+def test_late_partitions_of_a_timezone_no_longer_a_key_are_dropped_not_requested(caplog):
+    """Every late-events sensor's tail: a pending day whose timezone key has gone (carried
+    in the cursor from an earlier tick) is dropped with a warning; the others are
+    requested oldest first, beyond the limit carried on."""
+    class Context:  # the tail only logs through the context (a logger caplog sees)
+        log = logging.getLogger("late_partitions_test")
+
+    context = Context()
+    pending = {"2026-03-01|America/New_York": 2, "2026-03-01|Europe/Gone": 1,
+               "2026-03-02|Asia/Kolkata": 3, "2026-03-03|Asia/Kolkata": 4}
+    with caplog.at_level(logging.WARNING):
+        result = scheduling.request_late_partitions(
+            context, pending, 2, run_key=lambda key, stamp: f"late:{stamp}:{key}",
+            cursor_state={"after": 9}, idle_reason="idle",
+            timezones=["America/New_York", "Asia/Kolkata"])
+    assert [r.run_key for r in result.run_requests] == [
+        "late:2:2026-03-01|America/New_York", "late:3:2026-03-02|Asia/Kolkata"]
+    assert json.loads(result.cursor) == {"after": 9,
+                                         "pending": {"2026-03-03|Asia/Kolkata": 4}}
+    assert "dropping late partition 2026-03-01|Europe/Gone" in caplog.text
+    assert "2026-03-01|Europe/Gone" in pending  # the caller's dict is left alone

@@ -195,16 +195,12 @@ def build_late_campaign_reports_sensor():
             read += len(page.records)
             if not page.has_more:
                 break
-        usable = set(timezones)
-        for key in sorted(k for k in pending if k.partition("|")[2] not in usable):
-            context.log.warning(f"dropping late-report partition {key}: its timezone is no "
-                                "longer a valid timezone partition key")
-            del pending[key]
         return request_late_partitions(
             context, pending, LATE_CAMPAIGN_REQUESTS_PER_TICK,
             run_key=lambda key, storage_id: f"late-campaigns:{storage_id}:{key}",
             cursor_state={"after": after},
-            idle_reason="no closed day received a campaign report since the last tick")
+            idle_reason="no closed day received a campaign report since the last tick",
+            timezones=timezones)
 
     return late_campaign_reports_sensor
 

@@ -209,11 +209,20 @@ def skip_with_cursor(context: SensorEvaluationContext, reason: str,
 def request_late_partitions(
     context: SensorEvaluationContext, pending: dict[str, Any], limit: int,
     run_key: Callable[[str, Any], str], cursor_state: dict, idle_reason: str,
+    timezones: Iterable[str],
 ) -> SensorResult:
     """The tail of a late-events sensor: ``pending`` maps a partition key to the stamp of
     the newest arrival that touched it; the oldest stamps (then keys) are requested, at
     most ``limit``, and the rest carried in the cursor (``cursor_state`` plus ``pending``)
-    to the next ticks."""
+    to the next ticks. A key whose timezone is not one of ``timezones`` (the valid
+    partition keys now: one carried from an earlier tick may have gone) is dropped with a
+    warning, never requested."""
+    usable = set(timezones)
+    pending = dict(pending)
+    for key in sorted(k for k in pending if k.partition("|")[2] not in usable):
+        context.log.warning(f"dropping late partition {key}: its timezone is no longer a "
+                            "valid timezone partition key")
+        del pending[key]
     order = sorted(pending.items(), key=lambda kv: (kv[1], kv[0]))
     now, rest = order[:limit], dict(order[limit:])
     cursor = json.dumps({**cursor_state, "pending": rest}, sort_keys=True)

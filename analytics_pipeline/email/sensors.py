@@ -305,19 +305,13 @@ def late_email_events_sensor(pipeline: EmailPipeline):
             fetches += len(page.records)
             if not page.has_more:
                 break
-        # A day carried from an earlier tick whose timezone key is gone (or invalid): skip it.
-        usable = set(timezones)
-        for key in sorted(k for k in pending if k.partition("|")[2] not in usable):
-            context.log.warning(f"dropping late-event partition {key}: its timezone is no "
-                                "longer a valid timezone partition key")
-            del pending[key]
         # Oldest fetch first; the run key names the newest fetch that touched the day, so a
         # later fetch that brings more events of the same day gets its own run.
         return request_late_partitions(
             context, pending, LATE_REQUESTS_PER_TICK,
             run_key=lambda key, storage_id: f"late:{storage_id}:{key}",
             cursor_state={"after": after},
-            idle_reason="no rolled-up day was touched by a new fetch")
+            idle_reason="no rolled-up day was touched by a new fetch", timezones=timezones)
 
     return _sensor
 

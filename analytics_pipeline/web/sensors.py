@@ -12,7 +12,11 @@ from dagster import (
 )
 
 from analytics_pipeline.core.resources import SourceDatabase, Warehouse
-from analytics_pipeline.core.scheduling import request_late_partitions, skip_with_cursor
+from analytics_pipeline.core.scheduling import (
+    request_late_partitions,
+    skip_with_cursor,
+    valid_timezones,
+)
 from analytics_pipeline.web.jobs import web_job
 from analytics_pipeline.web.late import late_partitions, received_dates, site_timezones
 from analytics_pipeline.web.resources import WebSettings
@@ -54,4 +58,5 @@ def late_web_events_sensor(context: SensorEvaluationContext, source_db: SourceDa
         context, pending, LATE_WEB_REQUESTS_PER_TICK,
         run_key=lambda key, stamp: f"late-web:{key}:{stamp}",
         cursor_state={"after": after.isoformat()},
-        idle_reason="no rolled-up day received late events since the last tick")
+        idle_reason="no rolled-up day received late events since the last tick",
+        timezones=valid_timezones(context))
