@@ -40,10 +40,10 @@ from analytics_pipeline.core.assets import (
     RangeLog,
     by_reason,
     partition_days,
+    rollup_check_specs,
     rollup_result,
     table_metadata,
 )
-from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, SourceDatabase, Warehouse
 
@@ -230,14 +230,6 @@ def campaign_progress(
     }, check_results=checks)
 
 
-campaign_rollup_check_specs = [
-    AssetCheckSpec(
-        RECONCILES, asset="campaign_rollups",
-        description="Per account and metric, the totals written to daily_rollups equal the "
-        "totals recomputed from the same tracked reports."),
-    AssetCheckSpec(NON_NEGATIVE, asset="campaign_rollups",
-                   description="No rollup row of the partition has a negative count."),
-]
 
 
 @asset(
@@ -248,7 +240,7 @@ campaign_rollup_check_specs = [
     deps=[campaign_messages, accounts],
     partitions_def=daily_timezone_partitions,
     backfill_policy=BackfillPolicy.single_run(),
-    check_specs=campaign_rollup_check_specs,
+    check_specs=rollup_check_specs("campaign_rollups", "the same tracked reports"),
     description="daily_rollups rows of campaign_sent, campaign_failed (contacts, read as "
     "sums) and campaign_pages_tracked (dimensions account, campaign, channel) for the "
     "accounts of the partition's timezone: each tracked page once, by its first report, "

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     Failure,
     MaterializeResult,
@@ -178,6 +179,20 @@ def require_current_landings(
             metadata={"partitions_to_re_extract": MetadataValue.json(
                 [p.split(":", 1)[0] for p in problems])},
         )
+
+
+def rollup_check_specs(asset: str, recomputed_from: str) -> list[AssetCheckSpec]:
+    """The two checks every ``daily_rollups`` asset declares and ``rollup_result``
+    evaluates: the written totals against ``recomputed_from``, and no negative row."""
+    return [
+        AssetCheckSpec(
+            RECONCILES, asset=asset,
+            description="Per account and metric, the account-dimension totals written to "
+            f"daily_rollups equal the totals recomputed directly from {recomputed_from}."),
+        AssetCheckSpec(
+            NON_NEGATIVE, asset=asset,
+            description="No rollup row of the partition has a negative count or sum."),
+    ]
 
 
 def rollup_result(

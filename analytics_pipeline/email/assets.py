@@ -8,7 +8,6 @@ import time
 from datetime import datetime, timezone
 
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
     AutomationCondition,
@@ -27,9 +26,9 @@ from analytics_pipeline.core.assets import (
     add_partition_metadata,
     partition_days,
     require_current_landings,
+    rollup_check_specs,
     rollup_result,
 )
-from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.landing import ProviderEventLog
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
@@ -180,10 +179,7 @@ def email_assets(pipeline: EmailPipeline) -> list:
         })
         return MaterializeResult()
 
-    specs = [AssetCheckSpec(RECONCILES, asset=rollups_name,
-                            description="Account-dimension totals equal the landed events'."),
-             AssetCheckSpec(NON_NEGATIVE, asset=rollups_name,
-                            description="No negative count in the partition.")]
+    specs = rollup_check_specs(rollups_name, "the landed events")
 
     @asset(
         name=rollups_name, group_name=group, owners=OWNERS, kinds={"sql", "pyarrow"},

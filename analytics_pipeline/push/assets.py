@@ -22,10 +22,10 @@ from analytics_pipeline.core.assets import (
     by_reason,
     partition_days,
     require_current_landings,
+    rollup_check_specs,
     rollup_result,
     table_metadata,
 )
-from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.push.activity import EventFilter
@@ -100,14 +100,6 @@ def raw_push_notifications(
     return MaterializeResult()
 
 
-push_rollup_check_specs = [
-    AssetCheckSpec(
-        RECONCILES, asset="push_rollups",
-        description="Per account and metric, the totals written to daily_rollups equal the "
-        "totals recomputed from the landed pushes."),
-    AssetCheckSpec(NON_NEGATIVE, asset="push_rollups",
-                   description="No rollup row of the partition has a negative count."),
-]
 
 
 @asset(
@@ -117,7 +109,7 @@ push_rollup_check_specs = [
     deps=[raw_push_notifications],
     partitions_def=daily_timezone_partitions,
     backfill_policy=BackfillPolicy.single_run(),
-    check_specs=push_rollup_check_specs,
+    check_specs=rollup_check_specs("push_rollups", "the landed pushes"),
     description="daily_rollups rows of push_sent, push_delivered and push_failed (dimensions "
     "account, campaign, automation) for the partition's accounts; invalid pushes go to "
     "quarantine. Each partition replaces its slice in one transaction.",

@@ -3,7 +3,6 @@ with the rollups' checks defined next to them.
 """
 
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
     Config,
@@ -20,9 +19,9 @@ from analytics_pipeline.core.assets import (
     add_partition_metadata,
     partition_days,
     require_current_landings,
+    rollup_check_specs,
     rollup_result,
 )
-from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.partitions import daily_timezone_partitions
 from analytics_pipeline.core.resources import Landing, PipelineSettings, SourceDatabase, Warehouse
 from analytics_pipeline.support.source import ReportingEventsSource
@@ -41,18 +40,6 @@ class AccountScope(Config):
     )
 
 
-rollup_check_specs = [
-    AssetCheckSpec(
-        RECONCILES, asset="reporting_rollups",
-        description="Per metric, the account-dimension totals written to daily_rollups equal "
-        "the totals recomputed directly from the landed events (count, sums, distinct "
-        "conversations).",
-    ),
-    AssetCheckSpec(
-        NON_NEGATIVE, asset="reporting_rollups",
-        description="No rollup row of the partition has a negative count or sum.",
-    ),
-]
 
 
 @asset(
@@ -112,7 +99,8 @@ def raw_reporting_events(
     deps=[raw_reporting_events],
     partitions_def=daily_timezone_partitions,
     backfill_policy=BackfillPolicy.single_run(),
-    check_specs=rollup_check_specs,
+    check_specs=rollup_check_specs(
+        "reporting_rollups", "the landed events (count, sums, distinct conversations)"),
     description="daily_rollups rows of the support reporting metrics (dimensions account, "
     "agent, inbox) for the partition's accounts; each partition replaces its slice in one "
     "transaction.",
