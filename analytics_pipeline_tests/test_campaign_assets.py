@@ -6,9 +6,6 @@ progress checks, the rollups of a local day, the late-reports sensor and the CLI
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -33,7 +30,7 @@ from analytics_pipeline.campaigns.assets import (
     campaign_progress,
     campaign_rollups,
 )
-from analytics_pipeline.campaigns.broker import connect, declare, pending_messages
+from analytics_pipeline.campaigns.broker import connect, pending_messages
 from analytics_pipeline.campaigns.contract import (
     CAMPAIGN_SOURCE,
     REASON_NEGATIVE,
@@ -60,8 +57,9 @@ from analytics_pipeline.core import warehouse as wh
 from analytics_pipeline.core.checks import NON_NEGATIVE, RECONCILES
 from analytics_pipeline.core.partitions import LocalDay
 from analytics_pipeline.core.resources import PipelineSettings
-from analytics_pipeline.dev.campaign_publisher import CampaignPublisher, simulate_senders
-from analytics_pipeline_tests.helpers import require_rabbitmq
+from analytics_pipeline.dev.campaign_publisher import simulate_senders
+from analytics_pipeline_tests import campaign_fixtures
+from analytics_pipeline_tests.campaign_fixtures import scratch_broker
 from analytics_pipeline_tests.pipeline_fixtures import make_env
 
 UTC = timezone.utc
@@ -69,44 +67,16 @@ NY = "America/New_York"  # account 1 of the sample source; account 2 is Asia/Kol
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # 04:00 in New York, 14:30 in Kolkata
 
 
-@dataclass
-class Broker:
-    url: str
-    exchange: str
-    queue: str
-
-    def publisher(self, at: datetime = T0, **kw) -> CampaignPublisher:
-        """The packer and senders, publishing with ``at`` as their clock (AMQP timestamp)."""
-        return CampaignPublisher(self.url, exchange=self.exchange,
-                                 clock=lambda: at.timestamp(), **kw)
-
-    def resource(self, **kw) -> CampaignBroker:
-        return CampaignBroker(**{"url": self.url, "exchange": self.exchange,
-                                 "queue": self.queue, **kw})
-
-    def pending(self) -> int:
-        return pending_messages(self.url, self.queue)
-
-    def wait_pending(self, n: int, timeout: float = 10.0) -> int:
-        end = time.monotonic() + timeout
-        while (got := self.pending()) != n and time.monotonic() < end:
-            time.sleep(0.05)
-        return got
+class Broker(campaign_fixtures.Broker):
+    def publisher(self, at: datetime = T0, **kw):
+        """The packer and senders, their clock at ``T0`` unless told otherwise."""
+        return super().publisher(at=at, **kw)
 
 
 @pytest.fixture
 def broker():
-    """A queue and an exchange of this test's own, deleted afterwards."""
-    url = require_rabbitmq()
-    token = uuid.uuid4().hex[:12]
-    b = Broker(url, f"test.campaigns.{token}", f"test.analytics_pipeline.{token}")
-    with connect(url) as connection:
-        declare(connection.channel(), b.queue, b.exchange)
-    yield b
-    with connect(url) as connection:
-        channel = connection.channel()
-        channel.queue_delete(b.queue)
-        channel.exchange_delete(b.exchange)
+    with scratch_broker(Broker) as b:
+        yield b
 
 
 class Clock:

@@ -9,9 +9,6 @@ import json
 import os
 import random
 import stat
-import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -28,8 +25,6 @@ from analytics_pipeline.campaigns.broker import (
     BrokerUnavailable,
     QueueNotFound,
     classify,
-    connect,
-    declare,
     drain_and_land,
     merge_parsed,
     message_key,
@@ -54,51 +49,19 @@ from analytics_pipeline.core.landing import ProviderEventLog
 from analytics_pipeline.core.rollups import QUARANTINE_SCHEMA
 from analytics_pipeline.dev.campaign_publisher import (
     MALFORMED,
-    CampaignPublisher,
     PublishInterrupted,
     paginate,
     simulate_senders,
 )
-from analytics_pipeline_tests.helpers import require_rabbitmq
+from analytics_pipeline_tests.campaign_fixtures import Broker, scratch_broker
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
 
 
-@dataclass
-class Broker:
-    url: str
-    exchange: str
-    queue: str
-
-    def publisher(self, **kw) -> CampaignPublisher:
-        return CampaignPublisher(self.url, exchange=self.exchange, **kw)
-
-    def pending(self) -> int:
-        return pending_messages(self.url, self.queue)
-
-    def wait_pending(self, n: int, timeout: float = 10.0) -> int:
-        """The ready count once it is ``n`` (the broker requeues a closed connection's
-        unacknowledged deliveries asynchronously)."""
-        end = time.monotonic() + timeout
-        while (got := self.pending()) != n and time.monotonic() < end:
-            time.sleep(0.05)
-        return got
-
-
 @pytest.fixture
 def broker():
-    """A queue and an exchange of this test's own (deleted afterwards), so that tests
-    running at the same time never see each other's messages."""
-    url = require_rabbitmq()
-    token = uuid.uuid4().hex[:12]
-    b = Broker(url, f"test.campaigns.{token}", f"test.analytics_pipeline.{token}")
-    with connect(url) as connection:
-        declare(connection.channel(), b.queue, b.exchange)
-    yield b
-    with connect(url) as connection:
-        channel = connection.channel()
-        channel.queue_delete(b.queue)
-        channel.exchange_delete(b.exchange)
+    with scratch_broker() as b:
+        yield b
 
 
 @pytest.fixture
