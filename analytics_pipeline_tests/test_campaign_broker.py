@@ -30,7 +30,6 @@ from analytics_pipeline.campaigns.broker import (
     message_key,
     parse_messages,
     pending_messages,
-    read_landed,
     redact,
 )
 from analytics_pipeline.campaigns.contract import (
@@ -77,7 +76,8 @@ def drain(b: Broker, log: ProviderEventLog, max_messages: int = 100_000, run_id:
 
 
 def landed(log: ProviderEventLog, distinct: bool = False) -> pa.Table:
-    return read_landed(log, [NOW.date()], distinct=distinct)
+    return log.read([NOW.date()], LANDED_MESSAGE_SCHEMA, id_column="message_key",
+                    distinct=distinct)
 
 
 # --- the packer's pages --------------------------------------------------------------------

@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -278,12 +278,6 @@ def _landed_table(rows: list[tuple], run_id: str) -> pa.Table:
             for n, c in zip(names, cols, strict=True)}
     data["consumer_run"] = pa.array([run_id] * len(rows), pa.string())
     return pa.table(data, schema=LANDED_MESSAGE_SCHEMA)
-
-
-def read_landed(log: ProviderEventLog, days: Iterable[date], distinct: bool = False) -> pa.Table:
-    """The messages landed under ``days`` (UTC dates of receipt): every delivery as landed
-    (what ``classify`` counts redeliveries from), or one row per ``message_key``."""
-    return log.read(days, LANDED_MESSAGE_SCHEMA, id_column="message_key", distinct=distinct)
 
 
 # --- classification ----------------------------------------------------------------------
