@@ -163,3 +163,21 @@ def test_concurrent_writers_of_one_partition_serialize(engine):
     assert errors == []
     rows = snapshot(engine)
     assert len(rows) == 1 and rows[0]["count"] in (1, 2, 3, 4)
+
+
+def test_ensure_schema_drops_retired_indexes_and_keeps_rows(engine):
+    """A warehouse an earlier version created keeps its rows and loses the index nothing
+    reads any more (it only slowed down every partition's write)."""
+    import sqlalchemy as sa
+
+    wh.replace_partition(engine, D, "America/New_York", "reporting_events",
+                         rollups((1, "account", 1, "m", 3, 1.5, 0.5)), quarantined(), [1])
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE INDEX ix_daily_rollups_date_timezone ON daily_rollups (date, timezone)"))
+    assert "ix_daily_rollups_date_timezone" in {
+        ix["name"] for ix in sa.inspect(engine).get_indexes("daily_rollups")}
+    wh.ensure_schema(engine)
+    assert {ix["name"] for ix in sa.inspect(engine).get_indexes("daily_rollups")}.isdisjoint(
+        wh.RETIRED_INDEXES)
+    assert [(r["account_id"], r["count"]) for r in snapshot(engine)] == [(1, 3)]

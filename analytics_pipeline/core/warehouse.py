@@ -63,8 +63,15 @@ daily_rollups = sa.Table(
         name="uq_daily_rollups_key",
     ),  # = UNIQUE_KEY
     sa.CheckConstraint("count >= 0", name="ck_daily_rollups_count_nonnegative"),
-    sa.Index("ix_daily_rollups_date_timezone", "date", "timezone"),
+    # No second index: every read and every partition replace goes through the unique
+    # key's (account_id, date) prefix, and each index costs the partition-atomic write
+    # (bench/bench_rollup.py, README "Performance").
 )
+
+
+# Indexes earlier versions created and nothing reads any more: dropped by ensure_schema
+# from warehouses that have them (create_all only ever creates).
+RETIRED_INDEXES = ("ix_daily_rollups_date_timezone",)
 
 
 quarantine = sa.Table(
@@ -273,8 +280,15 @@ def warehouse_engine(url: str) -> Engine:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the warehouse tables if missing (idempotent, safe to run concurrently-ish)."""
+    """Create the warehouse tables if missing and drop retired indexes (idempotent, safe to
+    run concurrently-ish)."""
     metadata.create_all(engine, checkfirst=True)
+    present = {ix["name"] for ix in sa.inspect(engine).get_indexes("daily_rollups")}
+    retired = [name for name in RETIRED_INDEXES if name in present]
+    if retired:
+        with engine.begin() as conn:
+            for name in retired:
+                conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
 
 
 def utc_now_naive() -> datetime:
