@@ -94,8 +94,8 @@ def _write_and_check(
     result.rows_replaced = wh.replace_partition(engine, day.day, day.tz, source, rows,
                                                 quarantined, account_ids, partial=partial)
     result.rows_written = rows.num_rows
-    actual = wh.account_totals(engine, day.day, source, account_ids)
-    result.mismatches = totals_mismatches(totals.finish(), actual)
-    result.negative_rows = wh.negative_rows(engine, day.day, source, account_ids)
+    written = wh.check_slice(engine, day.day, source, account_ids)
+    result.mismatches = totals_mismatches(totals.finish(), written.totals)
+    result.negative_rows = written.negative_rows
     result.preview = rows.slice(0, 10).to_pylist()
     return result

@@ -316,16 +316,15 @@ def replace_accounts(engine: Engine, rows: Sequence[dict]) -> None:
 
 def account_ids_in_timezone(engine: Engine, tz: str) -> list[int]:
     with engine.connect() as conn:
-        result = conn.execute(
+        return conn.execute(  # BIGINT: int already; all() fetches at once (no row loop)
             sa.select(accounts.c.id).where(accounts.c.timezone == tz).order_by(accounts.c.id)
-        )
-        return [int(r[0]) for r in result]
+        ).scalars().all()
 
 
 def known_account_ids(engine: Engine) -> list[int]:
     """Ids of every account in the snapshot, valid timezone or not."""
     with engine.connect() as conn:
-        return [int(r[0]) for r in conn.execute(sa.select(accounts.c.id))]
+        return conn.execute(sa.select(accounts.c.id)).scalars().all()
 
 
 def accounts_snapshot(engine: Engine) -> list[dict]:
@@ -342,12 +341,25 @@ def _chunks(ids: Sequence[int]) -> list[list[int]]:
     return [ids[i:i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
 
 
-def _rollup_slice(day: date, source: str, account_ids: Sequence[int]):
+def ids_filters(conn: Connection, col: sa.ColumnElement, ids: Sequence[int]) -> list:
+    """Conditions that together select the rows whose ``col`` is one of ``ids``, one query
+    each. PostgreSQL gets one ``= ANY(array)`` bound as a single parameter (an IN list of
+    thousands of literals costs SQLAlchemy more to render than the query costs to run:
+    30 ms of every partition of 2,000 accounts); SQLite gets IN lists of ``ID_CHUNK``."""
+    if conn.dialect.name == "postgresql":
+        unique = sorted({int(i) for i in ids})
+        return [col == sa.any_(sa.bindparam(None, unique, type_=postgresql.ARRAY(
+            sa.BigInteger)))] if unique else []
+    return [col.in_(chunk) for chunk in _chunks(ids)]
+
+
+def _rollup_slice(day: date, source: str, which: sa.ColumnElement):
     """WHERE clause of a partition's slice of daily_rollups: the date's rows of the
-    accounts the partition landed, whatever timezone wrote them (an account that moved
-    timezone is rebuilt cleanly), and nothing of any other account."""
+    accounts the partition landed (``which``, from ``ids_filters``), whatever timezone
+    wrote them (an account that moved timezone is rebuilt cleanly), and nothing of any
+    other account."""
     r = daily_rollups.c
-    return sa.and_(r.date == day, r.source == source, r.account_id.in_(list(account_ids)))
+    return sa.and_(r.date == day, r.source == source, which)
 
 
 def _insert_rollups(conn: Connection, rows: pa.Table, tz: str, source: str) -> None:
@@ -445,9 +457,9 @@ def replace_partition(
     with engine.begin() as conn:
         _lock_partition(conn, source, day, tz)
         deleted = 0
-        for chunk in _chunks(account_ids):
+        for which in ids_filters(conn, daily_rollups.c.account_id, account_ids):
             deleted += conn.execute(
-                daily_rollups.delete().where(_rollup_slice(day, source, chunk))
+                daily_rollups.delete().where(_rollup_slice(day, source, which))
             ).rowcount or 0
         _insert_rollups(conn, rollups, tz, source)
         if not partial:
@@ -462,39 +474,41 @@ def replace_partition(
     return int(deleted)
 
 
-def account_totals(
-    engine: Engine, day: date, source: str, account_ids: Sequence[int]
-) -> dict[tuple[int, str], tuple[int, float, float]]:
-    """(account, metric) → totals of the account dimension stored for ``day``, whatever
-    timezone wrote them: what the reconciliation compares with the landed events."""
+@dataclass
+class SliceCheck:
+    """What a partition's slice of ``daily_rollups`` holds, read back after its write."""
+
+    # (account, metric) → (count, sum, sum in business hours) of the account dimension
+    totals: dict[tuple[int, str], tuple[int, float, float]]
+    negative_rows: int  # rows with a negative count or sum (the table forbids only counts)
+
+
+def check_slice(engine: Engine, day: date, source: str, account_ids: Sequence[int]
+                ) -> SliceCheck:
+    """Read ``day``'s rows of ``account_ids`` back, whatever timezone wrote them, in one
+    scan of the slice: the account-dimension totals the reconciliation compares with the
+    landed events, and the count of negative rows."""
     r = daily_rollups.c
-    out: dict[tuple[int, str], tuple[int, float, float]] = {}
+    account = r.dimension_type == "account"
+    negative = sa.or_(r.count < 0, r.sum_value < 0, r.sum_value_business_hours < 0)
+    totals: dict[tuple[int, str], tuple[int, float, float]] = {}
+    n_negative = 0
     with engine.connect() as conn:
-        for chunk in _chunks(account_ids):
+        for which in ids_filters(conn, r.account_id, account_ids):
             q = (
-                sa.select(r.account_id, r.metric, sa.func.sum(r.count),
-                          sa.func.sum(r.sum_value), sa.func.sum(r.sum_value_business_hours))
-                .where(r.date == day, r.source == source, r.dimension_type == "account",
-                       r.account_id.in_(chunk))
+                sa.select(r.account_id, r.metric, sa.func.count().filter(account),
+                          sa.func.sum(r.count).filter(account),
+                          sa.func.sum(r.sum_value).filter(account),
+                          sa.func.sum(r.sum_value_business_hours).filter(account),
+                          sa.func.count().filter(negative))
+                .where(r.date == day, r.source == source, which)
                 .group_by(r.account_id, r.metric)
             )
-            for a, m, c, s_, b in conn.execute(q):
-                out[(int(a), m)] = (int(c or 0), float(s_ or 0.0), float(b or 0.0))
-    return out
-
-
-def negative_rows(engine: Engine, day: date, source: str, account_ids: Sequence[int]) -> int:
-    """Rows of the slice with a negative count or sum (the table's check forbids negative
-    counts; sums are checked here)."""
-    r = daily_rollups.c
-    n = 0
-    with engine.connect() as conn:
-        for chunk in _chunks(account_ids):
-            n += int(conn.execute(sa.select(sa.func.count()).where(
-                r.date == day, r.source == source, r.account_id.in_(chunk),
-                sa.or_(r.count < 0, r.sum_value < 0, r.sum_value_business_hours < 0),
-            )).scalar_one())
-    return n
+            for a, m, rows, c, s_, b, neg in conn.execute(q):
+                if rows:
+                    totals[(int(a), m)] = (int(c or 0), float(s_ or 0.0), float(b or 0.0))
+                n_negative += int(neg)
+    return SliceCheck(totals, n_negative)
 
 
 def rollup_rows(engine: Engine, where: sa.ColumnElement | None = None) -> list[dict]:
