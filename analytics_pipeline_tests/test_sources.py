@@ -101,3 +101,67 @@ def test_connection_errors_never_show_the_password():
     with pytest.raises(ConnectionError) as info:
         src.extract(NY, [1])
     assert "S3cr" not in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+def _with_reference_indexes(url: str) -> None:
+    """The reference support app's indexes instead of the contract's (account_id,
+    created_at)."""
+    e = sa.create_engine(url)
+    with e.begin() as c:
+        c.execute(sa.text("DROP INDEX index_reporting_events_on_account_id_and_created_at"))
+        c.execute(sa.text("CREATE INDEX ix_ref_name ON reporting_events "
+                          "(account_id, name, created_at)"))
+        c.execute(sa.text("CREATE INDEX ix_ref_inbox ON reporting_events "
+                          "(account_id, name, inbox_id, created_at)"))
+    e.dispose()
+
+
+def test_reference_indexes_are_read_by_name_with_the_same_rows(pg_database, monkeypatch):
+    """On the reference app's indexes a day is read by naming every event name of the
+    accounts (registered or not: ignored events are still counted) and, for the default
+    timezone, every account id of no known account: the same rows as reading by account
+    and window, and the plan uses the (account_id, name, created_at) index."""
+    events = [
+        event("first_response", "2026-02-11T05:00:00", id=1, value=1.0),
+        event("a_name_nobody_registered", "2026-02-11T06:00:00", id=2),
+        event("reply_time", "2026-02-12T04:59:59.999", id=3, value=3.0),
+        event("reply_time", "2026-02-12T05:00:00", id=4, value=4.0),  # next day
+        event("first_response", "2026-02-10T12:00:00", id=5),  # day before
+        event("zz_only_on_another_day", "2026-01-01T12:00:00", id=6),
+        event("first_response", "2026-02-11T12:00:00", id=7, account_id=2),  # other tz
+        event("first_response", "2026-02-11T12:00:00", id=8, account_id=77),  # orphan
+        event("only_an_orphan_has_it", "2026-02-11T13:00:00", id=9, account_id=78),
+        event("first_response", "2026-02-11T13:00:00", id=10, account_id=3),  # no name list
+    ]
+    write_source(pg_database, ACCOUNTS + [{"id": 3, "name": "x", "reporting_timezone": None}],
+                 events)
+    _with_reference_indexes(pg_database)
+    src = ReportingEventsSource(pg_database, fallback_date=date(2024, 1, 1))
+    cases = [([1], None), ([1, 3], None), ([1], [1, 2, 3]), ([], [1, 2, 3]), ([], None)]
+    with src.session():
+        assert src.reads_by_name(src._table, "postgresql")
+        by_name = [sorted(src.extract(NY, a, orphans_of=o)["id"].to_pylist()) for a, o in cases]
+        plan = src._query(src._table, "postgresql", NY, [1], None)
+    assert by_name == [[1, 2, 3], [1, 2, 3, 10], [1, 2, 3, 8, 9], [8, 9], []]
+    monkeypatch.setattr(ReportingEventsSource, "reads_by_name",
+                        staticmethod(lambda table, dialect: False))
+    assert [sorted(src.extract(NY, a, orphans_of=o)["id"].to_pylist())
+            for a, o in cases] == by_name
+    e = sa.create_engine(pg_database)
+    with e.connect() as c:
+        c.execute(sa.text("SET enable_seqscan = off"))
+        shown = "\n".join(r[0] for r in c.execute(sa.text("EXPLAIN " + str(plan.compile(
+            dialect=e.dialect, compile_kwargs={"literal_binds": True})))))
+    e.dispose()
+    # the day's rows through a reference index (how far the index bounds the scan depends
+    # on the table's statistics: bench/bench_rollup.py --days 30 shows it at volume)
+    assert "Seq Scan" not in shown, shown
+    assert shown.startswith(("Index Scan using ix_ref", "Bitmap Heap Scan")), shown
+
+
+def test_the_contract_index_is_read_by_account_and_window(pg_database):
+    write_source(pg_database, ACCOUNTS, [event("first_response", "2026-02-11T05:00:00", id=1)])
+    src = ReportingEventsSource(pg_database, fallback_date=date(2024, 1, 1))
+    with src.session():
+        assert not src.reads_by_name(src._table, "postgresql")
+        assert src.extract(NY, [1])["id"].to_pylist() == [1]

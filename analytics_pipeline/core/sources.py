@@ -91,6 +91,12 @@ class SourceTable:
 
     kinds: ColumnKinds  # column name → kind
     unique_id: bool  # ``id`` is a primary key or unique: duplicates cannot occur
+    not_null: frozenset[str] = frozenset()  # columns declared NOT NULL
+    indexes: tuple[tuple[str, ...], ...] = ()  # the columns of each index, in order
+
+    def has_index_on(self, *columns: str) -> bool:
+        """Whether an index starts with ``columns`` (in that order)."""
+        return any(ix[:len(columns)] == columns for ix in self.indexes)
 
 
 def inspect_table(url: str | sa.URL, table: str) -> SourceTable:
@@ -108,10 +114,11 @@ def inspect_tables(url: str | sa.URL, tables: Sequence[str]) -> dict[str, Source
         insp = sa.inspect(engine)
         for table in tables:
             cols = insp.get_columns(table)
-            keys = [insp.get_pk_constraint(table).get("constrained_columns") or []]
-            keys += [c["column_names"] for c in insp.get_unique_constraints(table)]
-            keys += [i["column_names"] for i in insp.get_indexes(table) if i.get("unique")]
-            found[table] = (cols, keys)
+            pk = insp.get_pk_constraint(table).get("constrained_columns") or []
+            indexes = insp.get_indexes(table)
+            keys = [pk, *(c["column_names"] for c in insp.get_unique_constraints(table)),
+                    *(i["column_names"] for i in indexes if i.get("unique"))]
+            found[table] = (cols, keys, [pk, *(i["column_names"] for i in indexes)])
     except Exception as exc:  # noqa: BLE001 - name the database, never its password
         raise ConnectionError(
             f"cannot read table {table!r} of the source database {redact(u)}: "
@@ -119,7 +126,7 @@ def inspect_tables(url: str | sa.URL, tables: Sequence[str]) -> dict[str, Source
     finally:
         engine.dispose()
     out: dict[str, SourceTable] = {}
-    for table, (cols, keys) in found.items():
+    for table, (cols, keys, indexed) in found.items():
         if not cols:
             raise LookupError(f"the source database {redact(u)} has no table {table!r}")
         if u.get_backend_name() == "sqlite":
@@ -127,7 +134,10 @@ def inspect_tables(url: str | sa.URL, tables: Sequence[str]) -> dict[str, Source
         else:
             kinds = {c["name"]: _kind_of(c["type"]) for c in cols}
         # An INTEGER PRIMARY KEY in SQLite is the rowid: unique and always an integer.
-        out[table] = SourceTable(kinds, unique_id=["id"] in keys)
+        out[table] = SourceTable(
+            kinds, unique_id=["id"] in keys,
+            not_null=frozenset(c["name"] for c in cols if not c.get("nullable", True)),
+            indexes=tuple(tuple(c for c in ix if c) for ix in indexed if ix))
     return out
 
 
@@ -150,15 +160,19 @@ def _ids_match(col: sa.ColumnElement, kind: str, ids: Sequence[int]) -> sa.Colum
     return (col if kind == "text" else sa.cast(col, sa.Text)).in_(texts)
 
 
-def _instant(col: sa.ColumnElement, kind: str, dialect: str):
+def _instant(col: sa.ColumnElement, kind: str, dialect: str, not_null: bool = False):
     """(comparable expression, is-dated condition) of a timestamp column.
 
     Text timestamps compare as text once ``T`` is read as a space: for the naive ISO
     spelling of the contract that is chronological, and any other text that starts with
-    a date still falls in exactly one window, where the conversion quarantines it.
+    a date still falls in exactly one window, where the conversion quarantines it. A typed
+    column declared NOT NULL is always dated: the window is then a plain range on it,
+    which an index on it bounds (PostgreSQL 15 does not drop ``IS NOT NULL`` on a NOT NULL
+    column by itself, and the fallback branch of ``in_window`` would keep the range from
+    bounding the index scan).
     """
     if kind == "timestamp":
-        return col, col.is_not(None)
+        return col, sa.true() if not_null else col.is_not(None)
     text = sa.func.replace(sa.cast(col, sa.Text), "T", " ")
     if dialect == "sqlite":
         dated = sa.cast(col, sa.Text).op("GLOB")(_DATE_GLOB)
@@ -183,6 +197,8 @@ def in_window(
     so every row lands in exactly one partition (to be quarantined there if need be)."""
     at, dated = dated_at
     lo, hi = _window_literal(day.start_utc), _window_literal(day.end_utc)
+    if isinstance(dated, sa.sql.elements.True_):  # always dated: no fallback to look at
+        return sa.and_(at >= lo, at < hi)
     fb = _window_literal(datetime.combine(fallback_date, datetime.min.time()))
     undated_at = fb if fallback_at is None else sa.case((fallback_at[1], fallback_at[0]),
                                                         else_=fb)
@@ -301,13 +317,43 @@ def _compile(url: sa.URL, query: sa.Select) -> str:
     return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
+def int_array_sql(ids: Sequence[int]) -> str:
+    """A PostgreSQL ``bigint[]`` literal of ``ids`` (integers only, formatted here)."""
+    return f"ARRAY[{','.join(str(int(i)) for i in sorted(set(ids)))}]::bigint[]"
+
+
+def distinct_keys_sql(table: str, key: str) -> str:
+    """An SQL array of the distinct non-null ``key`` values of ``table``, found by a loose
+    index scan (one index probe per distinct value, whatever the table's size) over an
+    index that starts with ``key``: PostgreSQL before 18 has no skip scan of its own."""
+    return (f'ARRAY(WITH RECURSIVE d(v) AS ((SELECT "{key}" FROM "{table}" WHERE "{key}" IS '
+            f'NOT NULL ORDER BY "{key}" LIMIT 1) UNION ALL SELECT (SELECT "{key}" FROM '
+            f'"{table}" WHERE "{key}" > d.v ORDER BY "{key}" LIMIT 1) FROM d WHERE d.v IS NOT '
+            'NULL) SELECT v FROM d WHERE v IS NOT NULL)')
+
+
+def distinct_per_key_sql(table: str, key: str, column: str, keys_sql: str) -> str:
+    """An SQL array of the distinct non-null ``column`` values of the rows whose ``key`` is
+    in ``keys_sql`` (an SQL array), by a loose index scan over an index that starts with
+    (``key``, ``column``): one probe per distinct (key, value) pair."""
+    return (f'ARRAY(SELECT DISTINCT n.v FROM unnest({keys_sql}) AS k(id) CROSS JOIN LATERAL '
+            f'(WITH RECURSIVE d(v) AS ((SELECT "{column}" FROM "{table}" WHERE "{key}" = k.id '
+            f'AND "{column}" IS NOT NULL ORDER BY "{column}" LIMIT 1) UNION ALL SELECT '
+            f'(SELECT "{column}" FROM "{table}" WHERE "{key}" = k.id AND "{column}" > d.v '
+            f'ORDER BY "{column}" LIMIT 1) FROM d WHERE d.v IS NOT NULL) SELECT v FROM d WHERE '
+            'v IS NOT NULL) n)')
+
+
 @contextmanager
-def arrow_session(url: str | sa.URL) -> Iterator[Callable[[sa.Select],
-                                                          Iterator[pa.RecordBatch]]]:
+def arrow_session(url: str | sa.URL, settings: Sequence[str] = ()
+                  ) -> Iterator[Callable[[sa.Select], Iterator[pa.RecordBatch]]]:
     """One connection for several reads: yields ``run(query)``, which streams a query's rows
     as Arrow record batches (natively where possible); consume them before the next
     ``run``. A connection costs tens of milliseconds (ADBC's more than psycopg's): a step
-    reading several small results opens one."""
+    reading several small results opens one. On PostgreSQL ``settings`` (``"name =
+    value"``, ours, never user input) apply to the session; JIT compilation is off (tens
+    of milliseconds of compiling per query on a large table, for scans it does not
+    speed up)."""
     url = normalize_url(url)
     backend = url.get_backend_name()
     if backend == "postgresql":
@@ -325,6 +371,8 @@ def arrow_session(url: str | sa.URL) -> Iterator[Callable[[sa.Select],
             # timestamptz values and the window's literals are read as UTC, whatever
             # the server's or the role's default time zone
             cur.execute("SET TIME ZONE 'UTC'")
+            for setting in ("jit = off", *settings):
+                cur.execute(f"SET {setting}")
 
             def run(query: sa.Select) -> Iterator[pa.RecordBatch]:
                 cur.execute(_compile(url, query))
@@ -342,9 +390,10 @@ def arrow_session(url: str | sa.URL) -> Iterator[Callable[[sa.Select],
 
 
 @contextmanager
-def arrow_batches(url: str | sa.URL, query: sa.Select) -> Iterator[Iterator[pa.RecordBatch]]:
+def arrow_batches(url: str | sa.URL, query: sa.Select, settings: Sequence[str] = ()
+                  ) -> Iterator[Iterator[pa.RecordBatch]]:
     """Stream ``query``'s rows as Arrow record batches, natively where possible."""
-    with arrow_session(url) as run:
+    with arrow_session(url, settings) as run:
         yield run(query)
 
 

@@ -67,14 +67,15 @@ def raw_reporting_events(
     days = partition_days(context)
     log = RangeLog(context, days, "raw_reporting_events")
     results = []
-    for day in days:
-        r = extract_partition(source, store, engine, day, default_tz, config.account_ids)
-        if r.duplicates_dropped:
-            context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an event id "
-                                "already read and were dropped")
-        log.partition(f"{r.key}: landed {r.rows} events of {r.accounts} accounts "
-                      f"({r.window})", r.rows)
-        results.append(r)
+    with source.session():  # one connection and one inspection for the whole range
+        for day in days:
+            r = extract_partition(source, store, engine, day, default_tz, config.account_ids)
+            if r.duplicates_dropped:
+                context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an "
+                                    "event id already read and were dropped")
+            log.partition(f"{r.key}: landed {r.rows} events of {r.accounts} accounts "
+                          f"({r.window})", r.rows)
+            results.append(r)
     log.summary(events_landed=sum(r.rows for r in results),
                 rows_for_quarantine=sum(r.invalid_rows for r in results))
     add_partition_metadata(context, [(day, {
