@@ -9,6 +9,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     Definitions,
+    in_process_executor,
 )
 
 from analytics_pipeline.campaigns.assets import (
@@ -97,4 +98,11 @@ defs = Definitions(
              late_campaign_reports_sensor],
     resources={**core_resources(), "mailgun": mailgun_resource(), "web": web_resource(),
                **push_resources(), "campaign_broker": campaign_broker_resource()},
+    # A run's steps run in its worker process, one after the other. Every job here is a
+    # chain (landing → rollups → …), so a process per step (the multiprocess default) ran
+    # nothing in parallel and cost each step a process start and a fresh import of this
+    # code location: seconds per step, most of a short run (bench/bench_backfill.py).
+    # Runs, not steps, are the unit of parallelism: one per timezone, queued
+    # (dagster.yaml), and spread over machines by the run launcher.
+    executor=in_process_executor,
 )

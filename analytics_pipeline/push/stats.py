@@ -99,7 +99,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import stats
 
 from analytics_pipeline.core.arrays import sorted_unique
 
@@ -176,6 +175,7 @@ def impact_stats_from_arrays(
     over group codes), so the cost grows with the number of rows, not groups; only the
     Wilcoxon test goes through scipy in batches of groups of similar size.
     """
+    from scipy import stats  # imported where used: ~1 s that only impact runs pay
     if not 0 < confidence < 1 or not 0 < alpha < 1:
         raise ValueError("impact_stats: confidence and alpha must lie strictly between 0 and 1")
     keys = _as_key_array(group_keys)
@@ -349,6 +349,7 @@ def _wilcoxon_p(codes: np.ndarray, diff: np.ndarray, n: np.ndarray) -> np.ndarra
       so its p-values equal those of scipy's permutation test on ``W+``. Blocks gather
       groups of exactly the same size: padding would multiply the 2^m sign patterns.
     """
+    from scipy import stats  # imported where used: ~1 s that only impact runs pay
     g = len(n)
     p = np.full(g, np.nan)
     moved = diff != 0
@@ -396,6 +397,7 @@ def _signed_rank_permutation_p(block: np.ndarray) -> np.ndarray:
     share few such sets (ranks are halves, compared exactly): each distinct set is
     tested once.
     """
+    from scipy import stats  # imported where used: ~1 s that only impact runs pay
     signed = np.sort(np.sign(block) * stats.rankdata(np.abs(block), axis=1), axis=1)
     distinct, inverse = np.unique(signed, axis=0, return_inverse=True)
     p = stats.permutation_test(
