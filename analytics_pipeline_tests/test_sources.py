@@ -165,3 +165,19 @@ def test_the_contract_index_is_read_by_account_and_window(pg_database):
     with src.session():
         assert not src.reads_by_name(src._table, "postgresql")
         assert src.extract(NY, [1])["id"].to_pylist() == [1]
+
+
+def test_text_read_from_a_source_goes_back_as_hex_only(pg_database):
+    """Event names listed once per range run are sent back inside the day's query: quotes,
+    backslashes, comment markers and non-ASCII text come back unchanged, and the SQL holds
+    no character of them."""
+    from analytics_pipeline.core.sources import text_array_sql
+
+    values = ["it's", "back\\slash", "'); DROP TABLE reporting_events; --", "ünï ✓", ""]
+    sql = text_array_sql(values)
+    assert "DROP" not in sql and "'); " not in sql
+    e = sa.create_engine(pg_database)
+    with e.connect() as c:
+        got = c.execute(sa.text(f"SELECT unnest({sql})")).scalars().all()
+    e.dispose()
+    assert sorted(got) == sorted(values)

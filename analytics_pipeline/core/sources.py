@@ -322,6 +322,16 @@ def int_array_sql(ids: Sequence[int]) -> str:
     return f"ARRAY[{','.join(str(int(i)) for i in sorted(set(ids)))}]::bigint[]"
 
 
+def text_array_sql(values: Sequence[str]) -> str:
+    """A PostgreSQL ``text[]`` literal of ``values`` that inlines hex digits only (each value
+    is decoded by the server), so text read from a source can be sent back in a query
+    without any quoting to get wrong; the calls are constant-folded, so an index can still
+    use the array."""
+    items = ",".join(f"convert_from(decode('{v.encode().hex()}','hex'),'UTF8')"
+                     for v in sorted(set(values)))
+    return f"ARRAY[{items}]::text[]"
+
+
 def distinct_keys_sql(table: str, key: str) -> str:
     """An SQL array of the distinct non-null ``key`` values of ``table``, found by a loose
     index scan (one index probe per distinct value, whatever the table's size) over an

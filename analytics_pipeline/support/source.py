@@ -42,8 +42,10 @@ from analytics_pipeline.core.sources import (
     int_array_sql,
     owned_by,
     source_metadata,
+    text_array_sql,
 )
 from analytics_pipeline.core.warehouse import normalize_url
+from analytics_pipeline.support.metrics import REPORTING_METRICS
 from analytics_pipeline.support.validation import (
     RAW_REPORTING_SCHEMA,
     REASON_TIMESTAMP,
@@ -96,6 +98,8 @@ class ReportingEventsSource:
     _table: SourceTable | None = field(default=None, init=False, repr=False)
     _run: Callable[[sa.Select], Iterator[pa.RecordBatch]] | None = field(
         default=None, init=False, repr=False)
+    _names: dict[tuple[int, ...], list[str]] = field(default_factory=dict, init=False,
+                                                     repr=False)
 
     @contextmanager
     def session(self) -> Iterator[ReportingEventsSource]:
@@ -113,6 +117,7 @@ class ReportingEventsSource:
                 yield self
             finally:
                 self._run, self._table = None, None
+                self._names.clear()
 
     def _query(
         self, table: SourceTable, dialect: str, day: LocalDay, account_ids: Sequence[int],
@@ -130,7 +135,10 @@ class ReportingEventsSource:
         when = in_window(created, updated, self.fallback_date, day)
         cols = columns_as_stored(src_reporting_events, _READ_COLUMNS, dialect)
         if self.reads_by_name(table, dialect):
-            return sa.select(*cols).where(*self._by_name(table, account_ids, orphans_of), when)
+            names = (self._session_names(account_ids)
+                     if self._run is not None and orphans_of is None else None)
+            return sa.select(*cols).where(
+                *self._by_name(table, account_ids, orphans_of, names), when)
         who = owned_by(e.account_id, kinds["account_id"], account_ids, orphans_of)
         return sa.select(*cols).where(who, when)
 
@@ -160,19 +168,36 @@ class ReportingEventsSource:
                 and not table.has_index_on("account_id", "created_at")
                 and table.has_index_on("account_id", "name", "created_at"))
 
+    def _session_names(self, account_ids: Sequence[int]) -> str:
+        """The event names of ``account_ids`` for a range run: listed once per session (a
+        loose index scan is one probe per account and name: ~30 ms a partition for 400
+        accounts), joined with the registered names, so that a registered event is read
+        even if its name first appears in the table while the run goes on (an unregistered
+        name born during the run is missed by the "ignored" counts of that run only)."""
+        key = tuple(sorted({int(a) for a in account_ids}))
+        if key not in self._names:
+            listed = distinct_per_key_sql("reporting_events", "account_id", "name",
+                                          int_array_sql(key))
+            query = sa.select(sa.func.unnest(sa.literal_column(listed)).label("name"))
+            found = {n for batch in self._run(query) for n in batch.column(0).to_pylist()}
+            self._names[key] = sorted(found | {m.raw_event for m in REPORTING_METRICS})
+        return text_array_sql(self._names[key])
+
     @staticmethod
     def _by_name(table: SourceTable, account_ids: Sequence[int],
-                 orphans_of: Sequence[int] | None) -> list[sa.ColumnElement]:
+                 orphans_of: Sequence[int] | None, names: str | None = None
+                 ) -> list[sa.ColumnElement]:
         """The accounts and every event name they have, as arrays the server builds by
-        loose index scans (names per account; with ``orphans_of``, the ids of no known
-        account too): nothing read from the source is sent back as literal text."""
+        loose index scans (names per account, unless ``names`` lists them already; with
+        ``orphans_of``, the ids of no known account too)."""
         e = src_reporting_events.c
         ids = int_array_sql(account_ids)
         if orphans_of is not None:
             ids = (f"({ids} || ARRAY(SELECT k FROM unnest("
                    f"{distinct_keys_sql('reporting_events', 'account_id')}) AS u(k) WHERE "
                    f"k <> ALL({int_array_sql(orphans_of)})))")
-        names = distinct_per_key_sql("reporting_events", "account_id", "name", ids)
+        if names is None:
+            names = distinct_per_key_sql("reporting_events", "account_id", "name", ids)
         who = e.account_id == sa.any_(sa.literal_column(ids))
         if orphans_of is not None and "account_id" not in table.not_null:
             who = sa.or_(who, e.account_id.is_(None))
