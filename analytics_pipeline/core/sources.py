@@ -323,11 +323,13 @@ def int_array_sql(ids: Sequence[int]) -> str:
 
 
 def text_array_sql(values: Sequence[str]) -> str:
-    """A PostgreSQL ``text[]`` literal of ``values`` that inlines hex digits only (each value
-    is decoded by the server), so text read from a source can be sent back in a query
-    without any quoting to get wrong; the calls are constant-folded, so an index can still
-    use the array."""
-    items = ",".join(f"convert_from(decode('{v.encode().hex()}','hex'),'UTF8')"
+    """A PostgreSQL ``text[]`` literal of ``values`` in which every character is a Unicode
+    escape (``U&'\\+00XXXX'``): text read from a source goes back into a query as hex
+    digits only, with no quoting to get wrong, and stays a constant the planner can use as
+    an index condition (a decoding function call would not be folded). PostgreSQL refuses
+    the syntax unless ``standard_conforming_strings`` is on (its default), so it fails
+    rather than being misread."""
+    items = ",".join("U&'" + "".join(f"\\+{ord(ch):06X}" for ch in v) + "'"
                      for v in sorted(set(values)))
     return f"ARRAY[{items}]::text[]"
 
