@@ -90,29 +90,35 @@ def plan_accounts(n: int, days: int, rng) -> dict[str, np.ndarray]:
             "weight": rng.lognormal(0, 1, len(tz)) * share[tz] / np.bincount(tz)[tz]}
 
 
-def generate(acc: dict, days: int, n: int, rng, first_id: int) -> pa.Table:
-    """``n`` events: the account by weight, the local day uniform over its active days, the
-    instant uniform over that local day (23 or 25 hours on DST days)."""
+def plan_events(acc: dict, days: int, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's account (by weight) and local day (uniform over the account's active
+    days), in the order an application appends them: by day."""
     p = acc["weight"] / acc["weight"].sum()
     a = rng.choice(len(p), n, p=p)
     first = acc["first_day"][a]
     day = first + (rng.random(n) * (days - first)).astype(np.int64)
-    tz = acc["tz"][a]
-    midnights = np.array([[local_midnight_utc(START + timedelta(days=d), z).timestamp()
-                           for d in range(days + 1)] for z in TIMEZONES]) * 1e6
+    order = np.argsort(day, kind="stable")
+    return a[order], day[order]
+
+
+def generate(acc: dict, account: np.ndarray, day: np.ndarray, midnights: np.ndarray, rng,
+             first_id: int) -> pa.Table:
+    """The events of the given (account index, local day) pairs, each at a uniform instant
+    of its local day (23 or 25 hours on DST days), sorted by time within the chunk."""
+    n = len(account)
+    tz = acc["tz"][account]
     lo = midnights[tz, day]
-    span = midnights[tz, day + 1] - lo
-    created = (lo + rng.random(n) * span).astype(np.int64)
+    created = np.sort((lo + rng.random(n) * (midnights[tz, day + 1] - lo)).astype(np.int64))
     value = rng.lognormal(6, 1, n).round(1)
-    account = acc["id"][a]
+    ids = acc["id"][account]
     return pa.table({
         "id": np.arange(first_id, first_id + n, dtype=np.int64),
         "name": pa.array(rng.choice(NAMES, n, p=NAME_P)),
         "value": pa.array(value, mask=rng.random(n) < 0.05),
         "value_in_business_hours": pa.array((value * rng.random(n)).round(1)),
-        "account_id": account,
-        "user_id": pa.array(account * 100 + rng.integers(0, 20, n), mask=rng.random(n) < 0.1),
-        "inbox_id": account * 10 + rng.integers(0, 5, n),
+        "account_id": ids,
+        "user_id": pa.array(ids * 100 + rng.integers(0, 20, n), mask=rng.random(n) < 0.1),
+        "inbox_id": ids * 10 + rng.integers(0, 5, n),
         "conversation_id": rng.integers(1, max(2, n // 3), n).astype(np.int64),
         "created_at": pa.array(created, pa.timestamp("us")),
         "updated_at": pa.array(created, pa.timestamp("us")),
@@ -133,10 +139,14 @@ def load_source(url: str, acc: dict, days: int, n: int, seed: int, indexes: str)
             for i, t in zip(acc["id"], acc["tz"], strict=True)])
     libpq = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     rng = np.random.default_rng(seed)
+    account, day = plan_events(acc, days, n, rng)
+    midnights = np.array([[local_midnight_utc(START + timedelta(days=d), z).timestamp()
+                           for d in range(days + 1)] for z in TIMEZONES]) * 1e6
     with adbc_pg.connect(libpq) as conn, conn.cursor() as cur:
         for off in range(0, n, CHUNK):
-            cur.adbc_ingest("reporting_events", generate(acc, days, min(CHUNK, n - off), rng,
-                                                          off + 1), mode="append")
+            part = slice(off, off + CHUNK)
+            cur.adbc_ingest("reporting_events", generate(
+                acc, account[part], day[part], midnights, rng, off + 1), mode="append")
             conn.commit()
     with engine.begin() as c:
         for name, cols in INDEXES[indexes]:
