@@ -104,11 +104,13 @@ def plan_events(acc: dict, days: int, n: int, rng) -> tuple[np.ndarray, np.ndarr
 def generate(acc: dict, account: np.ndarray, day: np.ndarray, midnights: np.ndarray, rng,
              first_id: int) -> pa.Table:
     """The events of the given (account index, local day) pairs, each at a uniform instant
-    of its local day (23 or 25 hours on DST days), sorted by time within the chunk."""
-    n = len(account)
+    of its local day (23 or 25 hours on DST days), the chunk's rows in time order."""
     tz = acc["tz"][account]
     lo = midnights[tz, day]
-    created = np.sort((lo + rng.random(n) * (midnights[tz, day + 1] - lo)).astype(np.int64))
+    created = (lo + rng.random(len(account)) * (midnights[tz, day + 1] - lo)).astype(np.int64)
+    order = np.argsort(created, kind="stable")  # whole rows: each keeps its own instant
+    account, created = account[order], created[order]
+    n = len(account)
     value = rng.lognormal(6, 1, n).round(1)
     ids = acc["id"][account]
     return pa.table({
