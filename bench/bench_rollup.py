@@ -221,6 +221,15 @@ def rollup_only(landing: str) -> tuple[float, int]:
     return time.perf_counter() - t0, rows.num_rows
 
 
+def sql_aggregate(m) -> str:
+    """The count and sums of a metric in SQL, as the reference app computes them."""
+    if m.aggregation is Aggregation.COUNT_DISTINCT:
+        return "count(DISTINCT conversation_id), 0, 0"
+    if m.aggregation is Aggregation.COUNT_ONLY:
+        return "count(*), 0, 0"
+    return "count(*), sum(coalesce(value, 0)), sum(coalesce(value_in_business_hours, 0))"
+
+
 def sql_group_by(src_url: str) -> tuple[float, int]:
     """(b) INSERT … SELECT … GROUP BY in PostgreSQL, metric × dimension, tz in SQL."""
     dims = {"account": "account_id", "agent": "user_id", "inbox": "inbox_id"}
@@ -235,13 +244,7 @@ def sql_group_by(src_url: str) -> tuple[float, int]:
     with e.begin() as c:
         for m in REPORTING_METRICS:
             for dname, col in dims.items():
-                if m.aggregation is Aggregation.COUNT_DISTINCT:
-                    agg = "count(DISTINCT conversation_id), 0, 0"
-                elif m.aggregation is Aggregation.COUNT_ONLY:
-                    agg = "count(*), 0, 0"
-                else:
-                    agg = ("count(*), sum(coalesce(value, 0)), "
-                           "sum(coalesce(value_in_business_hours, 0))")
+                agg = sql_aggregate(m)
                 c.execute(sa.text(f"""
                     INSERT INTO ref_rollups
                     SELECT account_id,
@@ -285,13 +288,7 @@ def per_account(src_url: str, accounts: int, budget: float) -> dict:
         built = []
         for m in REPORTING_METRICS:
             for dname, col in dims.items():
-                if m.aggregation is Aggregation.COUNT_DISTINCT:
-                    agg = "count(DISTINCT conversation_id), 0, 0"
-                elif m.aggregation is Aggregation.COUNT_ONLY:
-                    agg = "count(*), 0, 0"
-                else:
-                    agg = ("count(*), sum(coalesce(value, 0)), "
-                           "sum(coalesce(value_in_business_hours, 0))")
+                agg = sql_aggregate(m)
                 cur.execute(f"SELECT {col}, {agg} FROM reporting_events WHERE account_id = %s "
                             f"AND name = %s AND created_at >= %s AND created_at < %s AND "
                             f"{col} IS NOT NULL GROUP BY {col}",
