@@ -51,6 +51,71 @@ def test_failed_write_keeps_previous_partition(tmp_path, monkeypatch):
                   .to_pylist()) == [1, 2]
 
 
+def test_derived_tables_are_current_with_their_version_only(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]),
+                          derived=lambda: {"summary": pa.table({"n": [2]})})
+    assert store.partition_derived("reporting_events", DAY, "summary")["n"].to_pylist() == [2]
+    assert store.partition_derived("reporting_events", DAY, "other") is None
+    # never mistaken for landed data
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA).num_rows == 2
+    # a later write that derives nothing leaves nothing of the previous version's
+    store.write_partition("reporting_events", DAY, table([3]))
+    assert store.partition_derived("reporting_events", DAY, "summary") is None
+
+
+def test_a_failing_derivation_publishes_nothing(tmp_path):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]),
+                          derived=lambda: {"summary": pa.table({"n": [2]})})
+
+    def broken():
+        raise RuntimeError("derivation failed")
+
+    with pytest.raises(RuntimeError, match="derivation failed"):
+        store.write_partition("reporting_events", DAY, table([3]), derived=broken)
+    with pytest.raises(ValueError, match="letters, digits"):
+        store.write_partition("reporting_events", DAY, table([4]),
+                              derived=lambda: {"../x": pa.table({"n": [1]})})
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
+        .to_pylist() == [1, 2]
+    assert store.partition_derived("reporting_events", DAY, "summary")["n"].to_pylist() == [2]
+    versions = [p.name for p in store_dir(tmp_path).iterdir() if p.name.startswith("v-")]
+    assert len(versions) == 1  # the failed writes' folders are gone
+
+
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "reporting_events" / "date=2026-02-11" / "timezone=America%2FNew_York"
+
+
+def test_background_fold_sees_every_batch_and_reraises_its_error():
+    seen = []
+    fold = landing_mod.BackgroundFold(seen.append, depth=2)
+    for i in range(50):
+        fold.feed(i)
+    fold.join()
+    assert seen == list(range(50))
+
+    def add(item):
+        if item == 3:
+            raise ValueError("bad batch")
+
+    fold = landing_mod.BackgroundFold(add, depth=2)
+    with pytest.raises(ValueError, match="bad batch"):
+        for i in range(1000):  # the error reaches the feeder; it never blocks
+            fold.feed(i)
+    with pytest.raises(ValueError, match="bad batch"):
+        fold.join()
+    fold.close()
+
+
+def test_background_fold_close_stops_the_helper_when_the_writer_fails():
+    fold = landing_mod.BackgroundFold(lambda item: None, depth=1)
+    fold.feed(1)
+    fold.close()  # the writer gave up: no join
+    assert not any(t.name == "landing-fold" and t.is_alive() for t in threading.enumerate())
+
+
 def test_missing_partition_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="materialize its raw asset first"):
         LandingStore(str(tmp_path)).read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)

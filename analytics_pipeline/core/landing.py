@@ -14,6 +14,10 @@ by default): the writer that supersedes a version stamps it (``_RETIRED``) first
 reader that resolved it just before has the whole grace age to finish, and a writer still
 writing keeps its files fresh. The current version is never deleted. Any pyarrow filesystem
 URI works (local path, s3://, gs://).
+
+A writer may store tables derived from the data in the same version (``derived``): they
+become current with the data and are collected with it, so a reader never pairs them with
+other data.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import json
 import os
 import posixpath
 import queue
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -95,6 +100,58 @@ def prefetched(batches: Iterable[pa.RecordBatch], depth: int = 4) -> Iterable[pa
         raise error[0]
 
 
+class BackgroundFold:
+    """Feed batches to ``add`` on a helper thread while the caller goes on (writing them to
+    the landing): a fold over a stream overlaps with the stream's writer instead of reading
+    the written data back. At most ``depth`` batches wait; ``feed`` blocks beyond that.
+    ``join`` waits for the last batch and re-raises the helper's error; ``close`` stops the
+    helper (call it in a ``finally``: it is a no-op after ``join``)."""
+
+    _DONE = object()
+
+    def __init__(self, add: Callable[[pa.RecordBatch], None], depth: int = 4) -> None:
+        self._add = add
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="landing-fold", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not self._DONE:
+            if self._error or self._stop.is_set():
+                continue  # drain: the feeder must never block on a dead helper
+            try:
+                self._add(item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by join/feed
+                self._error.append(exc)
+
+    def _put(self, item: object) -> None:
+        while self._thread.is_alive():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def feed(self, batch: pa.RecordBatch) -> None:
+        if self._error:
+            raise self._error[0]
+        self._put(batch)
+
+    def join(self) -> None:
+        self._put(self._DONE)
+        self._thread.join()
+        if self._error:
+            raise self._error[0]
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._put(self._DONE)
+            self._thread.join()
+
+
 def _segment(value: str) -> str:
     # Timezone names contain "/", which must not become a directory level.
     return quote(value, safe="")
@@ -141,6 +198,7 @@ class LandingStore:
         meta: dict | None = None,
         schema: pa.Schema | None = None,
         prefetch: int = 4,
+        derived: Callable[[], Mapping[str, pa.Table]] | None = None,
     ) -> str:
         """Replace the partition's data atomically; returns the partition's directory.
 
@@ -148,6 +206,10 @@ class LandingStore:
         large partition never sits in memory whole; ``schema`` is then required; up to
         ``prefetch`` batches are pulled ahead of the writer).
         ``meta`` is kept in the manifest (``partition_meta``).
+        ``derived``, called once the data is written, returns tables computed from it
+        (named by letters, digits and ``_``): they are stored in the same version, so they
+        become current with it and never outlive it (``partition_derived``). If it raises,
+        nothing is published.
         """
         final = self.partition_dir(source, day)
         version = f"v-{uuid.uuid4().hex[:12]}"
@@ -156,6 +218,7 @@ class LandingStore:
         try:
             rows = self._write_parquet(posixpath.join(folder, DATA_FILE), data, schema,
                                        prefetch)
+            extra = self._write_derived(folder, derived()) if derived else {}
         except BaseException:
             try:  # best effort: unreferenced, it would be collected after the grace age
                 self.fs.delete_dir(folder)
@@ -169,13 +232,34 @@ class LandingStore:
         # reported an error); unless it became current, it is collected after the grace age.
         self._write_manifest(final, {
             "version": version, "files": [DATA_FILE], "rows": rows,
-            "meta": meta or {}, "written_at": time.time(),
+            "meta": meta or {}, "written_at": time.time(), "derived": extra,
         })
         try:
             self._collect(final)
         except OSError:  # collection is best effort (e.g. a concurrent writer collected first)
             pass
         return final
+
+    def _write_derived(self, folder: str, tables: Mapping[str, pa.Table]) -> dict[str, str]:
+        files = {}
+        for name, table in tables.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"derived table name {name!r}: letters, digits and _ only")
+            files[name] = f"derived-{name}.parquet"
+            pq.write_table(table, posixpath.join(folder, files[name]), filesystem=self.fs,
+                           compression="zstd")
+        return files
+
+    def partition_derived(self, source: str, day: LocalDay, name: str) -> pa.Table | None:
+        """The table ``name`` stored with the partition's current version by its writer's
+        ``derived``, or None (not computed by that write, or a partition never landed)."""
+        final = self.partition_dir(source, day)
+        manifest = self._read_manifest(final)
+        file = (manifest or {}).get("derived", {}).get(name)
+        if file is None:
+            return None
+        return pq.read_table(posixpath.join(final, manifest["version"], file),
+                             filesystem=self.fs)
 
     def _retire(self, final: str, manifest: dict) -> None:
         version = manifest.get("version")
