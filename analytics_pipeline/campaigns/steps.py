@@ -596,5 +596,6 @@ def rollup_campaign_partition(log: ProviderEventLog, source: CampaignSource, eng
                                                 value_set=elsewhere)).as_py() or 0)
     # partial: the consumption's quarantine rows of the same source are never this
     # rollup's to delete (it quarantines nothing itself)
-    return _write_and_check(result, engine, day, CAMPAIGN_SOURCE, rollup, totals,
-                            QUARANTINE_SCHEMA.empty_table(), scope, partial=True)
+    return _write_and_check(result, engine, day, CAMPAIGN_SOURCE, rollup.finish(),
+                            totals.finish(), QUARANTINE_SCHEMA.empty_table(), scope,
+                            partial=True)

@@ -191,7 +191,7 @@ def rollup_check_specs(asset: str, recomputed_from: str) -> list[AssetCheckSpec]
             f"daily_rollups equal the totals recomputed directly from {recomputed_from}."),
         AssetCheckSpec(
             NON_NEGATIVE, asset=asset,
-            description="No rollup row of the partition has a negative count or sum."),
+            description="No rollup row the partition wrote has a negative count or sum."),
     ]
 
 

@@ -474,41 +474,23 @@ def replace_partition(
     return int(deleted)
 
 
-@dataclass
-class SliceCheck:
-    """What a partition's slice of ``daily_rollups`` holds, read back after its write."""
-
-    # (account, metric) → (count, sum, sum in business hours) of the account dimension
-    totals: dict[tuple[int, str], tuple[int, float, float]]
-    negative_rows: int  # rows with a negative count or sum (the table forbids only counts)
-
-
-def check_slice(engine: Engine, day: date, source: str, account_ids: Sequence[int]
-                ) -> SliceCheck:
-    """Read ``day``'s rows of ``account_ids`` back, whatever timezone wrote them, in one
-    scan of the slice: the account-dimension totals the reconciliation compares with the
-    landed events, and the count of negative rows."""
+def account_totals(engine: Engine, day: date, source: str, account_ids: Sequence[int]
+                   ) -> dict[tuple[int, str], tuple[int, float, float]]:
+    """(account, metric) → (count, sum, sum in business hours) of ``day``'s account-dimension
+    rows of ``account_ids``, whatever timezone wrote them: what the reconciliation compares
+    with the landed events. Read through the unique key's ``(account_id, date,
+    dimension_type)`` prefix, so it costs the account rows only (2M events: 30 ms, where
+    reading the whole slice back took 170-260 ms)."""
     r = daily_rollups.c
-    account = r.dimension_type == "account"
-    negative = sa.or_(r.count < 0, r.sum_value < 0, r.sum_value_business_hours < 0)
     totals: dict[tuple[int, str], tuple[int, float, float]] = {}
-    n_negative = 0
     with engine.connect() as conn:
         for which in ids_filters(conn, r.account_id, account_ids):
-            q = (
-                sa.select(r.account_id, r.metric, sa.func.count().filter(account),
-                          sa.func.sum(r.count).filter(account),
-                          sa.func.sum(r.sum_value).filter(account),
-                          sa.func.sum(r.sum_value_business_hours).filter(account),
-                          sa.func.count().filter(negative))
-                .where(r.date == day, r.source == source, which)
-                .group_by(r.account_id, r.metric)
-            )
-            for a, m, rows, c, s_, b, neg in conn.execute(q):
-                if rows:
-                    totals[(int(a), m)] = (int(c or 0), float(s_ or 0.0), float(b or 0.0))
-                n_negative += int(neg)
-    return SliceCheck(totals, n_negative)
+            q = sa.select(r.account_id, r.metric, r.count, r.sum_value,
+                          r.sum_value_business_hours).where(
+                r.date == day, r.dimension_type == "account", r.source == source, which)
+            for a, m, c, s_, b in conn.execute(q):
+                totals[(int(a), m)] = (int(c), float(s_), float(b))
+    return totals
 
 
 def rollup_rows(engine: Engine, where: sa.ColumnElement | None = None) -> list[dict]:

@@ -400,7 +400,7 @@ def rollup_email_partition(
         result.events += events.num_rows
         result.rolled_up += rows.num_rows
         result.other_timezone += events.num_rows - rows.num_rows
-    return _write_and_check(result, engine, day, source, rollup, totals,
+    return _write_and_check(result, engine, day, source, rollup.finish(), totals.finish(),
                             QUARANTINE_SCHEMA.empty_table(), accounts)
 
 

@@ -131,7 +131,8 @@ def rollup_push_partition(store: LandingStore, engine: Engine, day: LocalDay,
     result.rolled_up = valid.num_rows
     bad = landed_quarantine(invalid, PUSH_SOURCE, "push_id")
     result.quarantined_by_reason = value_counts(bad["reason"])
-    return _write_and_check(result, engine, day, PUSH_SOURCE, rollup, totals, bad, scope)
+    return _write_and_check(result, engine, day, PUSH_SOURCE, rollup.finish(),
+                            totals.finish(), bad, scope)
 
 
 @dataclass

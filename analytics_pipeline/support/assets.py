@@ -51,7 +51,8 @@ class AccountScope(Config):
     backfill_policy=BackfillPolicy.single_run(),
     description="Support reporting events of the partition's accounts over the exact UTC "
     "window of their local day, landed as Parquet (one directory per partition; each write "
-    "is a new version made current atomically) with the account ids it holds.",
+    "is a new version made current atomically) with the account ids it holds, and the "
+    "partition's rollup, prepared from the same batches while they are landed.",
 )
 def raw_reporting_events(
     context: AssetExecutionContext,
@@ -104,7 +105,8 @@ def raw_reporting_events(
         "reporting_rollups", "the landed events (count, sums, distinct conversations)"),
     description="daily_rollups rows of the support reporting metrics (dimensions account, "
     "agent, inbox) for the partition's accounts; each partition replaces its slice in one "
-    "transaction.",
+    "transaction. Writes the rollup its extraction prepared when it was computed from the "
+    "same landing, accounts, metrics and code; otherwise rolls the landing up again.",
 )
 def reporting_rollups(
     context: AssetExecutionContext,
@@ -121,8 +123,9 @@ def reporting_rollups(
         r = rollup_partition(store, engine, day, only_accounts=config.account_ids)
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
+        how = "prepared by the extraction" if r.prepared else "from the landing"
         log.partition(f"{r.key}: {r.rolled_up} events → {r.rows_written} rollup rows "
-                      f"(replaced {r.rows_replaced})", r.events)
+                      f"(replaced {r.rows_replaced}; {how})", r.events)
         results.append(r)
     log.summary(events_rolled_up=sum(r.rolled_up for r in results),
                 rows_written=sum(r.rows_written for r in results))
