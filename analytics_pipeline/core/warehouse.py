@@ -336,21 +336,33 @@ def accounts_snapshot(engine: Engine) -> list[dict]:
 ID_CHUNK = 10_000
 
 
-def _chunks(ids: Sequence[int]) -> list[list[int]]:
-    ids = sorted({int(i) for i in ids})
-    return [ids[i:i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+def id_chunks(conn: Connection, ids: Sequence[int]) -> list[list[int]]:
+    """``ids`` (sorted, unique) split into the groups to query one at a time: PostgreSQL
+    takes them all at once (``id_in`` binds them as one array), others ``ID_CHUNK`` at a
+    time (SQLite's limit on bound parameters)."""
+    unique = sorted({int(i) for i in ids})
+    if not unique:
+        return []
+    if conn.dialect.name == "postgresql":
+        return [unique]
+    return [unique[i:i + ID_CHUNK] for i in range(0, len(unique), ID_CHUNK)]
+
+
+def id_in(conn: Connection, col: sa.ColumnElement, chunk: Sequence[int]) -> sa.ColumnElement:
+    """``col`` is one of ``chunk`` (from ``id_chunks``). PostgreSQL gets one ``= ANY(array)``
+    bound as a single parameter (an IN list of thousands of literals costs SQLAlchemy more
+    to render than the query costs to run: 30 ms of every partition of 2,000 accounts);
+    others an IN list."""
+    if conn.dialect.name == "postgresql":
+        return col == sa.any_(sa.bindparam(None, list(chunk), type_=postgresql.ARRAY(
+            sa.BigInteger)))
+    return col.in_(list(chunk))
 
 
 def ids_filters(conn: Connection, col: sa.ColumnElement, ids: Sequence[int]) -> list:
     """Conditions that together select the rows whose ``col`` is one of ``ids``, one query
-    each. PostgreSQL gets one ``= ANY(array)`` bound as a single parameter (an IN list of
-    thousands of literals costs SQLAlchemy more to render than the query costs to run:
-    30 ms of every partition of 2,000 accounts); SQLite gets IN lists of ``ID_CHUNK``."""
-    if conn.dialect.name == "postgresql":
-        unique = sorted({int(i) for i in ids})
-        return [col == sa.any_(sa.bindparam(None, unique, type_=postgresql.ARRAY(
-            sa.BigInteger)))] if unique else []
-    return [col.in_(chunk) for chunk in _chunks(ids)]
+    each (``id_chunks``, ``id_in``)."""
+    return [id_in(conn, col, chunk) for chunk in id_chunks(conn, ids)]
 
 
 def _rollup_slice(day: date, source: str, which: sa.ColumnElement):

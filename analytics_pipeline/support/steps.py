@@ -108,7 +108,7 @@ class PreparedRollup:
         keys = list(self.totals)
         values = list(self.totals.values())
         totals = pa.Table.from_arrays([
-            pa.array([a for a, _ in keys], pa.int64()), pa.array([m for _, m in keys]),
+            pa.array([a for a, _ in keys], pa.int64()), pa.array([m for _, m in keys], pa.string()),
             pa.array([v[0] for v in values], pa.int64()),
             pa.array([v[1] for v in values], pa.float64()),
             pa.array([v[2] for v in values], pa.float64())], schema=TOTALS_SCHEMA)

@@ -350,11 +350,6 @@ def _insert(conn: Connection, target: sa.Table, tables: Iterable[pa.Table]) -> N
             conn.execute(target.insert(), table.slice(off, 20_000).to_pylist())
 
 
-def _site_chunks(site_ids: Sequence[int]) -> list[list[int]]:
-    ids = sorted({int(s) for s in site_ids})
-    return [ids[i:i + wh.ID_CHUNK] for i in range(0, len(ids), wh.ID_CHUNK)]
-
-
 def _batches(rows: pa.Table | WebRows, sort: list[tuple[str, str]]) -> Iterator[pa.Table]:
     """The rows in key order, a batch at a time."""
     if isinstance(rows, pa.Table):
@@ -403,10 +398,10 @@ def replace_web_slice(
     updated_at = wh.utc_now_naive()
     with engine.begin() as conn:
         wh._lock_partition(conn, WEB_SOURCE, day.day, day.tz)
-        for chunk in _site_chunks(site_ids):
+        for chunk in wh.id_chunks(conn, site_ids):
             for target in (web_hourly_rollups, web_daily_rollups):
                 deleted += conn.execute(target.delete().where(
-                    target.c.date == day.day, target.c.site_id.in_(chunk))).rowcount or 0
+                    _where(conn, target, day.day, chunk))).rowcount or 0
         sort = [("site_id", "ascending"), ("dimension", "ascending"), ("value", "ascending")]
         _insert(conn, web_hourly_rollups, _written(
             _batches(hourly, [sort[0], ("hour_start", "ascending"), *sort[1:]]), day,
@@ -439,8 +434,9 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _where(table: sa.Table, day: date, chunk: list[int]) -> sa.ColumnElement:
-    return sa.and_(table.c.date == day, table.c.site_id.in_(chunk))
+def _where(conn: sa.Connection, table: sa.Table, day: date, chunk: list[int]
+           ) -> sa.ColumnElement:
+    return sa.and_(table.c.date == day, wh.id_in(conn, table.c.site_id, chunk))
 
 
 def _may_mismatch(d: sa.Table, hsum: sa.Subquery) -> sa.ColumnElement:
@@ -473,13 +469,13 @@ def web_rollup_problems(engine: Engine, day: date,
     h, d = web_hourly_rollups, web_daily_rollups
     key = ("site_id", "dimension", "value")
     with engine.connect() as conn:
-        for chunk in _site_chunks(site_ids):
+        for chunk in wh.id_chunks(conn, site_ids):
             hsum = (
                 sa.select(h.c.site_id, h.c.dimension, h.c.value,
                           *(sa.func.sum(h.c[c]).label(c) for c in ADDITIVE),
                           sa.func.max(h.c.visitors).label("max_visitors"),
                           sa.func.sum(h.c.visitors).label("sum_visitors"))
-                .where(_where(h, day, chunk)).group_by(*(h.c[k] for k in key))
+                .where(_where(conn, h, day, chunk)).group_by(*(h.c[k] for k in key))
             ).subquery("h")
             joined = sa.and_(*(hsum.c[k] == d.c[k] for k in key))
             q = sa.select(d.c.site_id, d.c.dimension, d.c.value, d.c.visitors,
@@ -487,7 +483,7 @@ def web_rollup_problems(engine: Engine, day: date,
                           *(hsum.c[c].label(f"h_{c}") for c in ADDITIVE),
                           hsum.c.max_visitors, hsum.c.sum_visitors, hsum.c.site_id.label("h")
                           ).select_from(d.outerjoin(hsum, joined)).where(
-                _where(d, day, chunk), _may_mismatch(d, hsum))
+                _where(conn, d, day, chunk), _may_mismatch(d, hsum))
             for r in conn.execute(q).mappings():
                 where = f"site {r['site_id']} {day} {r['dimension']}={r['value']!r}"
                 if r["h"] is None:
@@ -515,7 +511,7 @@ def web_rollup_problems(engine: Engine, day: date,
                 at = [table.c.hour_start] if table is h else []
                 rows = conn.execute(sa.select(
                     table.c.site_id, *at, table.c.dimension, table.c.value, table.c.visits,
-                    table.c.bounces).where(_where(table, day, chunk),
+                    table.c.bounces).where(_where(conn, table, day, chunk),
                                            table.c.visits < table.c.bounces)).mappings()
                 for r in rows:
                     when = f" {r['hour_start']}" if table is h else ""
@@ -528,7 +524,7 @@ def web_rollup_problems(engine: Engine, day: date,
                 rows = conn.execute(sa.select(
                     table.c.site_id, *at, table.c.dimension, table.c.value,
                     *(table.c[c] for c in counts)).where(
-                    _where(table, day, chunk),
+                    _where(conn, table, day, chunk),
                     sa.or_(*(table.c[c] < 0 for c in counts)))).mappings()
                 for r in rows:
                     when = f" {r['hour_start']}" if table is h else ""
