@@ -55,13 +55,15 @@ def test_derived_tables_are_current_with_their_version_only(tmp_path):
     store = LandingStore(str(tmp_path))
     store.write_partition("reporting_events", DAY, table([1, 2]),
                           derived=lambda: {"summary": pa.table({"n": [2]})})
-    assert store.partition_derived("reporting_events", DAY, "summary")["n"].to_pylist() == [2]
-    assert store.partition_derived("reporting_events", DAY, "other") is None
+    meta, tables = store.partition_derived("reporting_events", DAY, ["summary", "other"])
+    assert tables["summary"]["n"].to_pylist() == [2] and "other" not in tables
     # never mistaken for landed data
     assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA).num_rows == 2
     # a later write that derives nothing leaves nothing of the previous version's
-    store.write_partition("reporting_events", DAY, table([3]))
-    assert store.partition_derived("reporting_events", DAY, "summary") is None
+    store.write_partition("reporting_events", DAY, table([3]), meta={"k": 1})
+    assert store.partition_derived("reporting_events", DAY, ["summary"]) == ({"k": 1}, {})
+    other = LocalDay(date(2026, 2, 12), "UTC")
+    assert store.partition_derived("reporting_events", other, ["summary"]) == ({}, {})
 
 
 def test_a_failing_derivation_publishes_nothing(tmp_path):
@@ -79,7 +81,8 @@ def test_a_failing_derivation_publishes_nothing(tmp_path):
                               derived=lambda: {"../x": pa.table({"n": [1]})})
     assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
         .to_pylist() == [1, 2]
-    assert store.partition_derived("reporting_events", DAY, "summary")["n"].to_pylist() == [2]
+    assert store.partition_derived("reporting_events", DAY, ["summary"])[1]["summary"] \
+        .to_pylist() == [{"n": 2}]
     versions = [p.name for p in store_dir(tmp_path).iterdir() if p.name.startswith("v-")]
     assert len(versions) == 1  # the failed writes' folders are gone
 
@@ -109,11 +112,50 @@ def test_background_fold_sees_every_batch_and_reraises_its_error():
     fold.close()
 
 
-def test_background_fold_close_stops_the_helper_when_the_writer_fails():
-    fold = landing_mod.BackgroundFold(lambda item: None, depth=1)
+def test_background_fold_close_stops_a_busy_helper_and_refuses_more():
+    started, release = threading.Event(), threading.Event()
+
+    def slow(item):
+        started.set()
+        release.wait(5)
+
+    fold = landing_mod.BackgroundFold(slow, depth=1)
     fold.feed(1)
+    fold.feed(2)  # queued behind the busy helper
+    started.wait(5)
+    threading.Timer(0.2, release.set).start()
     fold.close()  # the writer gave up: no join
     assert not any(t.name == "landing-fold" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(RuntimeError, match="joined or closed"):
+        fold.feed(3)
+
+
+def test_a_failing_writer_stops_the_fold_and_keeps_the_previous_version(tmp_path,
+                                                                         monkeypatch):
+    store = LandingStore(str(tmp_path))
+    store.write_partition("reporting_events", DAY, table([1, 2]))
+    fold = landing_mod.BackgroundFold(lambda b: threading.Event().wait(0.05), depth=1)
+
+    def batches():
+        for i in range(20):
+            b = table([100 + i]).to_batches()[0]
+            fold.feed(b)
+            yield b
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(landing_mod.pq.ParquetWriter, "write_batch", broken)
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            store.write_partition("reporting_events", DAY, batches(), schema=RAW_REPORTING_SCHEMA,
+                                  derived=lambda: fold.join() or {})
+    finally:
+        fold.close()
+    assert store.read_partition("reporting_events", DAY, RAW_REPORTING_SCHEMA)["id"] \
+        .to_pylist() == [1, 2]
+    alive = {t.name for t in threading.enumerate() if t.is_alive()}
+    assert not alive & {"landing-fold", "landing-prefetch"}
 
 
 def test_missing_partition_is_a_clear_error(tmp_path):

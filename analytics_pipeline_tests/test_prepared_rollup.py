@@ -1,6 +1,7 @@
 """The rollup a support extraction prepares while it lands the events (issue 12): the
-rollup asset writes exactly what rolling up the landing again would write, and only
-uses it when it was computed from the same landing, accounts, metrics and code.
+rollup asset writes what rolling up the landing again would write (sums equal up to the
+order of floating-point additions), and only uses it when it was computed from the same
+landing, accounts, metrics and code.
 
 The source holds every bad-input case of ``test_bad_input`` at once, next to good events
 of several agents, inboxes and conversations, an event name no metric reads, and events of
@@ -83,14 +84,33 @@ def _figures(r) -> dict:
     return {k: v for k, v in r.__dict__.items() if k not in ("rows_replaced", "prepared")}
 
 
-def test_the_prepared_rollup_writes_what_rolling_up_the_landing_writes(pipeline):
+def _in_small_batches(source, monkeypatch, size: int = 3) -> None:
+    """The source hands over batches of ``size`` rows and the fold aggregates chunks of 5:
+    partial aggregates merged across batches, as with a large partition."""
+    stream = source.extract_batches
+
+    def small(*args, **kwargs):
+        for batch in stream(*args, **kwargs):
+            yield from pa.Table.from_batches([batch]).to_batches(max_chunksize=size)
+
+    monkeypatch.setattr(source, "extract_batches", small)
+    monkeypatch.setattr(steps, "CHUNK_ROWS", 5)
+
+
+@pytest.mark.parametrize("batches", ["whole", "small"])
+def test_the_prepared_rollup_writes_what_rolling_up_the_landing_writes(pipeline, batches,
+                                                                        monkeypatch):
     source, engine, store = pipeline
+    if batches == "small":
+        _in_small_batches(source, monkeypatch)
     for day in PARTITIONS:
         extract_partition(source, store, engine, day, "UTC")
     prepared = [rollup_partition(store, engine, day) for day in PARTITIONS]
     assert all(r.prepared for r in prepared)
     prepared_written = _written(engine)
-    recomputed = [rollup_partition(store, engine, day, recompute=True) for day in PARTITIONS]
+    recomputed = [rollup_partition(store, engine, day, recompute=True,
+                                   batch_rows=7 if batches == "small" else 1_000_000)
+                  for day in PARTITIONS]
     assert not any(r.prepared for r in recomputed)
     assert [_figures(r) for r in prepared] == [_figures(r) for r in recomputed]
     assert prepared_written == _written(engine)
@@ -140,20 +160,28 @@ def test_a_partial_extraction_leaves_no_prepared_rollup_behind(pipeline):
     assert _figures(again) == _figures(full) and _written(engine) == rows
 
 
-def test_a_failing_preparation_keeps_the_previous_landing(pipeline, monkeypatch):
+@pytest.mark.parametrize("failing_batch", [1, 2])
+def test_a_failing_preparation_keeps_the_previous_landing(pipeline, monkeypatch,
+                                                          failing_batch):
     source, engine, store = pipeline
     day = PARTITIONS[0]
     extract_partition(source, store, engine, day, "UTC")
     meta = store.partition_meta("reporting_events", day)
+    _in_small_batches(source, monkeypatch)  # the failure reaches the feeder or the join
+    real, seen = steps.ReportingRollup.add, []
 
     def broken(self, events):
-        raise RuntimeError("rollup bug")
+        seen.append(events.num_rows)
+        if len(seen) == failing_batch:
+            raise RuntimeError("rollup bug")
+        real(self, events)
 
     monkeypatch.setattr(steps.ReportingRollup, "add", broken)
     with pytest.raises(RuntimeError, match="rollup bug"):
         extract_partition(source, store, engine, day, "UTC")
     assert store.partition_meta("reporting_events", day) == meta
-    assert not any(t.name == "landing-fold" and t.is_alive() for t in threading.enumerate())
+    alive = {t.name for t in threading.enumerate() if t.is_alive()}
+    assert not alive & {"landing-fold", "landing-prefetch"}
 
 
 def test_negative_rows_counts_rows_with_a_negative_count_or_sum():

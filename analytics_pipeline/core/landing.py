@@ -137,11 +137,14 @@ class BackgroundFold:
     def feed(self, batch: pa.RecordBatch) -> None:
         if self._error:
             raise self._error[0]
+        if self._stop.is_set() or not self._thread.is_alive():
+            raise RuntimeError("feeding a fold that was joined or closed")
         self._put(batch)
 
     def join(self) -> None:
         self._put(self._DONE)
         self._thread.join()
+        self._stop.set()
         if self._error:
             raise self._error[0]
 
@@ -250,16 +253,21 @@ class LandingStore:
                            compression="zstd")
         return files
 
-    def partition_derived(self, source: str, day: LocalDay, name: str) -> pa.Table | None:
-        """The table ``name`` stored with the partition's current version by its writer's
-        ``derived``, or None (not computed by that write, or a partition never landed)."""
+    def partition_derived(self, source: str, day: LocalDay, names: Sequence[str]
+                          ) -> tuple[dict, dict[str, pa.Table]]:
+        """The writer's ``meta`` and the tables among ``names`` its ``derived`` stored, of
+        the partition's current version, resolved once (so they always belong to the same
+        write, whatever writers do meanwhile). A table that write did not derive is absent;
+        a partition never landed gives ``({}, {})``."""
         final = self.partition_dir(source, day)
         manifest = self._read_manifest(final)
-        file = (manifest or {}).get("derived", {}).get(name)
-        if file is None:
-            return None
-        return pq.read_table(posixpath.join(final, manifest["version"], file),
-                             filesystem=self.fs)
+        if manifest is None:
+            return {}, {}
+        files = manifest.get("derived", {})
+        tables = {name: pq.read_table(posixpath.join(final, manifest["version"], files[name]),
+                                      filesystem=self.fs)
+                  for name in names if name in files}
+        return dict(manifest.get("meta", {})), tables
 
     def _retire(self, final: str, manifest: dict) -> None:
         version = manifest.get("version")

@@ -40,6 +40,15 @@ class AccountScope(Config):
     )
 
 
+class RollupScope(AccountScope):
+    """``AccountScope``, and whether to roll the landing up again."""
+
+    recompute: bool = Field(
+        default=False,
+        description="Roll the landed events up again instead of writing the rollup the "
+        "extraction prepared (which is only used when computed from the same landing, "
+        "accounts, metrics and code).",
+    )
 
 
 @asset(
@@ -102,7 +111,8 @@ def raw_reporting_events(
     partitions_def=daily_timezone_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=rollup_check_specs(
-        "reporting_rollups", "the landed events (count, sums, distinct conversations)"),
+        "reporting_rollups", "the landed events (count, sums, distinct conversations; "
+        "accumulated apart from the rollup, as they were landed or read back)"),
     description="daily_rollups rows of the support reporting metrics (dimensions account, "
     "agent, inbox) for the partition's accounts; each partition replaces its slice in one "
     "transaction. Writes the rollup its extraction prepared when it was computed from the "
@@ -110,7 +120,7 @@ def raw_reporting_events(
 )
 def reporting_rollups(
     context: AssetExecutionContext,
-    config: AccountScope,
+    config: RollupScope,
     warehouse: Warehouse,
     landing: Landing,
 ) -> MaterializeResult:
@@ -120,7 +130,8 @@ def reporting_rollups(
     log = RangeLog(context, days, "reporting_rollups")
     results = []
     for day in days:
-        r = rollup_partition(store, engine, day, only_accounts=config.account_ids)
+        r = rollup_partition(store, engine, day, only_accounts=config.account_ids,
+                             recompute=config.recompute)
         if r.quarantined_by_reason:
             context.log.warning(f"{r.key}: quarantined {r.quarantined_by_reason}")
         how = "prepared by the extraction" if r.prepared else "from the landing"

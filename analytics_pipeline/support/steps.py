@@ -4,7 +4,6 @@ extract a partition into landing, roll the landed events up into ``daily_rollups
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections import Counter
@@ -56,18 +55,33 @@ PREPARED_FORMAT = 1
 PREPARED = ("rollup", "rollup_totals", "rollup_quarantine")
 _CODE = ("core/rollups.py", "core/coerce.py", "core/registry.py", "support/validation.py",
          "support/metrics.py", "support/steps.py")
+CHUNK_ROWS = 500_000  # valid events aggregated at once (``ReportingRollup``)
 TOTALS_SCHEMA = pa.schema([("account_id", pa.int64()), ("metric", pa.string()),
                            ("count", pa.int64()), ("sum_value", pa.float64()),
                            ("sum_value_business_hours", pa.float64())])
 
 
-@functools.cache
-def _code_digest() -> str:
+def _read_code_digest() -> str:
+    """A digest of the code that validates and rolls up, read when this module is imported
+    (the code the process runs), with pyarrow's version; the package version when the
+    sources are not files (a zipped or compiled-only install)."""
+    h = hashlib.sha256(pa.__version__.encode())
     package = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for rel in _CODE:
-        h.update(rel.encode() + b"\0" + (package / rel).read_bytes())
+    try:
+        for rel in _CODE:
+            h.update(rel.encode() + b"\0" + (package / rel).read_bytes())
+    except OSError:
+        from importlib.metadata import version
+
+        h.update(b"package " + version("analytics_pipeline").encode())
     return h.hexdigest()
+
+
+_DIGEST = _read_code_digest()
+
+
+def _code_digest() -> str:
+    return _DIGEST
 
 
 def rollup_inputs(day: LocalDay, source: str, known: Sequence[int], scope: Sequence[int]
@@ -79,9 +93,9 @@ def rollup_inputs(day: LocalDay, source: str, known: Sequence[int], scope: Seque
         "format": PREPARED_FORMAT, "code": _code_digest(), "day": day.key, "source": source,
         "metrics": [repr(m) for m in REPORTING_METRICS if m.source == source],
     }, sort_keys=True).encode())
-    h.update(np.asarray(sorted({int(a) for a in known}), np.int64).tobytes())
-    h.update(b"|")
-    h.update(np.asarray(sorted({int(a) for a in scope}), np.int64).tobytes())
+    for ids in (known, scope):  # each set prefixed by its size: never ambiguous
+        unique = np.asarray(sorted({int(a) for a in ids}), np.int64)
+        h.update(len(unique).to_bytes(8, "little") + unique.tobytes())
     return h.hexdigest()
 
 
@@ -123,7 +137,7 @@ class ReportingRollup:
 
     def __init__(self, day: LocalDay, known: Sequence[int], scope: Sequence[int],
                  source: str = REPORTING_SOURCE, restrict: bool = False,
-                 chunk_rows: int = 500_000) -> None:
+                 chunk_rows: int | None = None) -> None:
         self.source = source
         self.metrics = tuple(m for m in REPORTING_METRICS if m.source == source)
         self.registered = raw_events(self.metrics)
@@ -135,7 +149,7 @@ class ReportingRollup:
         self.ignored: Counter = Counter()
         self.quarantined: list[pa.Table] = []
         self.events = self.rolled_up = self.other_timezone = 0
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
@@ -178,17 +192,16 @@ class ReportingRollup:
 def load_prepared(store: LandingStore, day: LocalDay, source: str, inputs: str
                   ) -> PreparedRollup | None:
     """The rollup prepared while the partition's current landing was written, if it was
-    computed from the same inputs (``rollup_inputs``); else None."""
-    meta = store.partition_meta(source, day).get("prepared_rollup") or {}
-    if meta.get("inputs") != inputs:
+    computed from the same inputs (``rollup_inputs``); else None. Its tables and counts
+    come from one resolution of the landing's manifest: never from two writes."""
+    meta, tables = store.partition_derived(source, day, PREPARED)
+    prepared = meta.get("prepared_rollup") or {}
+    if prepared.get("inputs") != inputs or len(tables) != len(PREPARED):
         return None
-    tables = [store.partition_derived(source, day, name) for name in PREPARED]
-    if any(t is None for t in tables):
-        return None
-    rows, totals, bad = tables
+    rows, totals, bad = (tables[name] for name in PREPARED)
     expected = {(int(a), m): (int(c), float(s), float(b)) for a, m, c, s, b in zip(
         *(totals[c].to_pylist() for c in TOTALS_SCHEMA.names), strict=True)}
-    counts = meta["counts"]
+    counts = prepared["counts"]
     return PreparedRollup(rows.cast(ROLLUP_SCHEMA), expected, bad.cast(QUARANTINE_SCHEMA),
                           int(counts["events"]), int(counts["rolled_up"]),
                           int(counts["other_timezone"]),
@@ -206,7 +219,10 @@ def extract_partition(
     """Land the source's events of one partition (or of some of its accounts).
 
     The landing records the accounts it holds (``account_ids``): the rollup rebuilds
-    exactly those accounts' rows, whatever the accounts snapshot says later.
+    exactly those accounts' rows, whatever the accounts snapshot says later. A full
+    partition's landing also carries its prepared rollup (``ReportingRollup`` over the same
+    batches, beside the writer); an error while preparing it fails the extraction and
+    keeps the previous landing, as a failed write does.
     """
     in_tz = wh.account_ids_in_timezone(engine, day.tz)
     stats = ExtractStats()
