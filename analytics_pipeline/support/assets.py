@@ -83,8 +83,9 @@ def raw_reporting_events(
             if r.duplicates_dropped:
                 context.log.warning(f"{r.key}: {r.duplicates_dropped} rows repeated an "
                                     "event id already read and were dropped")
-            log.partition(f"{r.key}: landed {r.rows} events of {r.accounts} accounts "
-                          f"({r.window})", r.rows)
+            accounts = "1 account" if r.accounts == 1 else f"{r.accounts} accounts"
+            log.partition(f"{r.key}: landed {r.rows} events of {accounts} ({r.window})",
+                          r.rows)
             results.append(r)
     log.summary(events_landed=sum(r.rows for r in results),
                 rows_for_quarantine=sum(r.invalid_rows for r in results))
