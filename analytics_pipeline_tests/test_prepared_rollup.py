@@ -143,7 +143,7 @@ def test_changed_inputs_roll_the_landing_up_again(pipeline, monkeypatch):
     # new code (a deploy between the two assets) never reuses an older computation
     extract_partition(source, store, engine, day, "UTC")
     assert rollup_partition(store, engine, day).prepared
-    monkeypatch.setattr(steps, "_code_digest", lambda: "another version")
+    monkeypatch.setattr(steps, "_DIGEST", "another version")
     assert not rollup_partition(store, engine, day).prepared
 
 

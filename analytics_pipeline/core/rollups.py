@@ -67,6 +67,14 @@ def landed_quarantine(invalid: pa.Table, source: str, id_column: str) -> pa.Tabl
         [pa.repeat(pa.scalar(source, pa.string()), invalid.num_rows), ids,
          invalid["invalid_reason"].combine_chunks().cast(pa.string()), payload],
         schema=QUARANTINE_SCHEMA)
+    return dedupe_quarantine(bad)
+
+
+def dedupe_quarantine(bad: pa.Table) -> pa.Table:
+    """``QUARANTINE_SCHEMA`` rows, one per (source, event_id, reason): the same bad row
+    read twice is stored, and counted, once."""
+    if bad.num_rows == 0:
+        return bad
     return bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
         [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
 

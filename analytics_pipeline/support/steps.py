@@ -25,6 +25,7 @@ from analytics_pipeline.core.rollups import (
     ROLLUP_SCHEMA,
     RollupAccumulator,
     TotalsAccumulator,
+    dedupe_quarantine,
     value_counts,
 )
 from analytics_pipeline.core.sources import EventSource, ExtractStats
@@ -50,7 +51,7 @@ class ExtractResult:
 
 
 # Bump when the prepared rollup's contents change meaning; the code that computes it is
-# fingerprinted as well (``_code_digest``), so a deploy never reuses an older computation.
+# fingerprinted as well (``_DIGEST``), so a deploy never reuses an older computation.
 PREPARED_FORMAT = 1
 PREPARED = ("rollup", "rollup_totals", "rollup_quarantine")
 _CODE = ("core/rollups.py", "core/coerce.py", "core/registry.py", "support/validation.py",
@@ -80,17 +81,13 @@ def _read_code_digest() -> str:
 _DIGEST = _read_code_digest()
 
 
-def _code_digest() -> str:
-    return _DIGEST
-
-
 def rollup_inputs(day: LocalDay, source: str, known: Sequence[int], scope: Sequence[int]
                   ) -> str:
     """A digest of everything a partition's rollup depends on besides its landed events:
     the accounts known to the warehouse (unknown ones are quarantined), the accounts it
     rebuilds, the metrics, and the code that validates and rolls up."""
     h = hashlib.sha256(json.dumps({
-        "format": PREPARED_FORMAT, "code": _code_digest(), "day": day.key, "source": source,
+        "format": PREPARED_FORMAT, "code": _DIGEST, "day": day.key, "source": source,
         "metrics": [repr(m) for m in REPORTING_METRICS if m.source == source],
     }, sort_keys=True).encode())
     for ids in (known, scope):  # each set prefixed by its size: never ambiguous
@@ -180,11 +177,8 @@ class ReportingRollup:
 
     def finish(self) -> PreparedRollup:
         self._aggregate()
-        bad = (pa.concat_tables(self.quarantined) if self.quarantined
-               else QUARANTINE_SCHEMA.empty_table())
-        if bad.num_rows:  # the same bad row read twice is stored once: count it once
-            bad = bad.group_by(["source", "event_id", "reason"], use_threads=False).aggregate(
-                [("payload", "first")]).rename_columns(QUARANTINE_SCHEMA.names)
+        bad = dedupe_quarantine(pa.concat_tables(self.quarantined) if self.quarantined
+                                else QUARANTINE_SCHEMA.empty_table())
         return PreparedRollup(self.rollup.finish(), self.totals.finish(), bad, self.events,
                               self.rolled_up, self.other_timezone, dict(self.ignored))
 
